@@ -1,0 +1,1 @@
+"""Built-in search space definitions, shipped inside the package as ``wpl_nas.search_spaces``."""

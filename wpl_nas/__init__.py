@@ -1,0 +1,51 @@
+"""wpl-nas: weight-sharing neural architecture search that does not forget.
+
+The public API::
+
+    import wpl_nas
+
+    result = wpl_nas.run_search(wpl_nas.SearchConfig(trials=10))   # what `wpl-nas search` runs
+    space = wpl_nas.load_space("nb201")                             # a space by name or .yaml path
+    arch = space.parse("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|")
+    data = wpl_nas.load_dataset("mnist1d")
+    supernet = wpl_nas.build_supernet("mnist1d", data)
+    strategy = wpl_nas.create_strategy("wpl", supernet)
+"""
+
+from wpl_nas.api import Run, SearchResult, build_supernet, load_run, resolve_device, run_search
+from wpl_nas.config import SearchConfig, WPLOptions, load_config
+from wpl_nas.data import DATASETS, DataBundle, load_dataset
+from wpl_nas.errors import ConfigError
+from wpl_nas.evaluation import RetainedPool
+from wpl_nas.spaces import Architecture, SearchSpace, builtin_spaces, load_space
+from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy
+from wpl_nas.supernet import Supernet
+from wpl_nas.training import CandidateTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASETS",
+    "STRATEGIES",
+    "Architecture",
+    "CandidateTrainer",
+    "ConfigError",
+    "DataBundle",
+    "RetainedPool",
+    "Run",
+    "SearchConfig",
+    "SearchResult",
+    "SearchSpace",
+    "Strategy",
+    "Supernet",
+    "WPLOptions",
+    "build_supernet",
+    "builtin_spaces",
+    "create_strategy",
+    "load_config",
+    "load_dataset",
+    "load_run",
+    "load_space",
+    "resolve_device",
+    "run_search",
+]

@@ -1,0 +1,96 @@
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100, read with torchvision and kept as tensors.
+
+torchvision's own dataset classes find, verify and (optionally) download the files; the
+images are then converted once into a normalised float tensor, so training indexes whole
+batches instead of decoding PIL images sample by sample.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wpl_nas.data._bundle import DATASETS, DataBundle, make_bundle
+from wpl_nas.errors import ConfigError
+
+__all__ = ["load_torchvision_dataset"]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How to read one torchvision dataset: its class name and per-channel statistics."""
+
+    class_name: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# The usual per-channel mean/std of each training set, on the [0, 1] pixel scale.
+_SPECS = {
+    "mnist": _Spec("MNIST", 10, (0.1307,), (0.3081,)),
+    "fashion_mnist": _Spec("FashionMNIST", 10, (0.2860,), (0.3530,)),
+    "cifar10": _Spec("CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _Spec("CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def load_torchvision_dataset(
+    name: str, *, data_dir: Path, download: bool = False, val_fraction: float = 0.2, seed: int = 0
+) -> DataBundle:
+    """Load one of the torchvision datasets in ``_SPECS`` as a :class:`DataBundle`.
+
+    Args:
+        name: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or ``"cifar100"``.
+        data_dir: torchvision ``root`` (e.g. ``<data_dir>/MNIST/raw/``, ``<data_dir>/cifar-10-batches-py/``).
+        download: Let torchvision download missing files.
+        val_fraction: Fraction of the training data held out as the validation split.
+        seed: Seed of the train/validation split.
+
+    Raises:
+        ConfigError: The files are missing (or corrupted) and ``download`` is false.
+    """
+    # Imported lazily: torchvision (and PIL) are only needed for these datasets.
+    import torchvision.datasets
+
+    spec = _SPECS[name]
+    dataset_class = getattr(torchvision.datasets, spec.class_name)
+    splits = []
+    for train in (True, False):
+        try:
+            dataset = dataset_class(root=str(data_dir), train=train, download=download)
+        except RuntimeError as error:
+            if download:  # A failed download: torchvision's own message is the useful one.
+                raise
+            raise ConfigError(
+                f"dataset {name!r} not found (or corrupted) in data directory '{data_dir}'; "
+                "pass --download to fetch it, or --data-dir to point at the directory that holds it"
+            ) from error
+        splits.append((_images(dataset.data, spec), torch.as_tensor(dataset.targets, dtype=torch.int64)))
+    return make_bundle(
+        name,
+        splits[0],
+        splits[1],
+        num_classes=spec.num_classes,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+
+
+def _images(data: Any, spec: _Spec) -> Tensor:
+    """uint8 images, (N, H, W) tensor (MNIST) or (N, H, W, C) array (CIFAR) -> normalised (N, C, H, W)."""
+    images = torch.from_numpy(data).permute(0, 3, 1, 2) if isinstance(data, np.ndarray) else data.unsqueeze(1)
+    x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+for _name in _SPECS:
+    DATASETS.add(_name, functools.partial(load_torchvision_dataset, _name))

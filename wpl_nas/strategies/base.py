@@ -1,0 +1,87 @@
+"""The strategy interface: hooks around the sequential training of candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from wpl_nas.spaces import Architecture
+from wpl_nas.supernet import Supernet
+
+__all__ = ["Batches", "CandidateContext", "Strategy"]
+
+#: ``held_out(batch_size, num_batches)`` yields ``(x, y)`` batches of held-out training data
+#: (the validation split, never the test split), already on the supernet's device.
+Batches = Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class CandidateContext:
+    """What a strategy sees of the candidate being trained.
+
+    Attributes:
+        supernet: The supernet, with ``arch`` chosen.
+        arch: The candidate.
+        trial_index: Its position in the search (the Optuna trial number).
+        params: ``{name: parameter}`` of the tensors on the candidate's path.
+        optimizer: The optimiser of the shared weights (one for the whole search).
+    """
+
+    supernet: Supernet
+    arch: Architecture
+    trial_index: int
+    params: dict[str, nn.Parameter]
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+class Strategy(nn.Module):
+    """Base class of consolidation strategies.
+
+    A strategy is an ``nn.Module`` so that its state (importances, anchors) lives in
+    registered buffers: ``state_dict()`` saves it with the run and ``.to(device)`` moves it.
+    The trainer calls, for each candidate in turn::
+
+        before_candidate(ctx)                   # once, path fixed
+        for each training batch:
+            loss.backward()
+            penalty = after_backward(ctx)       # may edit p.grad; returns the penalty value or None
+            optimizer.step()
+            after_step(ctx)                     # may edit the weights (e.g. a proximal pull)
+        after_candidate(ctx, held_out)          # once, after training: consolidate this candidate
+
+    Every hook defaults to doing nothing, which is the ``naive`` strategy.
+
+    Args:
+        supernet: The supernet whose weights the strategy protects.
+        options: The strategy's options dataclass (``Options``), if it has one.
+    """
+
+    #: Options dataclass of the strategy (a section of the search config), or None.
+    Options: ClassVar[type | None] = None
+    #: TensorBoard tag of the penalty, or None if the strategy adds none.
+    penalty_tag: ClassVar[str | None] = None
+
+    def __init__(self, supernet: Supernet, options: Any = None) -> None:
+        super().__init__()
+        self.options = options
+
+    def before_candidate(self, ctx: CandidateContext) -> None:
+        """Called once before the candidate's first training step."""
+
+    def after_backward(self, ctx: CandidateContext) -> torch.Tensor | None:
+        """Called after each ``loss.backward()``, before the optimiser step."""
+        return None
+
+    def after_step(self, ctx: CandidateContext) -> None:
+        """Called after each optimiser step."""
+
+    def after_candidate(self, ctx: CandidateContext, held_out: Batches) -> None:
+        """Called once after the candidate is trained (and scored)."""

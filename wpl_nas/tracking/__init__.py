@@ -1,0 +1,5 @@
+"""Checkpoints and logging."""
+
+from wpl_nas.tracking.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]

@@ -1,0 +1,149 @@
+"""The sequential candidate trainer: trains one path of the supernet at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from wpl_nas.data import iterate_batches
+from wpl_nas.evaluation import accuracy
+from wpl_nas.spaces import Architecture
+from wpl_nas.strategies import CandidateContext, Strategy
+from wpl_nas.supernet import Supernet
+
+__all__ = ["CandidateTrainer", "TrainResult"]
+
+#: Called after each epoch with ``(epoch, score)``; returns True to stop (Optuna pruning).
+EpochCallback = Callable[[int, float], bool]
+
+
+@dataclass
+class TrainResult:
+    """What training one candidate produced."""
+
+    score: float = float("nan")  # on the fixed evaluation set, after the last epoch run
+    epoch_scores: list[float] = field(default_factory=list)
+    loss: float = float("nan")  # mean training loss of the last epoch
+    penalty: float = 0.0  # mean strategy penalty of the last epoch
+    steps: int = 0
+    seconds: float = 0.0
+    pruned: bool = False
+
+
+class CandidateTrainer:
+    """Trains candidates one after another on one supernet, with a strategy's hooks.
+
+    One SGD optimiser holds every supernet weight for the whole search; weights off the
+    current path get no gradient (``None``), so the optimiser leaves them, and their momentum,
+    untouched. Call order per candidate: :meth:`train`, then :meth:`consolidate`.
+
+    Args:
+        supernet: The supernet (already on ``device``).
+        strategy: The consolidation strategy (already on ``device``).
+        train_set: Training split (a TensorDataset; moved to ``device`` once).
+        held_out: Validation split, carved from the training data: Fisher and the like.
+        eval_set: ``(x, y)`` fixed evaluation subset on ``device``: every score.
+        optimizer: The optimiser of ``supernet.parameters()``.
+        batch_size: Training batch size.
+        epochs: Epochs per candidate.
+        grad_clip: Global gradient-norm clip (0: off), applied after the strategy's gradient edits.
+        eval_batch_size: Evaluation batch size.
+        seed: Base seed; each candidate's data order is seeded by ``(seed, trial_index)`` so a
+            resumed search sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, supernet: Supernet, strategy: Strategy, *, train_set: TensorDataset,
+                 held_out: TensorDataset, eval_set: tuple[torch.Tensor, torch.Tensor],
+                 optimizer: torch.optim.Optimizer, batch_size: int, epochs: int, grad_clip: float,
+                 eval_batch_size: int, seed: int) -> None:
+        device = next(supernet.parameters()).device
+        self.supernet = supernet
+        self.strategy = strategy
+        self.train_set = TensorDataset(*(t.to(device) for t in train_set.tensors))
+        self.held_out_set = TensorDataset(*(t.to(device) for t in held_out.tensors))
+        self.eval_x, self.eval_y = eval_set
+        self.optimizer = optimizer
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.grad_clip = grad_clip
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+
+    def _generator(self, trial_index: int, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + trial_index) * 2 + salt)
+
+    def context(self, arch: Architecture, trial_index: int) -> CandidateContext:
+        return CandidateContext(self.supernet, arch, trial_index, self.supernet.parameters_of(arch),
+                                self.optimizer)
+
+    def score(self, arch: Architecture) -> float:
+        """Accuracy of ``arch`` on the fixed evaluation set."""
+        return accuracy(self.supernet, arch, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
+
+    def train(self, arch: Architecture, *, trial_index: int, on_epoch: EpochCallback | None = None,
+              progress: Callable[[], None] | None = None) -> TrainResult:
+        """Train ``arch`` for ``epochs`` epochs; score it after each epoch.
+
+        Args:
+            arch: The candidate.
+            trial_index: Its position in the search (seeds its data order).
+            on_epoch: Called with ``(epoch, score)`` after each epoch; True stops training.
+            progress: Called after every training step (e.g. to advance a progress bar).
+        """
+        net, strategy, opt = self.supernet, self.strategy, self.optimizer
+        ctx = self.context(arch, trial_index)
+        path = list(ctx.params.values())
+        result = TrainResult()
+        start = time.perf_counter()
+        net.set_arch(arch)
+        net.train()
+        strategy.before_candidate(ctx)
+        gen = self._generator(trial_index, 0)
+        for epoch in range(self.epochs):
+            # Summed on the device: no host sync per step.
+            loss_sum = torch.zeros((), device=self.eval_y.device)
+            penalty_sum = torch.zeros((), device=self.eval_y.device)
+            steps = 0
+            for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True,
+                                        generator=gen):
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(x), y)
+                loss.backward()
+                penalty = strategy.after_backward(ctx)
+                if self.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(path, self.grad_clip, foreach=True)
+                opt.step()
+                strategy.after_step(ctx)
+                loss_sum += loss.detach()
+                if penalty is not None:
+                    penalty_sum += penalty.detach()
+                steps += 1
+                if progress is not None:
+                    progress()
+            result.loss = loss_sum.item() / max(steps, 1)
+            result.penalty = penalty_sum.item() / max(steps, 1)
+            result.steps += steps
+            result.score = self.score(arch)
+            result.epoch_scores.append(result.score)
+            if on_epoch is not None and on_epoch(epoch, result.score):
+                result.pruned = True
+                break
+        opt.zero_grad(set_to_none=True)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def consolidate(self, arch: Architecture, *, trial_index: int) -> None:
+        """Let the strategy consolidate the freshly trained ``arch`` (after :meth:`train`)."""
+        gen = self._generator(trial_index, 1)
+
+        def held_out(batch_size: int, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            return iterate_batches(self.held_out_set, batch_size=batch_size, shuffle=True,
+                                   generator=gen, limit=num_batches)
+
+        with self.supernet.use(arch):
+            self.strategy.after_candidate(self.context(arch, trial_index), held_out)
