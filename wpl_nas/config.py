@@ -34,7 +34,7 @@ class WPLOptions:
     """Weight plasticity loss (Benyahia et al., ICML 2019). Defaults: see each field."""
 
     alpha: float = _opt(
-        100.0, "Strength α of the pull α/2·Σ Ω(θ−θ*)² on shared weights. Kept apart from Ω (never folded in).")
+        1000.0, "Strength α of the pull α/2·Σ Ω(θ−θ*)² on shared weights; kept apart from Ω (never folded in).")
     form: str = _opt(
         "proximal", "How the pull is applied: 'proximal' (implicit step θ←(θ+ηαΩθ*)/(1+ηαΩ) after the "
         "optimiser step; stable for any α) or 'gradient' (closed-form gradient αΩ(θ−θ*) added before "

@@ -115,6 +115,13 @@ class SearchSpace:
             ConfigError: an edge is missing or extra, or an op is not a choice of its edge.
         """
         given = {(s, d): op for s, d, op in arch.edges}
+        labels = [edge_label(s, d) for s, d, _ in arch.edges]
+        if len(given) != len(labels):
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            raise ConfigError(
+                f"architecture {str(arch)!r} does not fit space {self.name!r}: "
+                f"edge(s) {', '.join(repeated)} given more than once"
+            )
         if set(given) != set(self.graph.edges):
             missing = sorted(set(self.graph.edges) - set(given))
             extra = sorted(set(given) - set(self.graph.edges))
@@ -262,6 +269,12 @@ class SearchSpace:
         if not nx.is_directed_acyclic_graph(graph):
             cycle = nx.find_cycle(graph)
             raise fail("cell.edges", f"the cell must be acyclic, but has the cycle {cycle}")
+        backward = sorted((s, d) for s, d in graph.edges if s >= d)
+        if backward:
+            # Cells run (and architecture strings list) their edges in target-node order, which
+            # is only an evaluation order if every edge goes from a lower to a higher node.
+            raise fail("cell.edges", f"edge(s) {[list(e) for e in backward]} go backwards; number the nodes so "
+                       "that every edge [src, dst] has src < dst")
         unreachable = sorted(set(graph.nodes) - nx.descendants(graph, 0) - {0})
         if unreachable:
             raise fail("cell.edges", f"node(s) {unreachable} cannot be reached from the input node 0")

@@ -1,0 +1,5 @@
+"""``python -m wpl_nas`` is the ``wpl-nas`` command."""
+
+from wpl_nas.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""The ``wpl-nas`` command line. It only translates flags into :mod:`wpl_nas.api` calls.
+
+Every ``search`` flag is generated from a field of :class:`~wpl_nas.config.SearchConfig`, so the
+flags, the YAML keys and the defaults cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from wpl_nas.config import SECTIONS, SearchConfig, field_type, load_config
+from wpl_nas.errors import ConfigError
+
+__all__ = ["cli", "main"]
+
+_TYPES: dict[type, Any] = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+def _flag(name: str, f: dataclasses.Field[Any], owner: type, default: Any) -> Callable[[Any], Any]:
+    """A click option for dataclass field ``f`` (default None = "not given on the command line")."""
+    flag = "--" + name.replace("_", "-")
+    shown = f"[default: {default}]" if default not in (None, "") else ""
+    help_text = f"{f.metadata.get('help', '')} {shown}".strip()
+    kind = field_type(owner, f.name)
+    if kind is bool:
+        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
+    return click.option(flag, name, type=_TYPES[kind], default=None, help=help_text)
+
+
+def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``command`` with one option per config field (sections as ``--<section>-<key>``)."""
+    defaults = SearchConfig()
+    options = []
+    for f in dataclasses.fields(SearchConfig):
+        if f.name in SECTIONS:
+            section = getattr(defaults, f.name)
+            for sf in dataclasses.fields(SECTIONS[f.name]):
+                options.append(_flag(f"{f.name}_{sf.name}", sf, SECTIONS[f.name], getattr(section, sf.name)))
+        else:
+            options.append(_flag(f.name, f, SearchConfig, getattr(defaults, f.name)))
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags given on the command line, shaped like ``SearchConfig.replace`` wants them."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        prefix = section + "_"
+        given = {k[len(prefix):]: v for k, v in flags.items() if k.startswith(prefix) and v is not None}
+        if given:
+            out[section] = given
+    section_keys = {k for k in flags for s in SECTIONS if k.startswith(s + "_")}
+    out.update({k: v for k, v in flags.items() if v is not None and k not in section_keys})
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="wpl-nas")
+def cli() -> None:
+    """Weight-sharing neural architecture search that does not forget.
+
+    Candidates are trained one after another on one supernet; the weight plasticity loss
+    (WPL) keeps later candidates from overwriting what earlier ones learned. Optuna proposes
+    the candidates; TensorBoard and optuna-dashboard show how much quality they retain.
+
+    Start with `wpl-nas search` (a small search on MNIST-1D) and `wpl-nas spaces`.
+    """
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML file with any of the options below (flags given here override it).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
+@_config_options
+def search(config_file: str | None, progress: bool, **flags: Any) -> None:
+    """Run (or resume) an architecture search.
+
+    Each Optuna trial trains one candidate architecture on the shared supernet weights, with
+    the chosen consolidation strategy, then re-scores a pool of earlier candidates to measure
+    forgetting. Outputs go to RUNS_DIR/STUDY_NAME/: config.yaml, study.db, tb/, checkpoints/.
+    Running the same command again resumes the study, the supernet and the strategy state;
+    a larger --trials extends the study.
+    """
+    from wpl_nas.api import run_search  # heavy imports (torch) only when searching
+
+    try:
+        base = load_config(config_file) if config_file else SearchConfig()
+        config = base.replace(**_overrides(flags)).validate()
+        result = run_search(config, progress=progress, command=["wpl-nas", *sys.argv[1:]])
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: rerun the same command to resume (the trial in flight is lost)", err=True)
+        sys.exit(130)
+    click.echo("")
+    click.echo(result.summary())
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def spaces(ctx: click.Context) -> None:
+    """List the built-in search spaces (or `spaces show NAME` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from wpl_nas.spaces import builtin_spaces, load_space
+
+    for name in builtin_spaces():
+        space = load_space(name)
+        click.echo(f"{name:<10} {space.size:>10,} architectures   {space.description}")
+
+
+@spaces.command("show")
+@click.argument("name")
+def spaces_show(name: str) -> None:
+    """Show space NAME (a built-in name or a .yaml path): skeleton, cell DAG, op choices, size."""
+    from wpl_nas.spaces import load_space
+
+    try:
+        space = load_space(name)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(space.describe())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="wpl-nas")
