@@ -1,0 +1,253 @@
+"""Strategies: the contract every registered strategy keeps, and WPL's own semantics."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_trainer
+
+import wpl_nas
+from wpl_nas.config import WPLOptions
+from wpl_nas.strategies import STRATEGIES, WPLStrategy
+
+A = "|conv_5~0|+|conv_5~0|conv_5~1|+|none~0|skip_connect~1|conv_5~2|"
+B = "|conv_5~0|+|skip_connect~0|conv_5~1|+|conv_5~0|none~1|conv_5~2|"
+
+
+def archs(space: wpl_nas.SearchSpace) -> tuple[wpl_nas.Architecture, wpl_nas.Architecture]:
+    return space.parse(A), space.parse(B)
+
+
+def weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+# --- the contract, parametrised over the registry ------------------------------------------
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_no_effect_before_anything_is_consolidated(name, tiny_space, mnist1d):
+    a, _ = archs(tiny_space)
+    with_strategy = make_trainer(tiny_space, mnist1d, name, train_samples=256)
+    plain = make_trainer(tiny_space, mnist1d, "naive", train_samples=256)
+    r1 = with_strategy.train(a, trial_index=0)
+    r2 = plain.train(a, trial_index=0)
+    assert r1.penalty == 0.0
+    assert r1.loss == r2.loss
+    for k, v in weights(with_strategy.supernet).items():
+        assert torch.equal(v, weights(plain.supernet)[k]), k
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_parameters_off_the_path_never_move(name, tiny_space, mnist1d):
+    a, b = archs(tiny_space)
+    tr = make_trainer(tiny_space, mnist1d, name, train_samples=256)
+    tr.train(a, trial_index=0)
+    tr.consolidate(a, trial_index=0)
+    before = weights(tr.supernet)
+    tr.train(b, trial_index=1)
+    on_path = set(tr.supernet.parameter_names_of(b))
+    after = weights(tr.supernet)
+    off = [k for k in before if k not in on_path]
+    assert off, "the test needs parameters off B's path"
+    for k in off:
+        assert torch.equal(before[k], after[k]), k
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_state_round_trips_exactly_and_has_no_nan(name, tiny_space, mnist1d):
+    a, b = archs(tiny_space)
+    tr = make_trainer(tiny_space, mnist1d, name, train_samples=256)
+    for i, arch in enumerate((a, b)):
+        tr.train(arch, trial_index=i)
+        tr.consolidate(arch, trial_index=i)
+    state = copy.deepcopy(tr.strategy.state_dict())
+    fresh = wpl_nas.create_strategy(name, tr.supernet)
+    fresh.load_state_dict(state)
+    restored = fresh.state_dict()
+    assert state.keys() == restored.keys()
+    for k, v in state.items():
+        assert torch.equal(v, restored[k]), k
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_seeded_runs_are_deterministic(name, tiny_space, mnist1d):
+    a, b = archs(tiny_space)
+    results = []
+    for _ in range(2):
+        tr = make_trainer(tiny_space, mnist1d, name, train_samples=256, seed=3)
+        tr.train(a, trial_index=0)
+        tr.consolidate(a, trial_index=0)
+        tr.train(b, trial_index=1)
+        results.append((weights(tr.supernet), tr.strategy.state_dict()))
+    for k, v in results[0][0].items():
+        assert torch.equal(v, results[1][0][k]), k
+    for k, v in results[0][1].items():
+        assert torch.equal(v, results[1][1][k]), k
+
+
+# --- WPL ---------------------------------------------------------------------------------------
+def consolidated_wpl(tiny_space, mnist1d, **options) -> tuple[wpl_nas.CandidateTrainer, WPLStrategy]:
+    a, _ = archs(tiny_space)
+    tr = make_trainer(tiny_space, mnist1d, "wpl", options=WPLOptions(**options), train_samples=256)
+    tr.train(a, trial_index=0)
+    tr.consolidate(a, trial_index=0)
+    assert isinstance(tr.strategy, WPLStrategy)
+    return tr, tr.strategy
+
+
+def test_wpl_importance_covers_exactly_the_consolidated_path(tiny_space, mnist1d):
+    tr, wpl = consolidated_wpl(tiny_space, mnist1d)
+    a, _ = archs(tiny_space)
+    path = set(tr.supernet.parameter_names_of(a))
+    for name, p in tr.supernet.named_parameters():
+        omega, anchor = wpl.importance(name), wpl.anchor_of(name)
+        if name in path:
+            assert torch.equal(anchor, p.detach()), name
+            assert (omega >= 0).all()
+        else:
+            assert not omega.any(), name
+    assert sum(bool(wpl.importance(n).any()) for n in path) > len(path) // 2
+    assert int(wpl.consolidated) == 1
+
+
+def test_wpl_keeps_alpha_out_of_the_importance(tiny_space, mnist1d):
+    _, small = consolidated_wpl(tiny_space, mnist1d, alpha=1.0)
+    _, large = consolidated_wpl(tiny_space, mnist1d, alpha=1e6)
+    assert torch.equal(small.omega, large.omega)
+
+
+def test_wpl_gradient_form_equals_autograd_of_the_penalty_on_shared_weights_only(tiny_space, mnist1d):
+    alpha = 50.0
+    tr, wpl = consolidated_wpl(tiny_space, mnist1d, alpha=alpha, form="gradient")
+    a, b = archs(tiny_space)
+    net = tr.supernet
+    with torch.no_grad():  # move B's weights away from the anchors so the penalty is non-zero
+        for p in net.parameters_of(b).values():
+            p.add_(0.01 * torch.randn_like(p))
+    ctx = tr.context(b, trial_index=1)
+    net.set_arch(b)
+    x, y = mnist1d.val.tensors[0][:32], mnist1d.val.tensors[1][:32]
+
+    net.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    plain = {n: p.grad.clone() for n, p in ctx.params.items()}
+    wpl.before_candidate(ctx)
+    penalty = wpl.after_backward(ctx)
+    injected = {n: p.grad.clone() for n, p in ctx.params.items()}
+
+    net.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    reference = sum(0.5 * alpha * (wpl.importance(n) * (p - wpl.anchor_of(n)) ** 2).sum()
+                    for n, p in ctx.params.items())
+    (loss + reference).backward()
+    assert penalty is not None and torch.allclose(penalty, reference.detach(), rtol=1e-4)
+    a_path = set(net.parameter_names_of(a))
+    shared = [n for n in ctx.params if n in a_path]
+    private = [n for n in ctx.params if n not in a_path]
+    assert shared and private
+    for n, p in ctx.params.items():
+        assert torch.allclose(injected[n], p.grad, rtol=1e-4, atol=1e-7), n
+    for n in private:  # the new candidate's own weights move freely
+        assert torch.equal(injected[n], plain[n]), n
+    assert any(not torch.equal(injected[n], plain[n]) for n in shared)
+
+
+@pytest.mark.parametrize("alpha", [1e4, 1e8])
+def test_wpl_proximal_form_is_stable_for_huge_alpha(alpha, tiny_space, mnist1d):
+    tr, wpl = consolidated_wpl(tiny_space, mnist1d, alpha=alpha, form="proximal")
+    a, b = archs(tiny_space)
+    result = tr.train(b, trial_index=1)
+    assert torch.isfinite(torch.tensor([result.loss, result.penalty])).all()
+    for p in tr.supernet.parameters():
+        assert torch.isfinite(p).all()
+    # Shared weights whose per-step pull coefficient lr·α·Ω is large stay pinned to their anchors.
+    shared = [n for n in tr.supernet.parameter_names_of(b)
+              if n in set(tr.supernet.parameter_names_of(a)) and ".edges." in n and n.endswith("1.weight")]
+    assert shared
+    params = dict(tr.supernet.named_parameters())
+    for n in shared:
+        moved = (params[n] - wpl.anchor_of(n)).abs()
+        important = tr.optimizer.param_groups[0]["lr"] * alpha * wpl.importance(n) > 100
+        if important.any():
+            assert moved[important].max() < 1e-2, n
+
+
+def test_wpl_gradient_form_diverges_where_the_proximal_form_does_not(tiny_space, mnist1d):
+    # Documents why 'proximal' is the default: lr·α·max Ω far above 2 blows the explicit form up.
+    a, b = archs(tiny_space)
+    tr, wpl = consolidated_wpl(tiny_space, mnist1d, alpha=1e7, form="gradient")
+    tr.grad_clip = 0.0
+    result = tr.train(b, trial_index=1)
+    assert not torch.isfinite(torch.tensor(result.penalty)) or result.penalty > 1e6
+
+
+@pytest.mark.parametrize("mode", ["sum", "decay", "max"])
+def test_wpl_accumulation_modes(mode, tiny_space, mnist1d, monkeypatch):
+    a, _ = archs(tiny_space)
+    tr, wpl = consolidated_wpl(tiny_space, mnist1d, accumulate=mode, decay=0.5)
+    fisher = wpl.empirical_fisher(tr.supernet, list(tr.context(a, 1).params.values()),
+                                  lambda bs, n: [(mnist1d.val.tensors[0][:32], mnist1d.val.tensors[1][:32])])
+    assert all(torch.isfinite(f).all() and (f >= 0).all() for f in fisher)
+    first = wpl.omega.clone()
+    # A second consolidation of A with a known Fisher of 0.5 everywhere on its path.
+    monkeypatch.setattr(wpl, "empirical_fisher", lambda net, params, held_out: [torch.full_like(p, 0.5)
+                                                                                 for p in params])
+    tr.consolidate(a, trial_index=1)
+    path = torch.zeros_like(first, dtype=torch.bool)
+    for name in tr.supernet.parameter_names_of(a):
+        wpl._view(path, name).fill_(True)
+    expected = {"sum": first + 0.5, "decay": 0.5 * first + 0.5, "max": torch.clamp(first, min=0.5)}[mode]
+    assert torch.allclose(wpl.omega[path], expected[path])
+    assert torch.equal(wpl.omega[~path], first[~path])
+    assert int(wpl.consolidated) == 2
+
+
+def test_wpl_per_tensor_normalisation(tiny_space, mnist1d):
+    tr, wpl = consolidated_wpl(tiny_space, mnist1d, normalize=True, normalize_norm=10.0)
+    a, _ = archs(tiny_space)
+    norms = [wpl.importance(n).norm().item() for n in tr.supernet.parameter_names_of(a)
+             if wpl.importance(n).any()]
+    assert norms and all(abs(n - 10.0) < 1e-3 for n in norms)
+
+
+def test_wpl_skeleton_protection_switch(tiny_space, mnist1d):
+    tr, wpl = consolidated_wpl(tiny_space, mnist1d, include_global=False)
+    for name, _ in tr.supernet.named_parameters():
+        if ".edges." not in name:
+            assert not wpl.importance(name).any(), name
+
+
+def test_wpl_start_trial_and_alpha_schedule(tiny_space, mnist1d):
+    a, _ = archs(tiny_space)
+    tr = make_trainer(tiny_space, mnist1d, "wpl", options=WPLOptions(start_trial=1), train_samples=128)
+    tr.train(a, trial_index=0)
+    tr.consolidate(a, trial_index=0)
+    assert int(tr.strategy.consolidated) == 0 and not tr.strategy.omega.any()
+    decaying = WPLStrategy(tr.supernet, WPLOptions(alpha=10.0, alpha_decay=4.0, alpha_decay_after=2))
+    assert [decaying.alpha_at(t) for t in range(6)] == [10.0, 10.0, 6.0, 2.0, 0.0, 0.0]
+
+
+def test_wpl_rejects_bad_options(tiny_space, mnist1d):
+    net = wpl_nas.build_supernet(tiny_space, mnist1d)
+    with pytest.raises(wpl_nas.ConfigError, match="decay"):
+        WPLStrategy(net, WPLOptions(decay=2.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_wpl_retains_more_than_naive(seed, tiny_space, mnist1d):
+    """The WPL paper's two-model experiment in miniature: A is trained, then B, which shares
+    some of A's ops, is trained; A's accuracy drops less with WPL than without."""
+    a, b = archs(tiny_space)
+    drops = {}
+    for name in ("naive", "wpl"):
+        tr = make_trainer(tiny_space, mnist1d, name, epochs=2, train_samples=3200, seed=seed)
+        tr.train(a, trial_index=0)
+        tr.consolidate(a, trial_index=0)
+        before = tr.score(a)
+        tr.train(b, trial_index=1)
+        drops[name] = before - tr.score(a)
+    assert drops["naive"] > 0.02, drops  # the scenario does forget without protection
+    assert drops["wpl"] < drops["naive"] - 0.02, drops
