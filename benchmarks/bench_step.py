@@ -44,6 +44,7 @@ import gc
 import itertools
 import json
 import math
+import os
 import platform
 import random
 import statistics
@@ -65,7 +66,7 @@ except ImportError:  # run from a checkout without an install
 
 from wpl_nas import Architecture, SearchConfig, Supernet, WPLOptions, create_strategy, load_space
 from wpl_nas.data import iterate_batches
-from wpl_nas.strategies import CandidateContext, Strategy
+from wpl_nas.strategies import CandidateContext, Strategy, WPLStrategy
 
 SPACE = "mnist1d"
 INPUT_SHAPE = (1, 40)
@@ -112,14 +113,15 @@ def make_step(net: Supernet, opt: torch.optim.Optimizer, batches: Sequence[tuple
 
     def step() -> torch.Tensor | None:
         x, y = next(data)
+        assert strategy is None or ctx is not None
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(net(x), y)
         if extra_loss is not None:
             loss = loss + extra_loss()
         loss.backward()
-        penalty = strategy.after_backward(ctx) if strategy is not None else None
+        penalty = strategy.after_backward(ctx) if strategy is not None and ctx is not None else None
         opt.step()
-        if strategy is not None:
+        if strategy is not None and ctx is not None:
             strategy.after_step(ctx)
         return penalty
 
@@ -131,8 +133,13 @@ def sgd(params: Any, cfg: SearchConfig) -> torch.optim.SGD:
 
 
 # --- timing --------------------------------------------------------------------------------------
-def race(variants: dict[str, Step], *, rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Interleaved timing: each round runs every variant once, in a rotated order."""
+def race(variants: dict[str, Step], *, rounds: int, warmup: int, budget: float | None = None,
+         min_rounds: int = 5) -> dict[str, list[float]]:
+    """Interleaved timing: each round runs every variant once, in a rotated order.
+
+    With ``budget`` (seconds), timing stops early once the timed rounds have taken that long
+    and at least ``min_rounds`` are done (a busy machine should not make a run endless).
+    """
     names = list(variants)
     for _ in range(warmup):
         for name in names:
@@ -141,8 +148,11 @@ def race(variants: dict[str, Step], *, rounds: int, warmup: int) -> dict[str, li
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
+    start = time.perf_counter()
     try:
         for r in range(rounds):
+            if budget is not None and r >= min_rounds and time.perf_counter() - start > budget:
+                break
             k = r % len(names)
             order = names[k:] + names[:k]
             if (r // len(names)) % 2:
@@ -170,7 +180,7 @@ def compare(times: dict[str, list[float]], base: str, other: str, *, resamples: 
         boots.append(statistics.median(b[i] for i in idx) / statistics.median(a[i] for i in idx))
     boots.sort()
     lo = boots[int(0.025 * (resamples - 1))] if boots else float("nan")
-    hi = boots[int(math.ceil(0.975 * (resamples - 1)))] if boots else float("nan")
+    hi = boots[math.ceil(0.975 * (resamples - 1))] if boots else float("nan")
     return {"baseline": base, "variant": other, "baseline_ms": med_a * 1e3, "variant_ms": med_b * 1e3,
             "baseline_iqr_ms": _iqr(a) * 1e3, "variant_iqr_ms": _iqr(b) * 1e3,
             "ratio": med_b / med_a, "ci95": [lo, hi], "rounds": n}
@@ -187,13 +197,13 @@ def bench_supernet(space: wpl_nas.SearchSpace, archs: list[tuple[str, Architectu
     torch.manual_seed(0)
     supernet = Supernet(space, in_channels=INPUT_SHAPE[0], num_classes=NUM_CLASSES).to(device).train()
     opt = sgd(supernet.parameters(), cfg)  # every supernet weight, as the search does
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, arch in archs:
         supernet.set_arch(arch)
         alone = supernet.standalone(arch).train()
         variants = {"standalone": make_step(alone, sgd(alone.parameters(), cfg), batches),
                     "supernet": make_step(supernet, opt, batches)}
-        times = race(variants, rounds=args.repeats, warmup=args.warmup)
+        times = race(variants, rounds=args.repeats, warmup=args.warmup, budget=args.budget)
         row = compare(times, "standalone", "supernet", resamples=args.bootstrap, seed=len(rows))
         row.update(comparison="supernet/standalone", arch_label=label, arch=str(arch),
                    path_params=supernet.count_parameters(arch), supernet_params=supernet.count_parameters())
@@ -205,12 +215,12 @@ def bench_supernet(space: wpl_nas.SearchSpace, archs: list[tuple[str, Architectu
 # --- comparisons 2 and 3: WPL vs naive vs an autograd penalty ----------------------------------------
 def consolidated(space: wpl_nas.SearchSpace, arch: Architecture, held_out: TensorDataset, batches: list[Any],
                  cfg: SearchConfig, options: WPLOptions, device: torch.device,
-                 earlier: int = 2) -> tuple[Supernet, torch.optim.Optimizer, Strategy]:
+                 earlier: int = 2) -> tuple[Supernet, torch.optim.Optimizer, WPLStrategy]:
     """A supernet and a WPL strategy that trained and consolidated ``earlier`` candidates first."""
     torch.manual_seed(0)
     net = Supernet(space, in_channels=INPUT_SHAPE[0], num_classes=NUM_CLASSES).to(device).train()
     opt = sgd(net.parameters(), cfg)
-    wpl = create_strategy("wpl", net, options).to(device)
+    wpl = WPLStrategy(net, options).to(device)
     rng = random.Random(10_000)
     previous: list[Architecture] = []
     while len(previous) < earlier:
@@ -246,69 +256,74 @@ def clone(net: Supernet, opt: torch.optim.Optimizer, cfg: SearchConfig) -> tuple
     return net2, opt2
 
 
+def autograd_penalty(net: Supernet, wpl: WPLStrategy, names: list[str], alpha: float) -> Callable[[], torch.Tensor]:
+    """``alpha/2 * sum(Omega * (theta - theta*)^2)`` over ``names``, built as a graph at every call."""
+    params = dict(net.named_parameters())
+    terms = [(params[n], wpl.importance(n).clone(), wpl.anchor_of(n).clone()) for n in names]
+
+    def penalty() -> torch.Tensor:
+        total = sum((omega * (p - anchor).square()).sum() for p, omega, anchor in terms)
+        return 0.5 * alpha * total  # type: ignore[return-value]
+
+    return penalty
+
+
+def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, batches: list[Any],
+                   held_out: TensorDataset, cfg: SearchConfig, args: argparse.Namespace,
+                   device: torch.device) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Race naive, WPL (both forms) and the autograd penalty on one candidate."""
+    trial = 2  # the candidate after the two consolidated ones
+    base, base_opt, wpl = consolidated(space, arch, held_out, batches, cfg, cfg.wpl, device)
+    alpha = wpl.alpha_at(trial)
+    # The tensors the penalty acts on: on the path, protectable, with Omega > 0 (shared).
+    protected = [n for n in base.parameter_names_of(arch)
+                 if (cfg.wpl.include_global or ".edges." in n) and bool(wpl.importance(n).any())]
+    variants: dict[str, Step] = {}
+    nets: dict[str, Supernet] = {}
+    strategies: dict[str, Strategy | None] = {"naive": create_strategy("naive", base).to(device)}
+    for form in ("proximal", "gradient"):
+        strategies[f"wpl-{form}"] = copy.deepcopy(wpl)
+        strategies[f"wpl-{form}"].options = dataclasses.replace(wpl.options, form=form)
+    strategies["autograd-penalty"] = None
+    for name, strategy in strategies.items():
+        net, opt = clone(base, base_opt, cfg)
+        net.set_arch(arch)
+        ctx = CandidateContext(net, arch, trial, net.parameters_of(arch), opt)
+        if strategy is not None:
+            strategy.before_candidate(ctx)
+        extra = autograd_penalty(net, wpl, protected, alpha) if name == "autograd-penalty" else None
+        variants[name] = make_step(net, opt, batches, strategy, ctx, extra)
+        nets[name] = net
+
+    # The penalty must be live: check it on a throw-away copy before timing.
+    probe_net, probe_opt = clone(base, base_opt, cfg)
+    probe = copy.deepcopy(wpl)
+    probe_net.set_arch(arch)
+    probe_ctx = CandidateContext(probe_net, arch, trial, probe_net.parameters_of(arch), probe_opt)
+    probe.before_candidate(probe_ctx)
+    make_step(probe_net, probe_opt, batches)()  # a first step moves the weights off the anchors
+    first = make_step(probe_net, probe_opt, batches, probe, probe_ctx)()
+    # (detach: after_backward returns a penalty that still carries an autograd graph)
+    info: dict[str, Any] = {"penalty_after_1_step": float(first.detach()) if first is not None else 0.0}
+    if not info["penalty_after_1_step"] > 0:
+        raise RuntimeError(f"WPL penalty is not active for {arch}; the comparison would be meaningless")
+    info["protected_tensors"] = len(protected)
+    info["protected_scalars"] = sum(wpl.importance(n).numel() for n in protected)
+    info["path_tensors"] = len(base.parameter_names_of(arch))
+    info["lr_alpha_max_omega"] = cfg.lr * alpha * float(wpl.omega.max())
+
+    times = race(variants, rounds=args.repeats, warmup=args.warmup, budget=args.budget)
+    info["finite_after_run"] = {name: all(bool(torch.isfinite(p).all()) for p in net.parameters())
+                                for name, net in nets.items()}
+    return times, info
+
+
 def bench_wpl(space: wpl_nas.SearchSpace, archs: list[tuple[str, Architecture]], batches: list[Any],
               held_out: TensorDataset, cfg: SearchConfig, args: argparse.Namespace,
               device: torch.device) -> list[dict[str, Any]]:
-    rows = []
-    trial = 2  # the candidate after the two consolidated ones
+    rows: list[dict[str, Any]] = []
     for label, arch in archs:
-        base, base_opt, wpl = consolidated(space, arch, held_out, batches, cfg, cfg.wpl, device)
-        variants: dict[str, Step] = {}
-        info: dict[str, Any] = {}
-        nets: dict[str, Supernet] = {}
-
-        def prepare(name: str, strategy: Strategy | None, extra: Callable[[Supernet], Any] | None = None) -> None:
-            net, opt = clone(base, base_opt, cfg)
-            net.set_arch(arch)
-            ctx = CandidateContext(net, arch, trial, net.parameters_of(arch), opt)
-            if strategy is not None:
-                strategy.before_candidate(ctx)
-            variants[name] = make_step(net, opt, batches, strategy, ctx,
-                                       extra(net) if extra is not None else None)
-            nets[name] = net
-
-        prepare("naive", create_strategy("naive", base).to(device))
-        for form in ("proximal", "gradient"):
-            strat = copy.deepcopy(wpl)
-            strat.options = dataclasses.replace(wpl.options, form=form)
-            prepare(f"wpl-{form}", strat)
-
-        # The penalty the straightforward way, on the same tensors (shared, protected, Omega > 0).
-        alpha = wpl.alpha_at(trial)
-        protected = [n for n in base.parameter_names_of(arch)
-                     if (wpl.options.include_global or ".edges." in n) and bool(wpl.importance(n).any())]
-
-        def autograd_penalty(net: Supernet) -> Callable[[], torch.Tensor]:
-            params = dict(net.named_parameters())
-            terms = [(params[n], wpl.importance(n).clone(), wpl.anchor_of(n).clone()) for n in protected]
-
-            def penalty() -> torch.Tensor:
-                total = sum((omega * (p - anchor).square()).sum() for p, omega, anchor in terms)
-                return 0.5 * alpha * total  # type: ignore[return-value]
-
-            return penalty
-
-        prepare("autograd-penalty", None, autograd_penalty)
-
-        # The penalty must be live: check it on a throw-away copy before timing.
-        probe_net, probe_opt = clone(base, base_opt, cfg)
-        probe = copy.deepcopy(wpl)
-        probe_net.set_arch(arch)
-        probe_ctx = CandidateContext(probe_net, arch, trial, probe_net.parameters_of(arch), probe_opt)
-        probe.before_candidate(probe_ctx)
-        make_step(probe_net, probe_opt, batches)()  # a first step moves the weights off the anchors
-        first = make_step(probe_net, probe_opt, batches, probe, probe_ctx)()
-        info["penalty_after_1_step"] = float(first) if first is not None else 0.0
-        if not info["penalty_after_1_step"] > 0:
-            raise RuntimeError(f"WPL penalty is not active for {arch}; the comparison would be meaningless")
-        info["protected_tensors"] = len(protected)
-        info["protected_scalars"] = sum(wpl.importance(n).numel() for n in protected)
-        info["path_tensors"] = len(base.parameter_names_of(arch))
-        info["lr_alpha_max_omega"] = cfg.lr * alpha * float(wpl.omega.max())
-
-        times = race(variants, rounds=args.repeats, warmup=args.warmup)
-        info["finite_after_run"] = {name: all(bool(torch.isfinite(p).all()) for p in net.parameters())
-                                    for name, net in nets.items()}
+        times, info = bench_wpl_arch(space, label, arch, batches, held_out, cfg, args, device)
         for base_name, other in (("naive", "wpl-proximal"), ("naive", "wpl-gradient"),
                                  ("naive", "autograd-penalty"), ("autograd-penalty", "wpl-gradient")):
             row = compare(times, base_name, other, resamples=args.bootstrap, seed=len(rows))
@@ -347,9 +362,9 @@ def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
                      f"| {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} | {verdict} |")
     lines += ["", "| comparison | geomean ratio | worst ratio | target | met |", "|---|---:|---:|---|---|"]
     for s in summary:
-        target = "info" if s["target"] is None else f"≤ {s['target']:.2f}"
+        goal = "info" if s["target"] is None else f"≤ {s['target']:.2f}"
         met = "—" if s["met"] is None else ("yes" if s["met"] else "no")
-        lines.append(f"| {s['comparison']} | {s['geomean_ratio']:.3f} | {s['worst_ratio']:.3f} | {target} | {met} |")
+        lines.append(f"| {s['comparison']} | {s['geomean_ratio']:.3f} | {s['worst_ratio']:.3f} | {goal} | {met} |")
     return "\n".join(lines)
 
 
@@ -365,9 +380,17 @@ def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
             "python": platform.python_version(), "wpl_nas": wpl_nas.__version__, "platform": platform.platform(),
             "cpu": cpu, "device": str(device), "num_threads": torch.get_num_threads(),
-            "num_interop_threads": torch.get_num_interop_threads(), "batch_size": args.batch_size,
+            "num_interop_threads": torch.get_num_interop_threads(), "load_average_at_start": _load(),
+            "batch_size": args.batch_size, "budget_s": args.budget,
             "repeats": args.repeats, "warmup": args.warmup, "architectures": args.archs, "data": args.data,
             "quick": args.quick}
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -377,21 +400,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison (default 300; quick 25)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 20; quick 3)")
-    p.add_argument("--archs", type=int, default=None, help="architectures: N-1 samples + all-conv_5 (default 4; quick 2)")
+    p.add_argument("--archs", type=int, default=None,
+                   help="architectures: N-1 seeded samples + all-conv_5 (default 4; quick 2)")
     p.add_argument("--device", default="cpu", help="torch device (the targets are for cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) first (default: leave torch's default, which is printed)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed rounds per comparison group before stopping early "
+                        "(default 45; quick 2.5; 0: no limit)")
     p.add_argument("--data", choices=("random", "mnist1d"), default="random",
                    help="random MNIST-1D-shaped tensors, or the real MNIST-1D data (cached under --data-dir)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--pool", type=int, default=8, help="distinct batches cycled through")
-    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for the CI (default 1000; quick 100)")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="bootstrap resamples for the CI (default 1000; quick 100)")
     p.add_argument("--only", choices=("supernet", "wpl"), default=None, help="run one comparison group only")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
     args = p.parse_args(argv)
     quick = args.quick
-    args.repeats = args.repeats if args.repeats is not None else (25 if quick else 300)
+    args.repeats = args.repeats if args.repeats is not None else (25 if quick else 200)
     args.warmup = args.warmup if args.warmup is not None else (3 if quick else 20)
     args.archs = args.archs if args.archs is not None else (2 if quick else 4)
     args.bootstrap = args.bootstrap if args.bootstrap is not None else (100 if quick else 1000)
+    if args.budget is None:
+        args.budget = 2.5 if quick else 45.0
+    args.budget = args.budget or None
     if args.batch_size < 1 or args.repeats < 2 or args.archs < 1 or args.pool < 1 or args.warmup < 0:
         p.error("--batch-size, --archs, --pool must be >= 1, --repeats >= 2, --warmup >= 0")
     return args
@@ -399,6 +432,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     start = time.perf_counter()
     env = environment(args, device)
@@ -415,8 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += bench_wpl(space, archs, batches, held_out, cfg, args, device)
     summary = summarise(rows)
     env["seconds"] = round(time.perf_counter() - start, 1)
+    env["load_average_at_end"] = _load()
     print(f"## Step-time ratios ({env['date'][:10]}; torch {env['torch']}; {env['num_threads']} threads; "
-          f"{env['cpu']}; batch {args.batch_size}; {args.repeats} rounds; {env['seconds']} s)\n")
+          f"{env['cpu']}; batch {args.batch_size}; up to {args.repeats} rounds; {env['seconds']} s; "
+          f"load average {env['load_average_at_start']} -> {env['load_average_at_end']})\n")
     print(markdown(rows, summary))
     print("\nArchitectures: " + "; ".join(f"{label} = {arch}" for label, arch in archs))
     if args.json is not None:

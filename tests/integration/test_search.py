@@ -1,0 +1,157 @@
+"""End to end: `wpl-nas search` on a tiny budget, read back from SQLite and TensorBoard."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import wpl_nas
+from wpl_nas.cli import cli
+
+
+@pytest.fixture
+def base_args(tiny_space_file, data_dir, tmp_path) -> list[str]:
+    return ["search", "--no-progress", "--space", str(tiny_space_file), "--data-dir", str(data_dir),
+            "--runs-dir", str(tmp_path / "runs"), "--epochs", "1", "--batch-size", "128", "--device", "cpu",
+            "--study-name", "tiny"]
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_cli_search_writes_study_tensorboard_and_checkpoint(base_args, tmp_path, tiny_space):
+    result = invoke([*base_args, "--trials", "3"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    assert "best architecture" in result.output
+    assert f"tensorboard --logdir {run_dir / 'tb'}" in result.output
+    assert f"optuna-dashboard sqlite:///{run_dir / 'study.db'}" in result.output
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    assert "command:" in (run_dir / "config.yaml").read_text()
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for t in trials:
+        arch = tiny_space.parse(t.user_attrs["arch"])
+        assert t.params == dict(arch)  # one categorical per edge, op names as values
+        assert t.user_attrs["params"] > 0
+        assert 0.0 <= t.user_attrs["score_at_training"] <= 1.0
+        assert t.user_attrs["rescore"] == t.value == t.user_attrs["score_at_training"]
+        assert "penalty" in t.user_attrs and t.intermediate_values.keys() == {0}
+        assert str(t.number) in t.user_attrs["retained"]
+    assert trials[0].user_attrs["penalty"] == 0.0  # nothing consolidated before the first candidate
+    assert set(study.user_attrs["latest_rescore"]) == {"0", "1", "2"}
+    assert study.user_attrs["forgetting_max"] >= study.user_attrs["forgetting_mean"]
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/acc", "wpl/penalty", "retained/mean_acc", "forgetting/mean",
+            "forgetting/max", "retained/trial_0000"} <= tags
+    assert [e.step for e in events.Scalars("val/acc")] == [0, 1, 2]
+    assert [e.value for e in events.Scalars("val/acc")] == pytest.approx([t.value for t in trials])
+    assert [e.step for e in events.Scalars("retained/trial_0000")] == [0, 1, 2]
+
+
+def search(tmp_path: Path, name: str, trials: int, tiny_space_file, data_dir, **kw) -> wpl_nas.SearchResult:
+    config = wpl_nas.SearchConfig(space=str(tiny_space_file), data_dir=str(data_dir), runs_dir=str(tmp_path),
+                                  study_name=name, trials=trials, epochs=1, batch_size=128, device="cpu", **kw)
+    return wpl_nas.run_search(config, progress=False, command=["test"])
+
+
+def snapshot(result: wpl_nas.SearchResult) -> tuple[list[tuple[str, float]], dict[str, torch.Tensor]]:
+    trials = [(t.user_attrs["arch"], t.value) for t in result.study.get_trials()]
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    return trials, {**{f"s.{k}": v for k, v in state["strategy"].items()},
+                    **{f"n.{k}": v for k, v in state["supernet"].items()}}
+
+
+def assert_same(a, b):
+    assert a[0] == b[0]
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        assert torch.equal(a[1][k], b[1][k]), k
+
+
+def test_seeded_search_is_deterministic_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_space_file,
+                                                                                data_dir):
+    whole = snapshot(search(tmp_path, "whole", 4, tiny_space_file, data_dir))
+    assert_same(whole, snapshot(search(tmp_path, "again", 4, tiny_space_file, data_dir)))
+    search(tmp_path, "resumed", 2, tiny_space_file, data_dir)
+    resumed = search(tmp_path, "resumed", 4, tiny_space_file, data_dir)
+    assert len(resumed.study.get_trials()) == 4
+    assert_same(whole, snapshot(resumed))
+    assert resumed.study.user_attrs["latest_rescore"].keys() == {"0", "1", "2", "3"}
+
+
+def test_resume_after_a_trial_was_lost_in_flight(tmp_path, tiny_space_file, data_dir):
+    first = search(tmp_path, "crash", 2, tiny_space_file, data_dir)
+    first.study.ask()  # a trial that started but never finished, as after a kill
+    result = search(tmp_path, "crash", 3, tiny_space_file, data_dir)
+    states = [t.state for t in result.study.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.FAIL,
+                                                               optuna.trial.TrialState.COMPLETE]
+
+
+def digest(run_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_exits_2_names_the_value_and_leaves_the_run_intact(base_args, tmp_path):
+    assert invoke([*base_args, "--trials", "1"]).exit_code == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    before = digest(run_dir)
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("trials: [1, 2\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("trails: 2\n")
+    cases = [
+        (["--space", "nope"], ["'nope'", "mnist1d", "nb201"]),
+        (["--strategy", "ewc"], ["'ewc'", "valid choices: naive, wpl"]),
+        (["--sampler", "cmaes"], ["'cmaes'", "tpe", "random", "grid"]),
+        (["--dataset", "imagenet"], ["'imagenet'", "mnist1d", "cifar10"]),
+        (["--config", str(malformed)], ["malformed YAML", str(malformed)]),
+        (["--config", str(unknown)], ["'trails'", "did you mean 'trials'"]),
+        (["--storage", "not a url"], ["invalid storage URL 'not a url'"]),
+        (["--storage", "nosuchdb://host/db"], ["invalid storage URL 'nosuchdb://host/db'"]),
+        (["--wpl-form", "implicit"], ["'implicit'", "proximal, gradient"]),
+        (["--lr", "0.5"], ["different configuration", "lr: saved 0.05, now 0.5"]),
+        (["--trials", "zero"], ["'zero' is not a valid integer"]),
+    ]
+    for extra, needles in cases:
+        result = CliRunner().invoke(cli, [*base_args, "--trials", "2", *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert "Traceback" not in result.output
+        for needle in needles:
+            assert needle in result.output, (extra, result.output)
+        assert digest(run_dir) == before, extra
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "wpl_nas", "search", "--strategy", "nieve",
+                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown strategy 'nieve' (did you mean 'naive'?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_spaces_commands():
+    result = invoke(["spaces"])
+    assert result.exit_code == 0
+    assert "mnist1d" in result.output and "15,625" in result.output
+    shown = invoke(["spaces", "show", "nb201"])
+    assert shown.exit_code == 0 and "nor_conv_3x3" in shown.output and "0->1" in shown.output
+    bad = CliRunner().invoke(cli, ["spaces", "show", "nope"])
+    assert bad.exit_code == 2 and "valid choices: mnist1d, nb201" in bad.output
