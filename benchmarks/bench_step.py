@@ -282,8 +282,9 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
     nets: dict[str, Supernet] = {}
     strategies: dict[str, Strategy | None] = {"naive": create_strategy("naive", base).to(device)}
     for form in ("proximal", "gradient"):
-        strategies[f"wpl-{form}"] = copy.deepcopy(wpl)
-        strategies[f"wpl-{form}"].options = dataclasses.replace(wpl.options, form=form)
+        variant = copy.deepcopy(wpl)
+        variant.options = dataclasses.replace(wpl.options, form=form)
+        strategies[f"wpl-{form}"] = variant
     strategies["autograd-penalty"] = None
     for name, strategy in strategies.items():
         net, opt = clone(base, base_opt, cfg)
@@ -310,7 +311,7 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
     info["protected_tensors"] = len(protected)
     info["protected_scalars"] = sum(wpl.importance(n).numel() for n in protected)
     info["path_tensors"] = len(base.parameter_names_of(arch))
-    info["lr_alpha_max_omega"] = cfg.lr * alpha * float(wpl.omega.max())
+    info["lr_alpha_max_omega"] = cfg.lr * alpha * max(float(wpl.importance(n).max()) for n in protected)
 
     times = race(variants, rounds=args.repeats, warmup=args.warmup, budget=args.budget)
     info["finite_after_run"] = {name: all(bool(torch.isfinite(p).all()) for p in net.parameters())

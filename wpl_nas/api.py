@@ -212,7 +212,7 @@ class _Search:
             self.strategy.load_state_dict(state["strategy"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.pool.load_state_dict(state["pool"])
-            self.finished = {int(k): tuple(v) for k, v in state["finished"].items()}  # type: ignore[misc]
+            self.finished = {int(k): (v[0], v[1]) for k, v in state["finished"].items()}
             restore_rng(state["rng"])
         states = optuna.trial.TrialState
         for trial in self.study.get_trials(deepcopy=False):

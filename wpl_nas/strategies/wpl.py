@@ -45,6 +45,9 @@ class WPLStrategy(Strategy):
     Options = WPLOptions
     penalty_tag = "wpl/penalty"
     options: WPLOptions
+    omega: torch.Tensor
+    anchor: torch.Tensor
+    consolidated: torch.Tensor
 
     def __init__(self, supernet: Supernet, options: WPLOptions | None = None) -> None:
         super().__init__(supernet, options or WPLOptions())
@@ -92,7 +95,8 @@ class WPLStrategy(Strategy):
         # Shared ∩ path: tensors of this candidate that an earlier candidate consolidated.
         names = [n for n in ctx.params if self._protectable(n) and bool(self.importance(n).any())]
         if names:
-            self._pull = _Pull(alpha, [ctx.params[n] for n in names],
+            params: list[torch.Tensor] = [ctx.params[n] for n in names]
+            self._pull = _Pull(alpha, params,
                                [self.importance(n) for n in names], [self.anchor_of(n) for n in names])
 
     def after_backward(self, ctx: CandidateContext) -> torch.Tensor | None:
@@ -177,13 +181,13 @@ class WPLStrategy(Strategy):
 class _Pull:
     """The shared-and-protected tensors of the current candidate, cached for its steps."""
 
-    def __init__(self, alpha: float, params: list[nn.Parameter], omegas: list[torch.Tensor],
+    def __init__(self, alpha: float, params: list[torch.Tensor], omegas: list[torch.Tensor],
                  anchors: list[torch.Tensor]) -> None:
         self.alpha = alpha
         self.params = params
         self.omegas = omegas
         self.anchors = anchors
-        self.sqrt_omega = torch._foreach_sqrt(omegas)
+        self.sqrt_omega = list(torch._foreach_sqrt(omegas))
         self._checked = False
         self._coeff: tuple[float, list[torch.Tensor]] | None = None
 
@@ -202,5 +206,5 @@ class _Pull:
         if self._coeff is None or self._coeff[0] != lr:
             scaled = torch._foreach_mul(self.omegas, lr * self.alpha)
             denom = torch._foreach_add(scaled, 1.0)
-            self._coeff = (lr, torch._foreach_div(scaled, denom))
+            self._coeff = (lr, list(torch._foreach_div(scaled, denom)))
         return self._coeff[1]

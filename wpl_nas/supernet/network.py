@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
@@ -57,7 +58,8 @@ class Cell(nn.Module):
         nodes: dict[int, torch.Tensor] = {0: x}
         for s, d, op in active:
             src = nodes[s] if s in nodes else torch.zeros_like(x)  # a node with no live input is 0
-            out = self.edges[edge_label(s, d)][op](src)
+            ops = cast(nn.ModuleDict, self.edges[edge_label(s, d)])
+            out = ops[op](src)
             nodes[d] = nodes[d] + out if d in nodes else out
         return nodes.get(self.output_node, torch.zeros_like(x))
 
@@ -82,6 +84,8 @@ class Supernet(nn.Module):
     ) -> None:
         super().__init__()
         self.space = space
+        self.in_channels = in_channels
+        self.num_classes = num_classes
         self.fixed = space.validate(fixed) if fixed is not None else None
         dims = space.dims
         self.stem = nn.Sequential(conv(dims, in_channels, space.stem_channels, 3),
@@ -133,7 +137,7 @@ class Supernet(nn.Module):
                                "`with supernet.use(arch):` before running the supernet")
         x = self.stem(x)  # (B, C, L) or (B, C, H, W)
         for stage in self.stages:
-            for block in stage:
+            for block in cast(nn.Sequential, stage):
                 x = block(x, self._active) if isinstance(block, Cell) else block(x)
         return self.head(x)  # (B, num_classes)
 
@@ -167,7 +171,7 @@ class Supernet(nn.Module):
     def standalone(self, arch: Architecture) -> Supernet:
         """A stand-alone network of ``arch`` holding a copy of this supernet's weights."""
         first = next(self.parameters())
-        net = Supernet(self.space, in_channels=self.stem[0].in_channels,
-                       num_classes=self.head[-1].out_features, fixed=arch).to(first.device)
+        net = Supernet(self.space, in_channels=self.in_channels, num_classes=self.num_classes,
+                       fixed=arch).to(first.device)
         net.load_state_dict({k: v.detach().clone() for k, v in self.parameters_of(arch).items()})
         return net
