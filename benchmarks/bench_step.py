@@ -107,8 +107,11 @@ def architectures(space: wpl_nas.SearchSpace, count: int) -> list[tuple[str, Arc
 # --- one training step -----------------------------------------------------------------------
 def make_step(net: Supernet, opt: torch.optim.Optimizer, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
               strategy: Strategy | None = None, ctx: CandidateContext | None = None,
-              extra_loss: Callable[[], torch.Tensor] | None = None) -> Step:
-    """The trainer's step (minus clipping and bookkeeping) as a closure cycling over ``batches``."""
+              extra_loss: Callable[[], torch.Tensor] | None = None, hook_log: list[float] | None = None) -> Step:
+    """The trainer's step (minus clipping and bookkeeping) as a closure cycling over ``batches``.
+
+    With ``hook_log``, the time spent inside the strategy's two per-step hooks is appended to it.
+    """
     data = itertools.cycle(batches)
 
     def step() -> torch.Tensor | None:
@@ -119,10 +122,15 @@ def make_step(net: Supernet, opt: torch.optim.Optimizer, batches: Sequence[tuple
         if extra_loss is not None:
             loss = loss + extra_loss()
         loss.backward()
+        t0 = time.perf_counter()
         penalty = strategy.after_backward(ctx) if strategy is not None and ctx is not None else None
+        t1 = time.perf_counter()
         opt.step()
+        t2 = time.perf_counter()
         if strategy is not None and ctx is not None:
             strategy.after_step(ctx)
+        if hook_log is not None:
+            hook_log.append(t1 - t0 + time.perf_counter() - t2)
         return penalty
 
     return step
@@ -280,6 +288,7 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
                  if (cfg.wpl.include_global or ".edges." in n) and bool(wpl.importance(n).any())]
     variants: dict[str, Step] = {}
     nets: dict[str, Supernet] = {}
+    hooks: dict[str, list[float]] = {}
     strategies: dict[str, Strategy | None] = {"naive": create_strategy("naive", base).to(device)}
     for form in ("proximal", "gradient"):
         variant = copy.deepcopy(wpl)
@@ -293,7 +302,8 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
         if strategy is not None:
             strategy.before_candidate(ctx)
         extra = autograd_penalty(net, wpl, protected, alpha) if name == "autograd-penalty" else None
-        variants[name] = make_step(net, opt, batches, strategy, ctx, extra)
+        hooks[name] = []
+        variants[name] = make_step(net, opt, batches, strategy, ctx, extra, hooks[name])
         nets[name] = net
 
     # The penalty must be live: check it on a throw-away copy before timing.
@@ -314,6 +324,8 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
     info["lr_alpha_max_omega"] = cfg.lr * alpha * max(float(wpl.importance(n).max()) for n in protected)
 
     times = race(variants, rounds=args.repeats, warmup=args.warmup, budget=args.budget)
+    # Time inside the strategy hooks per step (median over the timed rounds only).
+    info["hook_ms"] = {name: statistics.median(log[-len(times[name]):]) * 1e3 for name, log in hooks.items()}
     info["finite_after_run"] = {name: all(bool(torch.isfinite(p).all()) for p in net.parameters())
                                 for name, net in nets.items()}
     return times, info
@@ -328,7 +340,8 @@ def bench_wpl(space: wpl_nas.SearchSpace, archs: list[tuple[str, Architecture]],
         for base_name, other in (("naive", "wpl-proximal"), ("naive", "wpl-gradient"),
                                  ("naive", "autograd-penalty"), ("autograd-penalty", "wpl-gradient")):
             row = compare(times, base_name, other, resamples=args.bootstrap, seed=len(rows))
-            row.update(comparison=f"{other}/{base_name}", arch_label=label, arch=str(arch), **info)
+            row.update(comparison=f"{other}/{base_name}", arch_label=label, arch=str(arch),
+                       variant_hook_ms=info["hook_ms"][other], **info)
             rows.append(row)
             print(_progress(row), file=sys.stderr, flush=True)
     return rows
@@ -353,13 +366,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
-    lines = ["| comparison | arch | baseline ms (IQR) | variant ms (IQR) | ratio | 95% CI | target |",
-             "|---|---|---:|---:|---:|---|---|"]
+    lines = ["| comparison | arch | baseline ms (IQR) | variant ms (IQR) | of which hooks ms | ratio | 95% CI "
+             "| target |", "|---|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         target = TARGETS.get(r["comparison"])
+        hooks = f"{r['variant_hook_ms']:.3f}" if r["variant"].startswith("wpl") else "—"
         verdict = "info" if target is None else f"≤ {target:.2f} {'✓' if r['ratio'] <= target else '✗'}"
         lines.append(f"| {r['comparison']} | {r['arch_label']} | {r['baseline_ms']:.3f} ({r['baseline_iqr_ms']:.3f}) "
-                     f"| {r['variant_ms']:.3f} ({r['variant_iqr_ms']:.3f}) | {r['ratio']:.3f} "
+                     f"| {r['variant_ms']:.3f} ({r['variant_iqr_ms']:.3f}) | {hooks} | {r['ratio']:.3f} "
                      f"| {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} | {verdict} |")
     lines += ["", "| comparison | geomean ratio | worst ratio | target | met |", "|---|---:|---:|---|---|"]
     for s in summary:

@@ -165,6 +165,8 @@ class _Search:
         create_sampler(config.sampler, self.space, seed=config.seed)
         check_storage_url(config.resolved_storage)
         self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.run_dir = config.run_dir
         saved = self.run_dir / CONFIG_FILE
         if saved.is_file():
@@ -176,12 +178,13 @@ class _Search:
             config.strategy, self.supernet, getattr(config, config.strategy, None)).to(self.device)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
-        val = self.data.val
-        assert isinstance(val, TensorDataset) and isinstance(self.data.train, TensorDataset)
+        val, train = self.data.val, self.data.train
+        if not (isinstance(val, TensorDataset) and isinstance(train, TensorDataset)):
+            raise TypeError(f"dataset {config.dataset!r} must load as TensorDatasets (see wpl_nas.data)")
         n_eval = config.eval_samples or len(val)
         eval_set = (val.tensors[0][:n_eval].to(self.device), val.tensors[1][:n_eval].to(self.device))
         self.trainer = CandidateTrainer(
-            self.supernet, self.strategy, train_set=self.data.train, held_out=val, eval_set=eval_set,
+            self.supernet, self.strategy, train_set=train, held_out=val, eval_set=eval_set,
             optimizer=self.optimizer, batch_size=config.batch_size, epochs=config.epochs,
             grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed)
         self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent)
@@ -343,5 +346,7 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
     Raises:
         ConfigError: any invalid value or name, before anything is written.
     """
-    config = (config or SearchConfig()).replace(**overrides) if overrides else (config or SearchConfig())
+    config = config or SearchConfig()
+    if overrides:
+        config = config.replace(**overrides)
     return _Search(config, progress=progress, command=command if command is not None else sys.argv).run()

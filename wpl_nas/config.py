@@ -99,11 +99,14 @@ class SearchConfig:
     # Reproducibility and hardware.
     seed: int = _opt(0, "Seed for weights, data order, splits and the sampler.")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps.")
+    threads: int = _opt(
+        0, "CPU threads for PyTorch (0: its default, one per core). On a machine shared with other "
+        "busy processes, 1 avoids threads waiting on each other.")
     # Strategy options.
     wpl: WPLOptions = field(default_factory=WPLOptions, metadata={"help": "Weight plasticity loss options."})
 
     # Fields that may change between runs of the same study (everything else must match).
-    RESUMABLE_CHANGES = ("trials", "device", "storage")
+    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage")
 
     @property
     def resolved_study_name(self) -> str:
@@ -124,7 +127,8 @@ class SearchConfig:
         registries by :func:`wpl_nas.api.run_search` before anything is written.
         """
         _positive(self, "trials", "epochs", "batch_size", "eval_batch_size", "pool_best")
-        _non_negative(self, "lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent")
+        _non_negative(self, "lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent",
+                      "threads")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), but got val_fraction={self.val_fraction}")
         for section in SECTIONS:
