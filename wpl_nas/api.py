@@ -64,9 +64,13 @@ class SearchResult:
         """The end-of-search report printed by ``wpl-nas search``."""
         p = self.pool
         storage = self.storage
+        best = (
+            [f"best architecture   {self.best_arch}",
+             f"best score          {self.best_score:.4f}  (validation accuracy at training time)"]
+            if self.best_arch is not None else ["best architecture   none: no trial completed (all pruned?)"]
+        )
         lines = [
-            f"best architecture   {self.best_arch}",
-            f"best score          {self.best_score:.4f}  (validation accuracy at training time)",
+            *best,
             f"retained pool       mean accuracy {p['retained_mean']:.4f}, "
             f"forgetting mean {p['forgetting_mean']:+.4f}, max {p['forgetting_max']:+.4f}",
             f"run folder          {self.run_dir}",

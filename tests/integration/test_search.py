@@ -64,8 +64,9 @@ def test_cli_search_writes_study_tensorboard_and_checkpoint(base_args, tmp_path,
 
 
 def search(tmp_path: Path, name: str, trials: int, tiny_space_file, data_dir, **kw) -> wpl_nas.SearchResult:
+    options = {"epochs": 1, "batch_size": 128, "device": "cpu", **kw}
     config = wpl_nas.SearchConfig(space=str(tiny_space_file), data_dir=str(data_dir), runs_dir=str(tmp_path),
-                                  study_name=name, trials=trials, epochs=1, batch_size=128, device="cpu", **kw)
+                                  study_name=name, trials=trials, **options)
     return wpl_nas.run_search(config, progress=False, command=["test"])
 
 
@@ -155,3 +156,21 @@ def test_spaces_commands():
     assert shown.exit_code == 0 and "nor_conv_3x3" in shown.output and "0->1" in shown.output
     bad = CliRunner().invoke(cli, ["spaces", "show", "nope"])
     assert bad.exit_code == 2 and "valid choices: mnist1d, nb201" in bad.output
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_pruned_candidates_are_neither_consolidated_nor_pooled(tmp_path, tiny_space_file, data_dir, monkeypatch):
+    from wpl_nas.study import PRUNERS
+
+    monkeypatch.setitem(PRUNERS._items, "always", AlwaysPrune)
+    result = search(tmp_path, "pruned", 2, tiny_space_file, data_dir, pruner="always", epochs=2)
+    trials = result.study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(t.intermediate_values.keys() == {0} for t in trials)  # stopped after the first epoch
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert int(state["strategy"]["consolidated"]) == 0 and state["pool"]["entries"] == []
+    assert result.best_arch is None and "no trial completed" in result.summary()

@@ -1,0 +1,108 @@
+"""Small components: registry, retained pool, checkpoints, Optuna helpers, devices."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+
+import wpl_nas
+from wpl_nas.errors import ConfigError
+from wpl_nas.evaluation import RetainedPool
+from wpl_nas.registry import Registry
+from wpl_nas.study import GRID_LIMIT, PRUNERS, SAMPLERS, check_storage_url, create_pruner, create_sampler
+from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+
+def test_registry_errors_suggest_and_list():
+    reg: Registry[int] = Registry("widget")
+    reg.add("alpha", 1)
+    reg.add("beta", 2)
+    assert reg.get("beta") == 2 and reg.names() == ["alpha", "beta"] and "alpha" in reg
+    with pytest.raises(ConfigError, match=r"unknown widget 'alpah' \(did you mean 'alpha'\?\); valid choices: alpha, beta"):
+        reg.get("alpah")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.add("alpha", 3)
+
+
+def test_pool_keeps_best_and_recent_and_measures_forgetting():
+    pool = RetainedPool(best=2, recent=1)
+    for trial, score in enumerate([0.5, 0.9, 0.7, 0.2]):
+        pool.add(trial, f"arch{trial}", score)
+    assert pool.members() == [1, 2, 3]  # best two (1, 2) + the latest (3)
+    pool.record(3, {1: 0.8, 2: 0.7, 3: 0.2})
+    assert pool.entries[1].forgetting == pytest.approx(0.1)
+    summary = pool.summary()
+    assert summary["forgetting_max"] == pytest.approx(0.1)
+    assert summary["forgetting_mean"] == pytest.approx(0.1 / 3)
+    assert summary["retained_mean"] == pytest.approx((0.8 + 0.7 + 0.2) / 3)
+    assert pool.matrix()[1] == {3: 0.8} and pool.matrix()[0] == {}
+    clone = RetainedPool(best=9, recent=9)
+    clone.load_state_dict(pool.state_dict())
+    assert clone.state_dict() == pool.state_dict() and clone.members() == pool.members()
+
+
+def test_empty_pool_summary_is_nan():
+    assert all(math.isnan(v) for v in RetainedPool(best=1, recent=1).summary().values())
+
+
+def test_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "ck" / "last.pt"
+    save_checkpoint(path, {"x": torch.arange(3)})
+    assert torch.equal(load_checkpoint(path)["x"], torch.arange(3))
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, {"x": torch.arange(5)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["x"], torch.arange(3))  # the old checkpoint survives
+
+
+def test_rng_states_round_trip():
+    state = capture_rng()
+    first = torch.rand(3)
+    restore_rng(state)
+    assert torch.equal(torch.rand(3), first)
+
+
+def test_samplers_pruners_and_storage(tiny_space):
+    assert set(SAMPLERS.names()) == {"tpe", "random", "grid"}
+    assert set(PRUNERS.names()) == {"none", "median", "halving"}
+    study = optuna.create_study(sampler=create_sampler("grid", tiny_space, seed=0),
+                                pruner=create_pruner("median"), direction="maximize")
+    seen = set()
+    for _ in range(5):
+        trial = study.ask()
+        seen.add(tiny_space.suggest(trial))
+        study.tell(trial, 0.0)
+    assert len(seen) == 5  # the grid never repeats
+    nb201 = wpl_nas.load_space("nb201")
+    assert nb201.size > GRID_LIMIT
+    with pytest.raises(ConfigError, match="15,625"):
+        create_sampler("grid", nb201, seed=0)
+    check_storage_url("sqlite:///runs/x/study.db")
+    check_storage_url("postgresql://user:pw@localhost/db")
+    for bad in ("runs/study.db", "nosuchdb://x"):
+        with pytest.raises(ConfigError, match="invalid storage URL"):
+            check_storage_url(bad)
+
+
+def test_resolve_device():
+    assert wpl_nas.resolve_device("cpu") == torch.device("cpu")
+    assert wpl_nas.resolve_device("auto").type in {"cpu", "cuda"}
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        wpl_nas.resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            wpl_nas.resolve_device("cuda:0")
+
+
+def test_space_and_data_dimensions_must_match(mnist1d):
+    with pytest.raises(ConfigError, match="space 'nb201' is for 2-D inputs, but dataset 'mnist1d' is 1-D"):
+        wpl_nas.build_supernet("nb201", mnist1d)
