@@ -16,7 +16,11 @@ MNIST-1D-shaped batches (``(B, 1, 40)``, 10 classes):
 
 One step is ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward, the strategy's
 ``after_backward``, ``optimizer.step()`` (SGD, momentum 0.9), the strategy's ``after_step``:
-the trainer's inner loop without gradient clipping and bookkeeping.
+the trainer's inner loop without gradient clipping and bookkeeping. The WPL rows also show the
+median time spent inside the two hooks. The search's defaults (``SearchConfig()``) give lr,
+momentum, weight decay and ``WPLOptions``; the gradient form (and the autograd penalty, the same
+maths) runs with alpha capped at ``1 / (lr * max Omega)`` so that it does not diverge while timed
+(its cost does not depend on alpha).
 
 Method: every variant of a comparison has its own copy of the model and optimiser, starting
 from the same state, and sees the same batches. The variants are run in interleaved rounds in
@@ -112,18 +116,20 @@ def make_step(net: Supernet, opt: torch.optim.Optimizer, batches: Sequence[tuple
 
     With ``hook_log``, the time spent inside the strategy's two per-step hooks is appended to it.
     """
+    if strategy is not None and ctx is None:
+        raise ValueError("a strategy needs its CandidateContext")
     data = itertools.cycle(batches)
 
-    def step() -> torch.Tensor | None:
+    def step() -> None:
         x, y = next(data)
-        assert strategy is None or ctx is not None
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(net(x), y)
         if extra_loss is not None:
             loss = loss + extra_loss()
         loss.backward()
         t0 = time.perf_counter()
-        penalty = strategy.after_backward(ctx) if strategy is not None and ctx is not None else None
+        if strategy is not None and ctx is not None:
+            strategy.after_backward(ctx)
         t1 = time.perf_counter()
         opt.step()
         t2 = time.perf_counter()
@@ -131,7 +137,6 @@ def make_step(net: Supernet, opt: torch.optim.Optimizer, batches: Sequence[tuple
             strategy.after_step(ctx)
         if hook_log is not None:
             hook_log.append(t1 - t0 + time.perf_counter() - t2)
-        return penalty
 
     return step
 
@@ -260,7 +265,9 @@ def clone(net: Supernet, opt: torch.optim.Optimizer, cfg: SearchConfig) -> tuple
     """An independent copy of the supernet and its optimiser (momentum included)."""
     net2 = copy.deepcopy(net)
     opt2 = sgd(net2.parameters(), cfg)
-    opt2.load_state_dict(opt.state_dict())
+    # Deep-copied: load_state_dict keeps same-device tensors as they are, so the copies would
+    # otherwise share (and all update) the same momentum buffers.
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     return net2, opt2
 
 
@@ -282,17 +289,22 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
     """Race naive, WPL (both forms) and the autograd penalty on one candidate."""
     trial = 2  # the candidate after the two consolidated ones
     base, base_opt, wpl = consolidated(space, arch, held_out, batches, cfg, cfg.wpl, device)
-    alpha = wpl.alpha_at(trial)
     # The tensors the penalty acts on: on the path, protectable, with Omega > 0 (shared).
     protected = [n for n in base.parameter_names_of(arch)
                  if (cfg.wpl.include_global or ".edges." in n) and bool(wpl.importance(n).any())]
+    max_omega = max(float(wpl.importance(n).max()) for n in protected)
+    # The gradient form diverges once lr * alpha * max(Omega) is large (see WPLOptions.form);
+    # its cost does not depend on alpha, so it (and the autograd penalty, the same maths) runs
+    # with alpha capped at 1 / (lr * max Omega), which keeps the timed weights finite.
+    alpha_proximal = wpl.alpha_at(trial)
+    alpha_gradient = min(alpha_proximal, 1.0 / (cfg.lr * max_omega))
     variants: dict[str, Step] = {}
     nets: dict[str, Supernet] = {}
     hooks: dict[str, list[float]] = {}
     strategies: dict[str, Strategy | None] = {"naive": create_strategy("naive", base).to(device)}
-    for form in ("proximal", "gradient"):
+    for form, alpha in (("proximal", alpha_proximal), ("gradient", alpha_gradient)):
         variant = copy.deepcopy(wpl)
-        variant.options = dataclasses.replace(wpl.options, form=form)
+        variant.options = dataclasses.replace(wpl.options, form=form, alpha=alpha)
         strategies[f"wpl-{form}"] = variant
     strategies["autograd-penalty"] = None
     for name, strategy in strategies.items():
@@ -301,7 +313,7 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
         ctx = CandidateContext(net, arch, trial, net.parameters_of(arch), opt)
         if strategy is not None:
             strategy.before_candidate(ctx)
-        extra = autograd_penalty(net, wpl, protected, alpha) if name == "autograd-penalty" else None
+        extra = autograd_penalty(net, wpl, protected, alpha_gradient) if name == "autograd-penalty" else None
         hooks[name] = []
         variants[name] = make_step(net, opt, batches, strategy, ctx, extra, hooks[name])
         nets[name] = net
@@ -313,15 +325,16 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
     probe_ctx = CandidateContext(probe_net, arch, trial, probe_net.parameters_of(arch), probe_opt)
     probe.before_candidate(probe_ctx)
     make_step(probe_net, probe_opt, batches)()  # a first step moves the weights off the anchors
-    first = make_step(probe_net, probe_opt, batches, probe, probe_ctx)()
-    # (detach: after_backward returns a penalty that still carries an autograd graph)
-    info: dict[str, Any] = {"penalty_after_1_step": float(first.detach()) if first is not None else 0.0}
+    make_step(probe_net, probe_opt, batches, probe, probe_ctx)()
+    info: dict[str, Any] = {"penalty_after_1_step": probe.penalty(probe_ctx) or 0.0}
     if not info["penalty_after_1_step"] > 0:
         raise RuntimeError(f"WPL penalty is not active for {arch}; the comparison would be meaningless")
     info["protected_tensors"] = len(protected)
     info["protected_scalars"] = sum(wpl.importance(n).numel() for n in protected)
     info["path_tensors"] = len(base.parameter_names_of(arch))
-    info["lr_alpha_max_omega"] = cfg.lr * alpha * max(float(wpl.importance(n).max()) for n in protected)
+    info["alpha"] = {"wpl-proximal": alpha_proximal, "wpl-gradient": alpha_gradient,
+                     "autograd-penalty": alpha_gradient}
+    info["lr_alpha_max_omega"] = {k: cfg.lr * a * max_omega for k, a in info["alpha"].items()}
 
     times = race(variants, rounds=args.repeats, warmup=args.warmup, budget=args.budget)
     # Time inside the strategy hooks per step (median over the timed rounds only).
@@ -413,7 +426,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: fewer rounds and architectures (< 30 s)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison (default 300; quick 25)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per comparison (default 200; quick 25)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 20; quick 3)")
     p.add_argument("--archs", type=int, default=None,
                    help="architectures: N-1 seeded samples + all-conv_5 (default 4; quick 2)")
@@ -471,6 +484,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"load average {env['load_average_at_start']} -> {env['load_average_at_end']})\n")
     print(markdown(rows, summary))
     print("\nArchitectures: " + "; ".join(f"{label} = {arch}" for label, arch in archs))
+    for r in rows:
+        if r["comparison"] == "wpl-proximal/naive":
+            print(f"- {r['arch_label']}: penalty live on {r['protected_tensors']}/{r['path_tensors']} path tensors "
+                  f"({r['protected_scalars']:,} scalars); alpha proximal {r['alpha']['wpl-proximal']:g}, "
+                  f"gradient/autograd {r['alpha']['wpl-gradient']:.3g}")
+            broken = [name for name, ok in r["finite_after_run"].items() if not ok]
+            if broken:
+                print(f"  WARNING: non-finite weights after the run in {', '.join(broken)}: timings may be off")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"environment": env, "summary": summary, "results": rows}, indent=2))

@@ -50,11 +50,13 @@ class Strategy(nn.Module):
     The trainer calls, for each candidate in turn::
 
         before_candidate(ctx)                   # once, path fixed
-        for each training batch:
-            loss.backward()
-            penalty = after_backward(ctx)       # may edit p.grad; returns the penalty value or None
-            optimizer.step()
-            after_step(ctx)                     # may edit the weights (e.g. a proximal pull)
+        for each epoch:
+            for each training batch:
+                loss.backward()
+                after_backward(ctx)             # may edit p.grad (e.g. a closed-form penalty gradient)
+                optimizer.step()
+                after_step(ctx)                 # may edit the weights (e.g. a proximal pull)
+            penalty(ctx)                        # the penalty's current value, for logging only
         after_candidate(ctx, held_out)          # once, after training: consolidate this candidate
 
     Every hook defaults to doing nothing, which is the ``naive`` strategy.
@@ -76,8 +78,12 @@ class Strategy(nn.Module):
     def before_candidate(self, ctx: CandidateContext) -> None:
         """Called once before the candidate's first training step."""
 
-    def after_backward(self, ctx: CandidateContext) -> torch.Tensor | None:
+    def after_backward(self, ctx: CandidateContext) -> None:
         """Called after each ``loss.backward()``, before the optimiser step."""
+
+    def penalty(self, ctx: CandidateContext) -> float | None:
+        """The strategy's penalty at the current weights (None: it has none). Called at the end
+        of each epoch for logging; kept off the per-step path because no update needs it."""
         return None
 
     def after_step(self, ctx: CandidateContext) -> None:

@@ -14,6 +14,8 @@ explicit option.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,33 +101,34 @@ class WPLStrategy(Strategy):
             self._pull = _Pull(alpha, params,
                                [self.importance(n) for n in names], [self.anchor_of(n) for n in names])
 
-    def after_backward(self, ctx: CandidateContext) -> torch.Tensor | None:
+    @torch.no_grad()
+    def after_backward(self, ctx: CandidateContext) -> None:
         pull = self._pull
         if pull is None:
-            return None
+            return
         pull.drop_unused()
-        if not pull.params:
-            return None
-        # u = sqrt(Ω) ⊙ (θ − θ*): its squared norm is the penalty, sqrt(Ω) ⊙ u its gradient / α.
-        u = torch._foreach_sub(pull.params, pull.anchors)
-        torch._foreach_mul_(u, pull.sqrt_omega)
-        penalty = 0.5 * pull.alpha * torch.stack(torch._foreach_norm(u)).square().sum()
-        if self.options.form == "gradient":
-            torch._foreach_mul_(u, pull.sqrt_omega)
-            torch._foreach_add_([p.grad for p in pull.params], u, alpha=pull.alpha)  # type: ignore[misc]
-        return penalty
+        if self.options.form == "gradient" and pull.params:
+            # ∇ α/2·Σ Ω(θ−θ*)² = αΩ⊙θ − αΩ⊙θ*; both factors are fixed for the candidate.
+            grads: list[torch.Tensor] = [p.grad for p in pull.params]  # type: ignore[misc]
+            torch._foreach_addcmul_(grads, pull.params, pull.alpha_omega)
+            torch._foreach_sub_(grads, pull.alpha_omega_anchor)
+
+    @torch.no_grad()
+    def penalty(self, ctx: CandidateContext) -> float | None:
+        """α/2 · Σ Ω(θ − θ*)² over the candidate's shared, protected tensors."""
+        pull = self._pull
+        return pull.penalty() if pull is not None and pull.params else 0.0
 
     @torch.no_grad()
     def after_step(self, ctx: CandidateContext) -> None:
         pull = self._pull
         if pull is None or self.options.form != "proximal" or not pull.params:
             return
-        # Implicit step on the quadratic: θ ← (θ + ηαΩθ*)/(1 + ηαΩ) = θ − c ⊙ (θ − θ*),
+        # Implicit step on the quadratic: θ ← (θ + ηαΩθ*)/(1 + ηαΩ) = (1 − c)⊙θ + c⊙θ*,
         # c = ηαΩ/(1 + ηαΩ) in [0, 1): it never overshoots θ*, whatever α.
-        coeff = pull.proximal_coeff(ctx.lr)
-        d = torch._foreach_sub(pull.params, pull.anchors)
-        torch._foreach_mul_(d, coeff)
-        torch._foreach_sub_(pull.params, d)
+        keep, shift = pull.proximal_terms(ctx.lr)
+        torch._foreach_mul_(pull.params, keep)
+        torch._foreach_add_(pull.params, shift)
 
     def after_candidate(self, ctx: CandidateContext, held_out: Batches) -> None:
         self._pull = None
@@ -179,7 +182,8 @@ class WPLStrategy(Strategy):
 
 
 class _Pull:
-    """The shared-and-protected tensors of the current candidate, cached for its steps."""
+    """The shared-and-protected tensors of the current candidate and the per-candidate
+    constants derived from them, so that each step costs two in-place ``_foreach`` ops."""
 
     def __init__(self, alpha: float, params: list[torch.Tensor], omegas: list[torch.Tensor],
                  anchors: list[torch.Tensor]) -> None:
@@ -187,9 +191,8 @@ class _Pull:
         self.params = params
         self.omegas = omegas
         self.anchors = anchors
-        self.sqrt_omega = list(torch._foreach_sqrt(omegas))
         self._checked = False
-        self._coeff: tuple[float, list[torch.Tensor]] | None = None
+        self._proximal: tuple[float, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def drop_unused(self) -> None:
         """After the first backward: forget tensors that got no gradient (dead branches)."""
@@ -199,12 +202,29 @@ class _Pull:
         self.params = [self.params[i] for i in keep]
         self.omegas = [self.omegas[i] for i in keep]
         self.anchors = [self.anchors[i] for i in keep]
-        self.sqrt_omega = [self.sqrt_omega[i] for i in keep]
         self._checked = True
 
-    def proximal_coeff(self, lr: float) -> list[torch.Tensor]:
-        if self._coeff is None or self._coeff[0] != lr:
-            scaled = torch._foreach_mul(self.omegas, lr * self.alpha)
-            denom = torch._foreach_add(scaled, 1.0)
-            self._coeff = (lr, list(torch._foreach_div(scaled, denom)))
-        return self._coeff[1]
+    def penalty(self) -> float:
+        """α/2 · Σ Ω(θ − θ*)², as ‖√Ω ⊙ (θ − θ*)‖² per tensor."""
+        u = torch._foreach_sub(self.params, self.anchors)
+        torch._foreach_mul_(u, list(torch._foreach_sqrt(self.omegas)))
+        return 0.5 * self.alpha * torch.stack(torch._foreach_norm(u)).square().sum().item()
+
+    @functools.cached_property
+    def alpha_omega(self) -> list[torch.Tensor]:
+        return list(torch._foreach_mul(self.omegas, self.alpha))
+
+    @functools.cached_property
+    def alpha_omega_anchor(self) -> list[torch.Tensor]:
+        return list(torch._foreach_mul(self.alpha_omega, self.anchors))
+
+    def proximal_terms(self, lr: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(1 − c, c ⊙ θ*)`` with c = ηαΩ/(1 + ηαΩ), recomputed only when the lr changes."""
+        if self._proximal is None or self._proximal[0] != lr:
+            scaled = torch._foreach_mul(self.omegas, lr * self.alpha)  # ηαΩ
+            keep = torch._foreach_add(scaled, 1.0)
+            torch._foreach_reciprocal_(keep)  # 1/(1 + ηαΩ) = 1 − c
+            shift = torch._foreach_mul(scaled, keep)
+            torch._foreach_mul_(shift, self.anchors)  # c ⊙ θ*
+            self._proximal = (lr, list(keep), list(shift))
+        return self._proximal[1], self._proximal[2]

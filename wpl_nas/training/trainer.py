@@ -29,7 +29,7 @@ class TrainResult:
     score: float = float("nan")  # on the fixed evaluation set, after the last epoch run
     epoch_scores: list[float] = field(default_factory=list)
     loss: float = float("nan")  # mean training loss of the last epoch
-    penalty: float = 0.0  # mean strategy penalty of the last epoch
+    penalty: float = 0.0  # the strategy's penalty at the end of the last epoch
     steps: int = 0
     seconds: float = 0.0
     pruned: bool = False
@@ -105,28 +105,24 @@ class CandidateTrainer:
         strategy.before_candidate(ctx)
         gen = self._generator(trial_index, 0)
         for epoch in range(self.epochs):
-            # Summed on the device: no host sync per step.
-            loss_sum = torch.zeros((), device=self.eval_y.device)
-            penalty_sum = torch.zeros((), device=self.eval_y.device)
+            loss_sum = torch.zeros((), device=self.eval_y.device)  # summed on the device: no sync per step
             steps = 0
             for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True,
                                         generator=gen):
                 opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(net(x), y)
                 loss.backward()
-                penalty = strategy.after_backward(ctx)
+                strategy.after_backward(ctx)
                 if self.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(path, self.grad_clip, foreach=True)
                 opt.step()
                 strategy.after_step(ctx)
                 loss_sum += loss.detach()
-                if penalty is not None:
-                    penalty_sum += penalty.detach()
                 steps += 1
                 if progress is not None:
                     progress()
             result.loss = loss_sum.item() / max(steps, 1)
-            result.penalty = penalty_sum.item() / max(steps, 1)
+            result.penalty = strategy.penalty(ctx) or 0.0
             result.steps += steps
             result.score = self.score(arch)
             result.epoch_scores.append(result.score)
