@@ -63,6 +63,7 @@ def test_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):
         save_checkpoint(path, {"x": torch.arange(5)})
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["x"], torch.arange(3))  # the old checkpoint survives
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # and no half-written file stays
 
 
 def test_rng_states_round_trip():

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor
 
 from wpl_nas.data._bundle import DATASETS, DataBundle, make_bundle
+from wpl_nas.tracking.checkpoint import save_checkpoint
 
 __all__ = ["load_mnist1d"]
 
@@ -90,18 +89,8 @@ def _generate(args: Any) -> dict[str, Tensor]:
 
 
 def _save_atomically(arrays: dict[str, Tensor], path: Path) -> None:
-    """Write the cache via a temporary file and ``os.replace`` so it is never seen half-written."""
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as file:
-            torch.save(arrays, file)
-        os.replace(tmp, path)
-        tmp = None
+        save_checkpoint(path, arrays)
     except OSError as error:
         # The cache only saves time; an unwritable data directory must not stop a run.
         warnings.warn(f"could not cache MNIST-1D at {path}: {error}", stacklevel=2)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
