@@ -196,7 +196,7 @@ class _Search:
         self.finished: dict[int, tuple[str, float | None]] = {}
         self.progress = progress
 
-        # 2. Open (or create) the study, then record the config.
+        # 2. Open (or create) the study, reconcile it with the checkpoint, then record the config.
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.study = optuna.create_study(
@@ -205,10 +205,10 @@ class _Search:
                 sampler=create_sampler(config.sampler, self.space, seed=config.seed))
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
             raise ConfigError(f"cannot open storage {config.resolved_storage!r}: {exc}") from None
+        self._resume()
         if not saved.is_file():
             config.dump(saved, extra={"command": list(command) if command else None})
         self.logger = TrialLogger(self.run_dir / "tb")
-        self._resume()
 
     # --- resume ----------------------------------------------------------------------
     def _resume(self) -> None:
