@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -268,8 +269,11 @@ class _Search:
             trial.report(score, epoch)
             return trial.should_prune()
 
-        bar.set_postfix_str(f"training trial {trial.number}")
-        result = self.trainer.train(arch, trial_index=trial.number, on_epoch=on_epoch)
+        steps = config.epochs * math.ceil(len(self.trainer.train_set) / config.batch_size)
+        with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
+                  desc=f"trial {trial.number}", dynamic_ncols=True) as step_bar:
+            result = self.trainer.train(arch, trial_index=trial.number, on_epoch=on_epoch,
+                                        progress=step_bar.update)
         if result.pruned:
             self.finished[trial.number] = ("PRUNED", None)
         else:

@@ -86,7 +86,7 @@ class CandidateTrainer:
         return accuracy(self.supernet, arch, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
 
     def train(self, arch: Architecture, *, trial_index: int, on_epoch: EpochCallback | None = None,
-              progress: Callable[[], None] | None = None) -> TrainResult:
+              progress: Callable[[], object] | None = None) -> TrainResult:
         """Train ``arch`` for ``epochs`` epochs; score it after each epoch.
 
         Args:
