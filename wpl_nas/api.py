@@ -284,13 +284,15 @@ class _Search:
             rescores[trial.number] = result.score
             self.pool.record(trial.number, rescores)
             self.finished[trial.number] = ("COMPLETE", result.score)
+        # The trial's own attributes go in before the checkpoint, so a trial that is checkpointed
+        # but not yet told (an interruption in between) still carries them when resumed.
+        self._annotate(trial, result)
         self._checkpoint()
-        self._log(trial, result)
+        summary = self._log_study(trial.number, result)
         if result.pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, result.score)
-        summary = self.pool.summary()
         bar.set_postfix(best=f"{max((v for s, v in self.finished.values() if v is not None), default=0):.3f}",
                         retained=f"{summary['retained_mean']:.3f}", forget=f"{summary['forgetting_mean']:+.3f}")
 
@@ -304,24 +306,27 @@ class _Search:
             "rng": capture_rng(),
         })
 
-    def _log(self, trial: optuna.Trial, result: TrainResult) -> None:
-        summary = self.pool.summary()
-        latest = {str(t): e.latest for t, e in self.pool.entries.items()}
+    def _annotate(self, trial: optuna.Trial, result: TrainResult) -> None:
+        """The trial's user attributes (what optuna-dashboard shows per trial)."""
         trial.set_user_attr("score_at_training", result.score)
         trial.set_user_attr("rescore", result.score)
         trial.set_user_attr("train_loss", result.loss)
         trial.set_user_attr("seconds", round(result.seconds, 3))
         if self.strategy.penalty_tag:
             trial.set_user_attr("penalty", result.penalty)
-        trial.set_user_attr("retained", {str(t): latest[str(t)] for t in self.pool.members()})
+        trial.set_user_attr("retained", {str(t): self.pool.entries[t].latest for t in self.pool.members()})
+
+    def _log_study(self, number: int, result: TrainResult) -> dict[str, float]:
+        """Study-level attributes and TensorBoard; returns the pool summary."""
+        summary = self.pool.summary()
         # Finished Optuna trials cannot change, so the latest re-score of every earlier
         # candidate is kept (and updated) on the study.
-        self.study.set_user_attr("latest_rescore", latest)
-        self.study.set_user_attr("retained_mean", summary["retained_mean"])
-        self.study.set_user_attr("forgetting_mean", summary["forgetting_mean"])
-        self.study.set_user_attr("forgetting_max", summary["forgetting_max"])
-        self.logger.log_trial(trial.number, result, penalty_tag=self.strategy.penalty_tag)
-        self.logger.log_pool(trial.number, self.pool)
+        self.study.set_user_attr("latest_rescore", {str(t): e.latest for t, e in self.pool.entries.items()})
+        for key in ("retained_mean", "forgetting_mean", "forgetting_max"):
+            self.study.set_user_attr(key, summary[key])
+        self.logger.log_trial(number, result, penalty_tag=self.strategy.penalty_tag)
+        self.logger.log_pool(number, self.pool)
+        return summary
 
     def result(self) -> SearchResult:
         complete = [t for t in self.study.get_trials(deepcopy=False)
