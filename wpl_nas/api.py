@@ -167,7 +167,7 @@ class _Search:
         DATASETS.get(config.dataset)
         STRATEGIES.get(config.strategy)
         PRUNERS.get(config.pruner)
-        create_sampler(config.sampler, self.space, seed=config.seed)
+        sampler = create_sampler(config.sampler, self.space, seed=config.seed)  # checks grid's size limit
         check_storage_url(config.resolved_storage)
         self.device = resolve_device(config.device)
         if config.threads:
@@ -203,7 +203,7 @@ class _Search:
             self.study = optuna.create_study(
                 study_name=config.resolved_study_name, storage=config.resolved_storage,
                 direction="maximize", load_if_exists=True, pruner=create_pruner(config.pruner),
-                sampler=create_sampler(config.sampler, self.space, seed=config.seed))
+                sampler=sampler)
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
             raise ConfigError(f"cannot open storage {config.resolved_storage!r}: {exc}") from None
         self._resume()
