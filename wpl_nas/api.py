@@ -28,7 +28,7 @@ from wpl_nas.data import DATASETS, DataBundle, load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.spaces import Architecture, SearchSpace, load_space
-from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy
+from wpl_nas.strategies import Strategy, create_strategy, resolve_strategy
 from wpl_nas.study import PRUNERS, check_storage_url, create_pruner, create_sampler
 from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -165,7 +165,7 @@ class _Search:
         self.config = config
         self.space = load_space(config.space)
         DATASETS.get(config.dataset)
-        STRATEGIES.get(config.strategy)
+        resolve_strategy(config.strategy)
         PRUNERS.get(config.pruner)
         sampler = create_sampler(config.sampler, self.space, seed=config.seed)  # checks grid's size limit
         check_storage_url(config.resolved_storage)
@@ -180,7 +180,7 @@ class _Search:
                                  val_fraction=config.val_fraction, seed=config.seed)
         self.supernet = build_supernet(self.space, self.data, seed=config.seed).to(self.device)
         self.strategy: Strategy = create_strategy(
-            config.strategy, self.supernet, getattr(config, config.strategy, None)).to(self.device)
+            config.strategy, self.supernet, config).to(self.device)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         val, train = self.data.val, self.data.train
@@ -277,7 +277,7 @@ class _Search:
         if result.pruned:
             self.finished[trial.number] = ("PRUNED", None)
         else:
-            self.trainer.consolidate(arch, trial_index=trial.number)
+            self.trainer.consolidate(arch, trial_index=trial.number, score=result.score)
             self.pool.add(trial.number, str(arch), result.score)
             rescores = {t: self.trainer.score(Architecture.parse(self.pool.entries[t].arch))
                         for t in self.pool.members() if t != trial.number}

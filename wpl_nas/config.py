@@ -20,49 +20,24 @@ from typing import Any
 import yaml
 
 from wpl_nas.errors import ConfigError
+from wpl_nas.strategy_options import (
+    STRATEGY_SECTIONS,
+    ANPyCOptions,
+    DistillOptions,
+    EWCOptions,
+    HATOptions,
+    MASOptions,
+    OnlineEWCOptions,
+    SIOptions,
+    SyntheticOptions,
+    WPLOptions,
+    opt,
+)
 
 __all__ = ["SECTIONS", "ConfigError", "SearchConfig", "WPLOptions", "load_config"]
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a default and its help text (shown by ``--help``)."""
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class WPLOptions:
-    """Weight plasticity loss (Benyahia et al., ICML 2019). Defaults: see each field."""
-
-    alpha: float = _opt(
-        1000.0, "Strength α of the pull α/2·Σ Ω(θ−θ*)² on shared weights; kept apart from Ω (never folded in).")
-    form: str = _opt(
-        "proximal", "How the pull is applied: 'proximal' (implicit step θ←(θ+ηαΩθ*)/(1+ηαΩ) after the "
-        "optimiser step; stable for any α) or 'gradient' (closed-form gradient αΩ(θ−θ*) added before "
-        "the step, as in the paper; diverges once lr·α·max Ω exceeds ~2).", choices=("proximal", "gradient"))
-    fisher_batches: int = _opt(8, "Held-out batches used to estimate a candidate's diagonal Fisher.")
-    fisher_batch_size: int = _opt(32, "Batch size for the Fisher estimate (F ≈ B·mean of squared batch gradients).")
-    accumulate: str = _opt(
-        "sum", "How Ω combines candidates: 'sum' (Ω+=F), 'decay' (Ω←γΩ+F) or 'max' (Ω←max(Ω,F)).",
-        choices=("sum", "decay", "max"))
-    decay: float = _opt(0.9, "γ for accumulate=decay.")
-    normalize: bool = _opt(
-        False, "Rescale each tensor's Fisher to Frobenius norm --wpl-normalize-norm before accumulating "
-        "(what the reference code's clip ends up doing).")
-    normalize_norm: float = _opt(10.0, "Per-tensor Fisher norm when --wpl-normalize is on (reference code: 10).")
-    start_trial: int = _opt(0, "First trial whose candidate is consolidated (earlier ones warm the supernet up).")
-    alpha_decay: float = _opt(0.0, "Linear decay of α per trial after --wpl-alpha-decay-after (0: constant α).")
-    alpha_decay_after: int = _opt(0, "Trial after which α starts to decay.")
-    include_global: bool = _opt(
-        True, "Also protect the skeleton's weights (stem, reductions, head) that every candidate shares; "
-        "the reference code protects only the cell ops.")
-
-    def validate(self) -> None:
-        _positive(self, "fisher_batches", "fisher_batch_size")
-        _non_negative(self, "alpha", "alpha_decay", "start_trial", "alpha_decay_after")
-        if not 0.0 <= self.decay <= 1.0:
-            raise ConfigError(f"wpl.decay must be in [0, 1], but got decay={self.decay}")
-        if self.normalize_norm <= 0:
-            raise ConfigError(f"wpl.normalize_norm must be > 0, but got normalize_norm={self.normalize_norm}")
+_opt = opt  # the same field helper as the strategy sections
 
 
 @dataclass
@@ -75,7 +50,9 @@ class SearchConfig:
     data_dir: str = _opt("data", "Where torchvision data sets live (or are downloaded to) and MNIST-1D is cached.")
     download: bool = _opt(False, "Download torchvision data sets into --data-dir if missing.")
     val_fraction: float = _opt(0.2, "Share of the training data held out for scoring, Fisher and retention.")
-    strategy: str = _opt("wpl", "Consolidation strategy: wpl or naive (plain weight sharing).")
+    strategy: str = _opt(
+        "wpl", "Consolidation strategy: naive (plain weight sharing), wpl, ewc, online-ewc, si, mas, anpyc, hat, "
+        "distill, synthetic, or two joined by '+' (e.g. hat+distill, wpl+distill).")
     # How Optuna searches.
     sampler: str = _opt("tpe", "Optuna sampler: tpe, random or grid (grid: spaces up to 10,000 architectures).")
     pruner: str = _opt("none", "Optuna pruner on per-epoch scores: none, median or halving.")
@@ -102,8 +79,16 @@ class SearchConfig:
     threads: int = _opt(
         0, "CPU threads for PyTorch (0: its default, one per core). On a machine shared with other "
         "busy processes, 1 avoids threads waiting on each other.")
-    # Strategy options.
-    wpl: WPLOptions = field(default_factory=WPLOptions, metadata={"help": "Weight plasticity loss options."})
+    # Strategy options: one section per strategy (only the chosen strategy's section is used).
+    wpl: WPLOptions = field(default_factory=WPLOptions)
+    ewc: EWCOptions = field(default_factory=EWCOptions)
+    online_ewc: OnlineEWCOptions = field(default_factory=OnlineEWCOptions)
+    si: SIOptions = field(default_factory=SIOptions)
+    mas: MASOptions = field(default_factory=MASOptions)
+    anpyc: ANPyCOptions = field(default_factory=ANPyCOptions)
+    hat: HATOptions = field(default_factory=HATOptions)
+    distill: DistillOptions = field(default_factory=DistillOptions)
+    synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
 
     # Fields that may change between runs of the same study (everything else must match).
     RESUMABLE_CHANGES = ("trials", "device", "threads", "storage")
@@ -135,8 +120,6 @@ class SearchConfig:
             getattr(self, section).validate()
         for f in dataclasses.fields(self):
             _check_choice(self, f)
-        for f in dataclasses.fields(WPLOptions):
-            _check_choice(self.wpl, f, prefix="wpl.")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,7 +147,7 @@ class SearchConfig:
 
 
 #: Nested option sections of :class:`SearchConfig` (one per strategy with options).
-SECTIONS: dict[str, type] = {"wpl": WPLOptions}
+SECTIONS: dict[str, type] = STRATEGY_SECTIONS
 
 
 def load_config(path: str | Path) -> SearchConfig:

@@ -24,19 +24,29 @@ class Architecture(Mapping[str, str]):
 
         |nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|
 
+    A supernet built with several output heads (task-incremental scenarios of the forgetting
+    lab) also needs to know which head a candidate uses: ``head`` is part of the candidate's
+    identity, printed as an ``@head<N>`` suffix when it is not 0.
+
     Attributes:
         edges: ``(src, dst, op)`` triples sorted by ``(dst, src)``.
+        head: The output head the candidate uses (0 unless the supernet has several).
     """
 
     edges: tuple[tuple[int, int, str], ...]
+    head: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "edges", tuple(sorted(self.edges, key=lambda e: (e[1], e[0]))))
 
     @classmethod
-    def from_ops(cls, ops: Mapping[tuple[int, int], str]) -> Architecture:
+    def from_ops(cls, ops: Mapping[tuple[int, int], str], *, head: int = 0) -> Architecture:
         """Build from ``{(src, dst): op}``."""
-        return cls(tuple((src, dst, op) for (src, dst), op in ops.items()))
+        return cls(tuple((src, dst, op) for (src, dst), op in ops.items()), head)
+
+    def with_head(self, head: int) -> Architecture:
+        """The same path on output head ``head``."""
+        return Architecture(self.edges, head)
 
     @classmethod
     def parse(cls, text: str) -> Architecture:
@@ -48,7 +58,10 @@ class Architecture(Mapping[str, str]):
         Raises:
             ConfigError: ``text`` is not in that format.
         """
-        groups = text.strip().split("+")
+        text, _, head = text.strip().partition("@head")
+        if head and not head.isdigit():
+            raise ConfigError(f"architecture string suffix '@head{head}' must be '@head<N>' with N a number")
+        groups = text.split("+")
         edges = []
         for dst, group in enumerate(groups, start=1):
             if not (group.startswith("|") and group.endswith("|") and len(group) > 2):
@@ -62,7 +75,7 @@ class Architecture(Mapping[str, str]):
                         f"architecture string {text!r}: entry {token!r} must look like op~src"
                     )
                 edges.append((int(src), dst, op))
-        return cls(tuple(edges))
+        return cls(tuple(edges), int(head or 0))
 
     def op(self, src: int, dst: int) -> str:
         """The operation on edge ``src -> dst``."""
@@ -72,7 +85,8 @@ class Architecture(Mapping[str, str]):
         groups: dict[int, list[str]] = {}
         for src, dst, op in self.edges:
             groups.setdefault(dst, []).append(f"{op}~{src}")
-        return "+".join("|" + "|".join(tokens) + "|" for tokens in groups.values())
+        text = "+".join("|" + "|".join(tokens) + "|" for tokens in groups.values())
+        return f"{text}@head{self.head}" if self.head else text
 
     # Mapping interface: edge label -> op name.
     def __getitem__(self, label: str) -> str:
@@ -88,9 +102,9 @@ class Architecture(Mapping[str, str]):
         return len(self.edges)
 
     def __hash__(self) -> int:
-        return hash(self.edges)
+        return hash((self.edges, self.head))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Architecture):
-            return self.edges == other.edges
+            return self.edges == other.edges and self.head == other.head
         return NotImplemented

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -12,23 +12,37 @@ from torch import nn
 from wpl_nas.spaces import Architecture
 from wpl_nas.supernet import Supernet
 
-__all__ = ["Batches", "CandidateContext", "Strategy"]
+__all__ = ["Batches", "CandidateContext", "Strategy", "StrategyFamily"]
 
 #: ``held_out(batch_size, num_batches)`` yields ``(x, y)`` batches of held-out training data
 #: (the validation split, never the test split), already on the supernet's device.
 Batches = Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
+#: What a strategy does to the supernet; two strategies combine only if their families differ.
+StrategyFamily = Literal["none", "quadratic", "isolation", "replay"]
+
+
 @dataclass
 class CandidateContext:
     """What a strategy sees of the candidate being trained.
 
+    The trainer keeps the progress fields up to date: ``batch``, ``epoch`` and ``step`` are
+    those of the step whose hooks are running.
+
     Attributes:
         supernet: The supernet, with ``arch`` chosen.
-        arch: The candidate.
+        arch: The candidate (its path and, on a multi-head supernet, its head).
         trial_index: Its position in the search (the Optuna trial number).
         params: ``{name: parameter}`` of the tensors on the candidate's path.
         optimizer: The optimiser of the shared weights (one for the whole search).
+        epochs: Epochs this candidate trains for.
+        steps_per_epoch: Training steps per epoch.
+        epoch: Current epoch (0-based).
+        step: Current step within the epoch (0-based).
+        batch: The current training batch ``(x, y)``, set before ``after_backward``.
+        score: The candidate's score right after its training; set before ``after_candidate``
+            (None if it was not scored).
     """
 
     supernet: Supernet
@@ -36,6 +50,12 @@ class CandidateContext:
     trial_index: int
     params: dict[str, nn.Parameter]
     optimizer: torch.optim.Optimizer
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    epoch: int = 0
+    step: int = 0
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None
+    score: float | None = None
 
     @property
     def lr(self) -> float:
@@ -57,9 +77,17 @@ class Strategy(nn.Module):
                 optimizer.step()
                 after_step(ctx)                 # may edit the weights (e.g. a proximal pull)
             penalty(ctx)                        # the penalty's current value, for logging only
-        after_candidate(ctx, held_out)          # once, after training: consolidate this candidate
+        after_candidate(ctx, held_out)          # once, after training and scoring: consolidate it
 
-    Every hook defaults to doing nothing, which is the ``naive`` strategy.
+    Every hook defaults to doing nothing, which is the ``naive`` strategy. Hooks are called
+    with autograd enabled (a distillation term backpropagates its own loss); hooks that edit
+    weights or gradients in place do so under ``torch.no_grad()``.
+
+    Contract (checked for every registered strategy by the shared test suite): before any
+    candidate is consolidated the strategy changes nothing (strategies that reshape the
+    forward pass, ``changes_forward``, are exempt for the pass itself); parameters off the
+    current path never move; no NaN; ``state_dict`` round-trips exactly; seeded runs repeat;
+    a search resumed from a checkpoint equals an uninterrupted one.
 
     Args:
         supernet: The supernet whose weights the strategy protects.
@@ -69,7 +97,12 @@ class Strategy(nn.Module):
     #: Options dataclass of the strategy (a section of the search config), or None.
     Options: ClassVar[type | None] = None
     #: TensorBoard tag of the penalty, or None if the strategy adds none.
-    penalty_tag: ClassVar[str | None] = None
+    penalty_tag: str | None = None
+    #: Kind of protection; ``a+b`` composes two strategies only from different families.
+    family: ClassVar[StrategyFamily] = "none"
+    #: True if the strategy changes what the supernet computes for a candidate (HAT's gates),
+    #: so that scoring a candidate needs the strategy attached.
+    changes_forward: bool = False
 
     def __init__(self, supernet: Supernet, options: Any = None) -> None:
         super().__init__()

@@ -77,16 +77,23 @@ class Supernet(nn.Module):
         in_channels: Input channels of the data (1 for MNIST-1D, 3 for CIFAR).
         num_classes: Output classes.
         fixed: Build the stand-alone network of this architecture instead of the supernet.
+        heads: Number of output heads; a candidate runs the one its ``arch.head`` names
+            (task-incremental scenarios give each task its own head). With one head its
+            parameters are ``head.*``; with several, ``heads.<n>.*``.
     """
 
     def __init__(
-        self, space: SearchSpace, *, in_channels: int, num_classes: int, fixed: Architecture | None = None
+        self, space: SearchSpace, *, in_channels: int, num_classes: int, fixed: Architecture | None = None,
+        heads: int = 1,
     ) -> None:
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, but got heads={heads}")
         self.space = space
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.fixed = space.validate(fixed) if fixed is not None else None
+        self.num_heads = heads
+        self.fixed = self._check(fixed) if fixed is not None else None
         dims = space.dims
         self.stem = nn.Sequential(conv(dims, in_channels, space.stem_channels, 3),
                                   batch_norm(dims, space.stem_channels))
@@ -99,9 +106,16 @@ class Supernet(nn.Module):
             blocks += [Cell(space, stage.channels, self.fixed) for _ in range(stage.cells)]
             self.stages.append(nn.Sequential(*blocks))
             c_prev = stage.channels
-        pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(batch_norm(dims, c_prev), nn.ReLU(), pool, nn.Flatten(),
-                                  nn.Linear(c_prev, num_classes))
+
+        def make_head() -> nn.Module:
+            pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
+            return nn.Sequential(batch_norm(dims, c_prev), nn.ReLU(), pool, nn.Flatten(),
+                                 nn.Linear(c_prev, num_classes))
+
+        if heads == 1:
+            self.head = make_head()
+        else:
+            self.heads = nn.ModuleList(make_head() for _ in range(heads))
         self._arch: Architecture | None = self.fixed
         self._active: list[tuple[int, int, str]] | None = (
             space.active_edges(self.fixed) if self.fixed is not None else None
@@ -118,8 +132,14 @@ class Supernet(nn.Module):
         """Choose the path that ``forward`` runs (None: no path; forward then refuses)."""
         if self.fixed is not None and arch != self.fixed:
             raise ValueError(f"this network is fixed to {self.fixed}; it cannot run {arch}")
-        self._arch = self.space.validate(arch) if arch is not None else None
+        self._arch = self._check(arch) if arch is not None else None
         self._active = self.space.active_edges(arch) if arch is not None else None
+
+    def _check(self, arch: Architecture) -> Architecture:
+        if not 0 <= arch.head < self.num_heads:
+            raise ValueError(f"architecture {arch} uses head {arch.head}, but this supernet has "
+                             f"{self.num_heads} head(s): 0..{self.num_heads - 1}")
+        return self.space.validate(arch)
 
     @contextmanager
     def use(self, arch: Architecture) -> Iterator[Supernet]:
@@ -139,17 +159,21 @@ class Supernet(nn.Module):
         for stage in self.stages:
             for block in cast(nn.Sequential, stage):
                 x = block(x, self._active) if isinstance(block, Cell) else block(x)
-        return self.head(x)  # (B, num_classes)
+        assert self._arch is not None
+        head = self.head if self.num_heads == 1 else self.heads[self._arch.head]
+        return cast(torch.Tensor, head(x))  # (B, num_classes)
 
     # --- which weights a candidate uses ---------------------------------------------------
     def parameter_names_of(self, arch: Architecture) -> list[str]:
-        """Names of the shared tensors ``arch`` uses: the skeleton (stem, reductions, head)
-        and the ops on its live edges in every cell, in ``named_parameters`` order."""
+        """Names of the shared tensors ``arch`` uses: the skeleton (stem, reductions, its
+        head) and the ops on its live edges in every cell, in ``named_parameters`` order."""
         if arch not in self._path_cache:
-            live = {(edge_label(s, d), op) for s, d, op in self.space.active_edges(self.space.validate(arch))}
+            live = {(edge_label(s, d), op) for s, d, op in self.space.active_edges(self._check(arch))}
             names = []
             for name, _ in self.named_parameters():
                 parts = name.split(".")
+                if parts[0] == "heads" and int(parts[1]) != arch.head:
+                    continue
                 if "edges" in parts:
                     i = parts.index("edges")
                     if (parts[i + 1], parts[i + 2]) not in live:
@@ -172,6 +196,9 @@ class Supernet(nn.Module):
         """A stand-alone network of ``arch`` holding a copy of this supernet's weights."""
         first = next(self.parameters())
         net = Supernet(self.space, in_channels=self.in_channels, num_classes=self.num_classes,
-                       fixed=arch).to(first.device)
-        net.load_state_dict({k: v.detach().clone() for k, v in self.parameters_of(arch).items()})
+                       fixed=arch, heads=self.num_heads).to(first.device)
+        missing, _ = net.load_state_dict(
+            {k: v.detach().clone() for k, v in self.parameters_of(arch).items()}, strict=False)
+        if any(not k.startswith("heads.") for k in missing):  # only the other heads may stay unset
+            raise RuntimeError(f"stand-alone network of {arch} is missing weights: {missing}")
         return net

@@ -78,8 +78,9 @@ class CandidateTrainer:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + trial_index) * 2 + salt)
 
     def context(self, arch: Architecture, trial_index: int) -> CandidateContext:
+        steps = -(-len(self.train_set) // self.batch_size)
         return CandidateContext(self.supernet, arch, trial_index, self.supernet.parameters_of(arch),
-                                self.optimizer)
+                                self.optimizer, epochs=self.epochs, steps_per_epoch=steps)
 
     def score(self, arch: Architecture) -> float:
         """Accuracy of ``arch`` on the fixed evaluation set."""
@@ -107,8 +108,10 @@ class CandidateTrainer:
         for epoch in range(self.epochs):
             loss_sum = torch.zeros((), device=self.eval_y.device)  # summed on the device: no sync per step
             steps = 0
+            ctx.epoch = epoch
             for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True,
                                         generator=gen):
+                ctx.step, ctx.batch = steps, (x, y)
                 opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(net(x), y)
                 loss.backward()
@@ -130,16 +133,25 @@ class CandidateTrainer:
                 result.pruned = True
                 break
         opt.zero_grad(set_to_none=True)
+        ctx.batch = None
         result.seconds = time.perf_counter() - start
         return result
 
-    def consolidate(self, arch: Architecture, *, trial_index: int) -> None:
-        """Let the strategy consolidate the freshly trained ``arch`` (after :meth:`train`)."""
+    def consolidate(self, arch: Architecture, *, trial_index: int, score: float | None = None) -> None:
+        """Let the strategy consolidate the freshly trained ``arch`` (after :meth:`train`).
+
+        Args:
+            arch: The candidate just trained.
+            trial_index: Its position in the search.
+            score: Its score right after training (bounded strategies keep the best ones).
+        """
         gen = self._generator(trial_index, 1)
 
         def held_out(batch_size: int, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             return iterate_batches(self.held_out_set, batch_size=batch_size, shuffle=True,
                                    generator=gen, limit=num_batches)
 
+        ctx = self.context(arch, trial_index)
+        ctx.score = score
         with self.supernet.use(arch):
-            self.strategy.after_candidate(self.context(arch, trial_index), held_out)
+            self.strategy.after_candidate(ctx, held_out)

@@ -1,0 +1,48 @@
+"""Two strategies of different kinds applied together (``hat+distill``, ``wpl+distill``)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from wpl_nas.strategies.base import Batches, CandidateContext, Strategy
+from wpl_nas.supernet import Supernet
+
+__all__ = ["CompositeStrategy"]
+
+
+class CompositeStrategy(Strategy):
+    """Runs each hook of its parts in the order given; built by ``create_strategy("a+b", ...)``.
+
+    Gradient edits add up (a penalty gradient and a distillation gradient), then weight edits
+    apply in order (a proximal pull, then nothing else touches the weights). Each part keeps its
+    own state under ``parts.<i>.`` in the state dict. The reported penalty is the sum of the
+    parts' penalties.
+    """
+
+    def __init__(self, supernet: Supernet, parts: list[Strategy]) -> None:
+        super().__init__(supernet)
+        self.parts = nn.ModuleList(parts)
+        self._parts = parts
+        tags = [p.penalty_tag for p in parts if p.penalty_tag]
+        self.penalty_tag = "+".join(tags) if tags else None
+        self.changes_forward = any(p.changes_forward for p in parts)
+
+    def before_candidate(self, ctx: CandidateContext) -> None:
+        for part in self._parts:
+            part.before_candidate(ctx)
+
+    def after_backward(self, ctx: CandidateContext) -> None:
+        for part in self._parts:
+            part.after_backward(ctx)
+
+    def after_step(self, ctx: CandidateContext) -> None:
+        for part in self._parts:
+            part.after_step(ctx)
+
+    def penalty(self, ctx: CandidateContext) -> float | None:
+        values = [v for v in (part.penalty(ctx) for part in self._parts) if v is not None]
+        return sum(values) if values else None
+
+    def after_candidate(self, ctx: CandidateContext, held_out: Batches) -> None:
+        for part in self._parts:
+            part.after_candidate(ctx, held_out)
