@@ -19,8 +19,17 @@ from typing import Any, ClassVar
 from wpl_nas.errors import ConfigError
 
 __all__ = [
-    "ANPyCOptions", "DistillOptions", "EWCOptions", "HATOptions", "MASOptions", "OnlineEWCOptions", "SIOptions",
-    "STRATEGY_SECTIONS", "SyntheticOptions", "WPLOptions", "opt",
+    "STRATEGY_SECTIONS",
+    "ANPyCOptions",
+    "DistillOptions",
+    "EWCOptions",
+    "HATOptions",
+    "MASOptions",
+    "OnlineEWCOptions",
+    "SIOptions",
+    "SyntheticOptions",
+    "WPLOptions",
+    "opt",
 ]
 
 
