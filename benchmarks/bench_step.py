@@ -296,7 +296,7 @@ def bench_wpl_arch(space: wpl_nas.SearchSpace, label: str, arch: Architecture, b
     # The gradient form diverges once lr * alpha * max(Omega) is large (see WPLOptions.form);
     # its cost does not depend on alpha, so it (and the autograd penalty, the same maths) runs
     # with alpha capped at 1 / (lr * max Omega), which keeps the timed weights finite.
-    alpha_proximal = wpl.alpha_at(trial)
+    alpha_proximal = wpl.strength(trial)
     alpha_gradient = min(alpha_proximal, 1.0 / (cfg.lr * max_omega))
     variants: dict[str, Step] = {}
     nets: dict[str, Supernet] = {}

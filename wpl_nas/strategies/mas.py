@@ -1,0 +1,49 @@
+"""``mas``: memory aware synapses (Aljundi et al., ECCV 2018).
+
+Importance without labels: Ω = E_x |∂‖f(x)‖²/∂θ|, how much the output's magnitude depends on
+each weight. Folded as Ω ← αΩ + (1 − α)Ω_new (a tensor's first importance is taken as is).
+The paper's penalty λ·Σ Ω(θ − θ*)² has no ½, so α here (the base's strength) is 2λ.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wpl_nas.strategies.base import Batches, CandidateContext
+from wpl_nas.strategies.importance import mas_importance
+from wpl_nas.strategies.quadratic import QuadraticStrategy
+from wpl_nas.strategies.registry import STRATEGIES
+from wpl_nas.strategy_options import MASOptions
+from wpl_nas.supernet import Supernet
+
+__all__ = ["MASStrategy"]
+
+
+@STRATEGIES.register("mas")
+class MASStrategy(QuadraticStrategy):
+    """Label-free importance from the gradient of the squared output norm.
+
+    Args:
+        supernet: The supernet to protect.
+        options: :class:`~wpl_nas.strategy_options.MASOptions`.
+    """
+
+    Options = MASOptions
+    options: MASOptions
+
+    def __init__(self, supernet: Supernet, options: MASOptions | None = None) -> None:
+        super().__init__(supernet, options or MASOptions())
+
+    def strength(self, trial_index: int) -> float:
+        return 2.0 * self.options.lam
+
+    def fold(self) -> str:
+        return "ema"
+
+    def decay(self) -> float:
+        return self.options.alpha
+
+    def estimate(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> list[torch.Tensor]:
+        o = self.options
+        return mas_importance(ctx.supernet, names, held_out, batch_size=o.batch_size, batches=o.batches,
+                              per_sample=o.per_sample)

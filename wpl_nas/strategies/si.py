@@ -1,0 +1,97 @@
+"""``si``: synaptic intelligence (Zenke, Poole, Ganguli, ICML 2017).
+
+While a candidate trains, each weight's contribution to the drop of its loss is integrated
+along the optimisation path, ω_i += −g_i·Δθ_i per step (g the loss gradient before any
+penalty, Δθ the step actually taken). When the candidate is consolidated, Ω_i += ω_i /
+(Δ_i² + ξ) with Δ_i its total displacement over the candidate. Negative ratios (weights that
+moved against their gradient) are clipped to 0, so the penalty stays convex. The paper's
+penalty c·Σ Ω(θ − θ*)² has no ½: the base's strength α is 2c.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wpl_nas.strategies.base import Batches, CandidateContext
+from wpl_nas.strategies.quadratic import QuadraticStrategy
+from wpl_nas.strategies.registry import STRATEGIES
+from wpl_nas.strategy_options import SIOptions
+from wpl_nas.supernet import Supernet
+
+__all__ = ["SIStrategy"]
+
+
+@STRATEGIES.register("si")
+class SIStrategy(QuadraticStrategy):
+    """Path-integral importance, tracked on every step of the current candidate.
+
+    Per step it costs four ``_foreach`` ops over the path's protectable tensors (keep the
+    gradient, the step, the product, the new position); the running sums are transient (a
+    candidate's integral starts at zero), so nothing beyond Ω and θ* is saved.
+
+    Args:
+        supernet: The supernet to protect.
+        options: :class:`~wpl_nas.strategy_options.SIOptions`.
+    """
+
+    Options = SIOptions
+    options: SIOptions
+
+    def __init__(self, supernet: Supernet, options: SIOptions | None = None) -> None:
+        super().__init__(supernet, options or SIOptions())
+        self._names: list[str] = []
+        self._params: list[torch.Tensor] = []
+        self._start: list[torch.Tensor] = []
+        self._prev: list[torch.Tensor] = []
+        self._grad: list[torch.Tensor] = []
+        self._omega_run: list[torch.Tensor] = []
+        self._checked = False
+
+    def strength(self, trial_index: int) -> float:
+        return 2.0 * self.options.c
+
+    @torch.no_grad()
+    def before_candidate(self, ctx: CandidateContext) -> None:
+        super().before_candidate(ctx)
+        self._names = [n for n in ctx.params if self.protectable(n)]
+        self._params = [ctx.params[n] for n in self._names]
+        self._start = [p.detach().clone() for p in self._params]
+        self._prev = [p.detach().clone() for p in self._params]
+        self._grad = [torch.zeros_like(p) for p in self._params]
+        self._omega_run = [torch.zeros_like(p) for p in self._params]
+        self._checked = False
+
+    @torch.no_grad()
+    def after_backward(self, ctx: CandidateContext) -> None:
+        if not self._checked:  # tensors on dead branches get no gradient: stop tracking them
+            keep = [i for i, p in enumerate(self._params) if p.grad is not None]
+            for attr in ("_names", "_params", "_start", "_prev", "_grad", "_omega_run"):
+                setattr(self, attr, [getattr(self, attr)[i] for i in keep])
+            self._checked = True
+        if self._params:  # the task gradient, before the penalty's is added
+            torch._foreach_copy_(self._grad, [p.grad for p in self._params])  # type: ignore[misc]
+        super().after_backward(ctx)
+
+    @torch.no_grad()
+    def after_step(self, ctx: CandidateContext) -> None:
+        super().after_step(ctx)
+        if not self._params:
+            return
+        step = torch._foreach_sub(self._params, self._prev)
+        torch._foreach_addcmul_(self._omega_run, self._grad, step, value=-1.0)
+        torch._foreach_copy_(self._prev, self._params)
+
+    @torch.no_grad()
+    def estimate(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> list[torch.Tensor]:
+        tracked = dict(zip(self._names, zip(self._omega_run, self._start, strict=True), strict=True))
+        out = []
+        for name in names:
+            param = ctx.params[name]
+            if name not in tracked:
+                out.append(torch.zeros_like(param))
+                continue
+            omega_run, start = tracked[name]
+            moved = (param - start).square_().add_(self.options.xi)
+            out.append((omega_run / moved).clamp_min_(0.0))
+        self._names, self._params, self._start, self._prev, self._grad, self._omega_run = [], [], [], [], [], []
+        return out
