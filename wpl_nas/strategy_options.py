@@ -180,23 +180,26 @@ class ANPyCOptions(_Options):
     """Adversarial neural pruning and synaptic consolidation (Peng et al., TNNLS 2021).
 
     Importance Ω = max(0, g·θ + ½θ²g²) with g the gradient of the output entropy (label
-    free), accumulated by element-wise max. After a candidate is consolidated, a fraction
-    ``prune`` of its path's weights that no earlier candidate protects (Ω was 0) and that
-    matter least to it is set to zero, freeing them for later candidates; the fraction
-    shrinks by ``prune_decay`` with every consolidated candidate: 50%, 40%, 32%, 25.6%, ...
+    free), accumulated by element-wise max. Part way through a candidate's training
+    (``prune_at``), a share ``prune`` of its cell weights that no earlier candidate protects
+    (Ω = 0) and that matter least to it is set to zero and held there for the rest of its
+    training, freeing them for later candidates; the share shrinks by ``prune_decay`` with
+    every consolidated candidate: 50%, 40%, 32%, 25.6%, ...
     """
 
     section: ClassVar[str] = "anpyc"
     positive = ("batches", "batch_size")
     non_negative = ("lam", "prune_min")
-    unit = ("prune", "prune_decay")
+    unit = ("prune", "prune_decay", "prune_at")
 
     lam: float = opt(3.0, "Strength λ of λ·Σ Ω(θ−θ*)² (the paper's value).")
     batches: int = opt(4, "Held-out batches used to estimate the importance.")
     batch_size: int = opt(100, "Batch size for the importance estimate (the paper's 100).")
-    prune: float = opt(0.5, "Fraction of a candidate's free weights pruned after the first candidate (0: off).")
-    prune_decay: float = opt(0.8, "The pruned fraction is multiplied by this after each candidate.")
-    prune_min: float = opt(0.01, "Pruning stops once the fraction falls below this.")
+    prune: float = opt(0.5, "Share of the first candidate's free cell weights pruned (0: off; the paper's 50%).")
+    prune_decay: float = opt(0.8, "The pruned share is multiplied by this after each candidate (the paper's 0.8).")
+    prune_min: float = opt(0.01, "Pruning stops once the share falls below this.")
+    prune_at: float = opt(0.5, "When a candidate prunes, as a fraction of its training steps; the steps after "
+                               "it retrain the candidate with the pruned weights held at zero.")
     form: str = opt("proximal", _FORM, choices=("proximal", "gradient"))
     include_global: bool = opt(False, _GLOBAL + " Pruning never touches them.")
 

@@ -119,7 +119,9 @@ def test_bad_input_exits_2_names_the_value_and_leaves_the_run_intact(base_args, 
     unknown.write_text("trails: 2\n")
     cases = [
         (["--space", "nope"], ["'nope'", "mnist1d", "nb201"]),
-        (["--strategy", "ewc"], ["'ewc'", "valid choices: naive, wpl"]),
+        (["--strategy", "ewk"], ["'ewk'", "did you mean 'ewc'", "valid choices:", "online-ewc", "wpl"]),
+        (["--strategy", "wpl+ewc"], ["'wpl+ewc'", "both quadratic"]),
+        (["--si-xi", "-1"], ["si.xi must be > 0", "xi=-1.0"]),
         (["--sampler", "cmaes"], ["'cmaes'", "tpe", "random", "grid"]),
         (["--dataset", "imagenet"], ["'imagenet'", "mnist1d", "cifar10"]),
         (["--config", str(malformed)], ["malformed YAML", str(malformed)]),

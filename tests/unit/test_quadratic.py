@@ -144,6 +144,16 @@ def test_mas_needs_no_labels(tiny_space, mnist1d):
     assert isinstance(create_strategy("mas", net), MASStrategy)
 
 
+def test_anpyc_without_pruning_has_no_effect_before_consolidation(tiny_space, mnist1d):
+    a = tiny_space.parse(A)
+    anpyc = make_trainer(tiny_space, mnist1d, "anpyc", options=ANPyCOptions(prune=0.0), train_samples=256)
+    plain = make_trainer(tiny_space, mnist1d, "naive", train_samples=256)
+    assert not anpyc.strategy.acts_on_first_candidate
+    assert anpyc.train(a, trial_index=0).loss == plain.train(a, trial_index=0).loss
+    for (k, u), v in zip(anpyc.supernet.state_dict().items(), plain.supernet.state_dict().values(), strict=True):
+        assert torch.equal(u, v), k
+
+
 def test_anpyc_prunes_free_unimportant_weights_on_its_schedule(tiny_space, mnist1d):
     options = ANPyCOptions(prune=0.5, prune_decay=0.8, prune_min=0.3)
     probe = ANPyCStrategy(wpl_nas.build_supernet(tiny_space, mnist1d), options)

@@ -43,9 +43,9 @@ def test_no_effect_before_anything_is_consolidated(name, tiny_space, mnist1d):
     start = weights(with_strategy.supernet)
     r1 = with_strategy.train(a, trial_index=0)
     r2 = plain.train(a, trial_index=0)
-    if with_strategy.strategy.changes_forward:
-        # The strategy reshapes the forward pass itself (HAT's gates): nothing is protected
-        # yet, so every tensor on the path trains (no gradient is masked away).
+    if with_strategy.strategy.changes_forward or with_strategy.strategy.acts_on_first_candidate:
+        # By design the strategy shapes the first candidate too (HAT's gates, ANPyC's pruning),
+        # but nothing is protected yet: every tensor on the path trains.
         after = weights(with_strategy.supernet)
         for k in with_strategy.supernet.parameter_names_of(a):
             assert not torch.equal(start[k], after[k]), k

@@ -6,14 +6,17 @@ weight's size and its downstream effect count), folded by element-wise maximum s
 frequently trained ops do not grow rigid, and the quadratic pull λ·Σ Ω(θ − θ*)² (no ½ in the
 paper: the base's strength α is 2λ).
 
-Pruning, the schedule: after the n-th consolidated candidate (n = 0, 1, ...), a fraction
-``prune · prune_decay^n`` of the candidate's *free* cell-op weights (those no earlier
-candidate protects, Ω = 0 before it) with the smallest importance is set to zero, as are
-free weights of zero importance; they keep Ω = 0, so they are capacity for later candidates.
-Pruning stops once the fraction falls below ``prune_min``; skeleton weights (stem,
-reductions, head) and batch-norm parameters are never pruned. The paper fine-tunes after
-each pruning step; here the prune is one-shot, because the only data a consolidation may use
-is the held-out split, and training on it would leak into the scores.
+Pruning frees capacity for later candidates. The paper trains a task, prunes its unimportant
+weights, then retrains with the pruned weights held at zero. Here that cycle fits inside the
+candidate's own training budget: at the fraction ``prune_at`` of its steps, the share
+``prune · prune_decay^n`` (n = candidates consolidated so far) of its *free* cell-op weights
+(no earlier candidate protects them: Ω = 0) with the smallest importance on the current batch
+is set to zero, and the remaining steps train the candidate with them held at zero. They end
+with Ω = 0, so later candidates use them freely. Pruning stops once the share falls below
+``prune_min``; skeleton weights (stem, reductions, head) and batch-norm parameters are never
+pruned. Pruning in one shot after training, without the retraining, costs a small candidate
+most of its accuracy (measured on MNIST-1D: 0.65 -> 0.30 at 50%), which is why it happens
+mid-training.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from wpl_nas.strategies.base import Batches, CandidateContext
-from wpl_nas.strategies.importance import entropy_taylor_importance
+from wpl_nas.strategies.importance import entropy_taylor_importance, output_entropy
 from wpl_nas.strategies.quadratic import QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
 from wpl_nas.strategy_options import ANPyCOptions
@@ -34,6 +37,8 @@ __all__ = ["ANPyCStrategy"]
 class ANPyCStrategy(QuadraticStrategy):
     """Label-free importance with max accumulation, plus pruning of free, unimportant weights.
 
+    Buffers beyond the base's: ``pruned`` (how many weights have been zeroed so far).
+
     Args:
         supernet: The supernet to protect.
         options: :class:`~wpl_nas.strategy_options.ANPyCOptions`.
@@ -41,12 +46,14 @@ class ANPyCStrategy(QuadraticStrategy):
 
     Options = ANPyCOptions
     options: ANPyCOptions
+    pruned: torch.Tensor
 
     def __init__(self, supernet: Supernet, options: ANPyCOptions | None = None) -> None:
         super().__init__(supernet, options or ANPyCOptions())
-        self._free: dict[str, torch.Tensor] = {}
-        self._new: dict[str, torch.Tensor] = {}
-        self.pruned_total = 0  # weights zeroed so far (for logging)
+        self.register_buffer("pruned", torch.zeros((), dtype=torch.long))
+        self.acts_on_first_candidate = self.options.prune > 0  # it prunes the first candidate too
+        self._prune_step = -1  # global step of this candidate at which it prunes (-1: it does not)
+        self._held: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (params, keep masks)
 
     def strength(self, trial_index: int) -> float:
         return 2.0 * self.options.lam
@@ -55,39 +62,64 @@ class ANPyCStrategy(QuadraticStrategy):
         return "max"
 
     def prune_fraction(self, index: int) -> float:
-        """The fraction pruned after the ``index``-th consolidated candidate (0 once below prune_min)."""
+        """The share pruned from the ``index``-th consolidated candidate (0 once below prune_min)."""
         o = self.options
         fraction = o.prune * o.prune_decay ** index
         return fraction if fraction >= o.prune_min else 0.0
 
-    @torch.no_grad()
     def estimate(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> list[torch.Tensor]:
         o = self.options
-        new = entropy_taylor_importance(ctx.supernet, names, held_out, batch_size=o.batch_size, batches=o.batches)
-        # Remember, before the fold, which weights no earlier candidate protects.
-        self._free = {n: self.importance(n) == 0 for n in names if ".edges." in n and ctx.params[n].dim() > 1}
-        self._new = {n: f for n, f in zip(names, new, strict=True) if n in self._free}
-        return new
+        return entropy_taylor_importance(ctx.supernet, names, held_out, batch_size=o.batch_size, batches=o.batches)
+
+    def before_candidate(self, ctx: CandidateContext) -> None:
+        super().before_candidate(ctx)
+        self._held = None
+        total = ctx.epochs * ctx.steps_per_epoch
+        self._prune_step = int(self.options.prune_at * total) if self.prune_fraction(int(self.consolidated)) else -1
+
+    def after_backward(self, ctx: CandidateContext) -> None:
+        super().after_backward(ctx)
+        if ctx.epoch * ctx.steps_per_epoch + ctx.step == self._prune_step and ctx.batch is not None:
+            self._prune(ctx, ctx.batch[0])
 
     @torch.no_grad()
-    def after_fold(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> None:
-        fraction = self.prune_fraction(int(self.consolidated) - 1)
-        free, new = self._free, self._new
-        self._free, self._new = {}, {}
-        if fraction == 0:
-            return
-        for name, is_free in free.items():
-            scores = new[name][is_free]
-            k = int(fraction * scores.numel())
-            if scores.numel() == 0:
-                continue
-            threshold = scores.kthvalue(k).values if k > 0 else scores.new_tensor(-1.0)
-            cut = is_free & ((new[name] <= threshold) | (new[name] == 0))
-            param = ctx.params[name]
-            param.masked_fill_(cut, 0.0)
-            self.importance(name).masked_fill_(cut, 0.0)
-            self.anchor_of(name).masked_fill_(cut, 0.0)
-            momentum = ctx.optimizer.state.get(param, {}).get("momentum_buffer")
-            if momentum is not None:  # a stale velocity would move the freed weights on the next step
-                momentum.masked_fill_(cut, 0.0)
-            self.pruned_total += int(cut.sum())
+    def after_step(self, ctx: CandidateContext) -> None:
+        super().after_step(ctx)
+        if self._held is not None:  # the retraining keeps pruned weights at zero
+            torch._foreach_mul_(*self._held)
+
+    def after_candidate(self, ctx: CandidateContext, held_out: Batches) -> None:
+        self._held, self._prune_step = None, -1
+        super().after_candidate(ctx, held_out)
+
+    def _prune(self, ctx: CandidateContext, x: torch.Tensor) -> None:
+        fraction = self.prune_fraction(int(self.consolidated))
+        names = [n for n, p in ctx.params.items() if ".edges." in n and p.dim() > 1]
+        params = [ctx.params[n] for n in names]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(output_entropy(ctx.supernet(x), x), params, allow_unused=True)
+        held: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        with torch.no_grad():
+            for name, param, g in zip(names, params, grads, strict=True):
+                if g is None:  # a dead branch: nothing to learn about it
+                    continue
+                score = (g * param + 0.5 * param.square() * g.square()).clamp_min_(0.0).flatten()
+                free_at = (self.importance(name) == 0).flatten().nonzero().squeeze(1)
+                k = int(fraction * free_at.numel())
+                if k == 0:
+                    continue
+                # Exactly k weights: ties at importance 0 are common after the max(0, ·) clip.
+                order = torch.argsort(score[free_at], stable=True)
+                keep = torch.ones_like(score)
+                keep[free_at[order[:k]]] = 0.0
+                keep = keep.view_as(param)
+                param.mul_(keep)
+                if param.grad is not None:
+                    param.grad.mul_(keep)
+                momentum = ctx.optimizer.state.get(param, {}).get("momentum_buffer")
+                if momentum is not None:  # a stale velocity would move the pruned weights
+                    momentum.mul_(keep)
+                held[0].append(param)
+                held[1].append(keep)
+                self.pruned += k
+        self._held = held if held[0] else None

@@ -84,8 +84,9 @@ class Strategy(nn.Module):
     weights or gradients in place do so under ``torch.no_grad()``.
 
     Contract (checked for every registered strategy by the shared test suite): before any
-    candidate is consolidated the strategy changes nothing (strategies that reshape the
-    forward pass, ``changes_forward``, are exempt for the pass itself); parameters off the
+    candidate is consolidated the strategy changes nothing (except where it reshapes the
+    forward pass, ``changes_forward``, or acts on the first candidate by design,
+    ``acts_on_first_candidate``); parameters off the
     current path never move; no NaN; ``state_dict`` round-trips exactly; seeded runs repeat;
     a search resumed from a checkpoint equals an uninterrupted one.
 
@@ -103,6 +104,9 @@ class Strategy(nn.Module):
     #: True if the strategy changes what the supernet computes for a candidate (HAT's gates),
     #: so that scoring a candidate needs the strategy attached.
     changes_forward: bool = False
+    #: True if the strategy changes how even the first candidate trains (ANPyC prunes it);
+    #: such strategies are exempt from the "no effect before consolidation" contract.
+    acts_on_first_candidate: bool = False
 
     def __init__(self, supernet: Supernet, options: Any = None) -> None:
         super().__init__()

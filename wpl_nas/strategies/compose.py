@@ -26,6 +26,7 @@ class CompositeStrategy(Strategy):
         tags = [p.penalty_tag for p in parts if p.penalty_tag]
         self.penalty_tag = "+".join(tags) if tags else None
         self.changes_forward = any(p.changes_forward for p in parts)
+        self.acts_on_first_candidate = any(p.acts_on_first_candidate for p in parts)
 
     def before_candidate(self, ctx: CandidateContext) -> None:
         for part in self._parts:
