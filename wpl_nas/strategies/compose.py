@@ -23,8 +23,8 @@ class CompositeStrategy(Strategy):
         super().__init__(supernet)
         self.parts = nn.ModuleList(parts)
         self._parts = parts
-        tags = [p.penalty_tag for p in parts if p.penalty_tag]
-        self.penalty_tag = "+".join(tags) if tags else None
+        tags = [p.penalty_tag.split("/")[0] for p in parts if p.penalty_tag]
+        self.penalty_tag = "+".join(tags) + "/penalty" if tags else None  # e.g. "wpl+distill/penalty"
         self.changes_forward = any(p.changes_forward for p in parts)
         self.acts_on_first_candidate = any(p.acts_on_first_candidate for p in parts)
 
