@@ -9,7 +9,8 @@ The public API::
     arch = space.parse("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|")
     data = wpl_nas.load_dataset("mnist1d")
     supernet = wpl_nas.build_supernet("mnist1d", data)
-    strategy = wpl_nas.create_strategy("wpl", supernet)
+    strategy = wpl_nas.create_strategy("wpl", supernet)                # or ewc, si, hat, wpl+distill, ...
+    lab = wpl_nas.run_lab(wpl_nas.LabConfig(scenario="two-model"))      # what `wpl-nas forgetting` runs
 """
 
 from wpl_nas.api import Run, SearchResult, build_supernet, load_run, resolve_device, run_search
@@ -17,6 +18,7 @@ from wpl_nas.config import SearchConfig, WPLOptions, load_config
 from wpl_nas.data import DATASETS, DataBundle, load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import RetainedPool
+from wpl_nas.lab import LabConfig, LabResult, run_lab
 from wpl_nas.spaces import Architecture, SearchSpace, builtin_spaces, load_space
 from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy
 from wpl_nas.supernet import Supernet
@@ -31,6 +33,8 @@ __all__ = [
     "CandidateTrainer",
     "ConfigError",
     "DataBundle",
+    "LabConfig",
+    "LabResult",
     "RetainedPool",
     "Run",
     "SearchConfig",
@@ -47,5 +51,6 @@ __all__ = [
     "load_run",
     "load_space",
     "resolve_device",
+    "run_lab",
     "run_search",
 ]

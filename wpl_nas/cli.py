@@ -129,6 +129,73 @@ def spaces_show(name: str) -> None:
     click.echo(space.describe())
 
 
+def _lab_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``command`` with one option per lab config field, and the strategies' option flags
+    ``--<section>-<key>`` exactly as ``search`` has them."""
+    from wpl_nas.lab import LabConfig
+
+    defaults = LabConfig()
+    options = []
+    for f in dataclasses.fields(LabConfig):
+        if f.name == "sections":
+            for section, cls in SECTIONS.items():
+                values = defaults.sections[section]
+                options += [_flag(f"{section}_{sf.name}", sf, cls, getattr(values, sf.name))
+                            for sf in dataclasses.fields(cls)]
+        else:
+            options.append(_flag(f.name, f, LabConfig, getattr(defaults, f.name)))
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _forgetting_help() -> str:
+    """The help of ``forgetting``, with one paragraph per registered scenario."""
+    from wpl_nas.lab import SCENARIOS
+
+    paragraphs = [
+        "Measure multi-model forgetting, strategy by strategy.",
+        "Models are trained one after another on one weight-sharing supernet with each strategy of "
+        "--strategies; after each, every earlier model is re-scored, and the first one is probed while the "
+        "later ones train. The table (printed at the end) has one row per strategy (per shared depth in "
+        "two-model): the first model(s)' accuracy before and after and the lowest probed one, forgetting "
+        "(mean, max), HAT's ratio ρ, the last model's accuracy, time per training step and the strategy's "
+        "memory, as mean ± std over --seeds.",
+        "Scenarios (--scenario):",
+        *(f"{name}: {SCENARIOS.get(name).summary}" for name in SCENARIOS.names()),
+        "Outputs go to RUNS_DIR/NAME/: config.yaml, results.csv, results.md, seeds.csv, retention.png, "
+        "retention/ (retention matrices and curves, JSON), tb/ (TensorBoard). Rerunning the same NAME "
+        "replaces them.",
+        "\b\nExamples:\n"
+        "  wpl-nas forgetting --scenario two-model --strategies naive,wpl\n"
+        "  wpl-nas forgetting --scenario sequence --space mnist1d --candidates 20 --strategies all\n"
+        "  wpl-nas forgetting --scenario split --dataset mnist --data-dir ~/data --tasks 5",
+    ]
+    return "\n\n".join(paragraphs)
+
+
+@cli.command(help=_forgetting_help())
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML file with any of the options below (flags given here override it); a run folder's "
+                   "config.yaml reruns that run.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars. [default: on]")
+@_lab_options
+def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
+    from wpl_nas.lab import LabConfig, load_lab_config, run_lab
+
+    try:
+        base = load_lab_config(config_file) if config_file else LabConfig()
+        config = base.replace(**_overrides(flags)).validate()
+        result = run_lab(config, progress=progress, command=["wpl-nas", *sys.argv[1:]])
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the run folder holds the runs finished so far (retention/, tb/)", err=True)
+        sys.exit(130)
+    click.echo("")
+    click.echo(result.summary())
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="wpl-nas")

@@ -219,6 +219,9 @@ class HATOptions(_Options):
     protect: int = opt(
         5, "Size of the protected set: the best candidates (by score at training) whose units are "
         "masked from later updates; a better candidate releases the worst, so the supernet never fills up.")
+    include_global: bool = opt(
+        True, "Also gate and protect the stem and reductions, as the paper gates every layer (heads are never "
+        "gated). Off, the shared skeleton carries the forgetting: measured, HAT then drops more than naive.")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from wpl_nas.strategies.anpyc import ANPyCStrategy
 from wpl_nas.strategies.base import Batches, CandidateContext, Strategy
 from wpl_nas.strategies.compose import CompositeStrategy
 from wpl_nas.strategies.ewc import EWCStrategy, OnlineEWCStrategy
+from wpl_nas.strategies.hat import HATStrategy
 from wpl_nas.strategies.mas import MASStrategy
 from wpl_nas.strategies.naive import NaiveStrategy
 from wpl_nas.strategies.protected import ProtectedSet
@@ -12,6 +13,8 @@ from wpl_nas.strategies.registry import STRATEGIES, create_strategy, resolve_str
 from wpl_nas.strategies.si import SIStrategy
 from wpl_nas.strategies.wpl import WPLStrategy
 
-__all__ = ["STRATEGIES", "ANPyCStrategy", "Batches", "CandidateContext", "CompositeStrategy", "EWCStrategy",
-           "MASStrategy", "NaiveStrategy", "OnlineEWCStrategy", "ProtectedSet", "QuadraticStrategy", "SIStrategy",
-           "Strategy", "WPLStrategy", "create_strategy", "resolve_strategy"]
+__all__ = [
+    "STRATEGIES", "ANPyCStrategy", "Batches", "CandidateContext", "CompositeStrategy", "EWCStrategy", "HATStrategy",
+    "MASStrategy", "NaiveStrategy", "OnlineEWCStrategy", "ProtectedSet", "QuadraticStrategy", "SIStrategy", "Strategy",
+    "WPLStrategy", "create_strategy", "resolve_strategy",
+]

@@ -11,7 +11,9 @@ __all__ = ["CompositeStrategy"]
 
 
 class CompositeStrategy(Strategy):
-    """Runs each hook of its parts in the order given; built by ``create_strategy("a+b", ...)``.
+    """Runs each hook of its parts in turn; built by ``create_strategy("a+b", ...)``.
+
+    Parts run in the order given, except that an isolation strategy (HAT) always runs last.
 
     Gradient edits add up (a penalty gradient and a distillation gradient), then weight edits
     apply in order (a proximal pull, then nothing else touches the weights). Each part keeps its
@@ -21,6 +23,9 @@ class CompositeStrategy(Strategy):
 
     def __init__(self, supernet: Supernet, parts: list[Strategy]) -> None:
         super().__init__(supernet)
+        # Isolation (HAT) goes last: its gradient masks and weight pinning must see every
+        # other part's edits, or a distillation gradient would reach protected units.
+        parts = sorted(parts, key=lambda part: part.family == "isolation")
         self.parts = nn.ModuleList(parts)
         self._parts = parts
         tags = [p.penalty_tag.split("/")[0] for p in parts if p.penalty_tag]
