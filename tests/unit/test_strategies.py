@@ -11,6 +11,7 @@ from conftest import make_trainer
 import wpl_nas
 from wpl_nas.config import WPLOptions
 from wpl_nas.strategies import STRATEGIES, WPLStrategy
+from wpl_nas.strategy_options import SyntheticOptions
 
 A = "|conv_5~0|+|conv_5~0|conv_5~1|+|none~0|skip_connect~1|conv_5~2|"
 B = "|conv_5~0|+|skip_connect~0|conv_5~1|+|conv_5~0|none~1|conv_5~2|"
@@ -32,13 +33,15 @@ def _combinations() -> list[str]:
 
 #: Every registered strategy and the compositions the docs advertise.
 CONTRACT = STRATEGIES.names() + _combinations()
+#: Options for the contract runs: defaults, except a cheaper meta-learning for synthetic rehearsal.
+CHEAP = wpl_nas.SearchConfig(synthetic=SyntheticOptions(outer_steps=2, inner_steps=1))
 
 
 # --- the contract, parametrised over the registry ------------------------------------------
 @pytest.mark.parametrize("name", CONTRACT)
 def test_no_effect_before_anything_is_consolidated(name, tiny_space, mnist1d):
     a, _ = archs(tiny_space)
-    with_strategy = make_trainer(tiny_space, mnist1d, name, train_samples=256)
+    with_strategy = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256)
     plain = make_trainer(tiny_space, mnist1d, "naive", train_samples=256)
     start = weights(with_strategy.supernet)
     r1 = with_strategy.train(a, trial_index=0)
@@ -59,7 +62,7 @@ def test_no_effect_before_anything_is_consolidated(name, tiny_space, mnist1d):
 @pytest.mark.parametrize("name", CONTRACT)
 def test_parameters_off_the_path_never_move(name, tiny_space, mnist1d):
     a, b = archs(tiny_space)
-    tr = make_trainer(tiny_space, mnist1d, name, train_samples=256)
+    tr = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256)
     tr.train(a, trial_index=0)
     tr.consolidate(a, trial_index=0)
     before = weights(tr.supernet)
@@ -75,7 +78,7 @@ def test_parameters_off_the_path_never_move(name, tiny_space, mnist1d):
 @pytest.mark.parametrize("name", CONTRACT)
 def test_state_round_trips_exactly_and_has_no_nan(name, tiny_space, mnist1d):
     a, b = archs(tiny_space)
-    tr = make_trainer(tiny_space, mnist1d, name, train_samples=256)
+    tr = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256)
     for i, arch in enumerate((a, b)):
         result = tr.train(arch, trial_index=i)
         tr.consolidate(arch, trial_index=i, score=result.score)
@@ -98,14 +101,14 @@ def test_resuming_mid_search_equals_an_uninterrupted_run(name, tiny_space, mnist
     """Checkpoint after the first candidate (supernet, strategy, optimiser), restore into fresh
     objects, train the second: the same weights and strategy state as without the break."""
     a, b = archs(tiny_space)
-    whole = make_trainer(tiny_space, mnist1d, name, train_samples=256, seed=5)
-    first = make_trainer(tiny_space, mnist1d, name, train_samples=256, seed=5)
+    whole = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256, seed=5)
+    first = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256, seed=5)
     for tr in (whole, first):
         result = tr.train(a, trial_index=0)
         tr.consolidate(a, trial_index=0, score=result.score)
     saved = copy.deepcopy({"net": first.supernet.state_dict(), "strategy": first.strategy.state_dict(),
                            "opt": first.optimizer.state_dict()})
-    resumed = make_trainer(tiny_space, mnist1d, name, train_samples=256, seed=5)
+    resumed = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256, seed=5)
     resumed.supernet.load_state_dict(saved["net"])
     resumed.strategy.load_state_dict(saved["strategy"])
     resumed.optimizer.load_state_dict(saved["opt"])
@@ -124,7 +127,7 @@ def test_seeded_runs_are_deterministic(name, tiny_space, mnist1d):
     a, b = archs(tiny_space)
     results = []
     for _ in range(2):
-        tr = make_trainer(tiny_space, mnist1d, name, train_samples=256, seed=3)
+        tr = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256, seed=3)
         tr.train(a, trial_index=0)
         tr.consolidate(a, trial_index=0)
         tr.train(b, trial_index=1)
@@ -291,7 +294,7 @@ def test_wpl_retains_more_than_naive(seed, tiny_space, mnist1d):
     a, b = archs(tiny_space)
     drops = {}
     for name in ("naive", "wpl"):
-        tr = make_trainer(tiny_space, mnist1d, name, epochs=2, train_samples=3200, seed=seed)
+        tr = make_trainer(tiny_space, mnist1d, name, options=CHEAP, epochs=2, train_samples=3200, seed=seed)
         tr.train(a, trial_index=0)
         tr.consolidate(a, trial_index=0)
         before = tr.score(a)
