@@ -157,6 +157,15 @@ def load_config(path: str | Path) -> SearchConfig:
         ConfigError: missing file, malformed YAML, not a mapping, unknown key or wrong type;
             the message names the file and the key.
     """
+    return _build(SearchConfig, read_yaml_mapping(path), where=str(path))
+
+
+def read_yaml_mapping(path: str | Path) -> Mapping[str, Any]:
+    """The mapping in YAML file ``path`` (an empty file is an empty mapping).
+
+    Raises:
+        ConfigError: missing file, malformed YAML or not a mapping, naming the file.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -168,7 +177,7 @@ def load_config(path: str | Path) -> SearchConfig:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values, but got {data!r}")
-    return _build(SearchConfig, data, where=str(path))
+    return data
 
 
 # --- helpers -------------------------------------------------------------------------------

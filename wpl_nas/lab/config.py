@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from wpl_nas.config import field_type
+from wpl_nas.config import field_type, read_yaml_mapping
 from wpl_nas.errors import ConfigError
 from wpl_nas.strategy_options import STRATEGY_SECTIONS, opt
 
@@ -208,18 +208,7 @@ def load_lab_config(path: str | Path) -> LabConfig:
         ConfigError: missing file, malformed YAML, not a mapping, unknown key or wrong type;
             the message names the file and the key.
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: a config file must be a mapping of keys to values, but got {data!r}")
-    return LabConfig.from_dict(data, where=str(path))
+    return LabConfig.from_dict(read_yaml_mapping(path), where=str(path))
 
 
 def parse_ints(text: str, name: str, *, choices: range | None = None) -> list[int]:

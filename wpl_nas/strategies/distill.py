@@ -14,6 +14,7 @@ from torch.func import functional_call
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies._replay import Member, ReplayStrategy, distil_on
 from wpl_nas.strategies.base import Batches, CandidateContext
+from wpl_nas.strategies.flat import FlatLayout
 from wpl_nas.strategies.registry import STRATEGIES
 from wpl_nas.strategy_options import DistillOptions
 from wpl_nas.supernet import Supernet
@@ -65,18 +66,12 @@ class DistillStrategy(ReplayStrategy):
         options = options or DistillOptions()
         options.validate()
         super().__init__(supernet, options, capacity=options.protect)
-        self._slices: dict[str, tuple[int, torch.Size]] = {}
-        offset = 0
-        for name, p in supernet.named_parameters():
-            self._slices[name] = (offset, p.shape)
-            offset += p.numel()
-        first = next(supernet.parameters())
-        self.register_buffer("teacher", torch.zeros(offset, device=first.device, dtype=first.dtype))
+        self.layout = FlatLayout(supernet)
+        self.register_buffer("teacher", self.layout.zeros())
 
     def teacher_of(self, name: str) -> torch.Tensor:
         """The teacher weights of parameter ``name`` (a view; do not modify)."""
-        offset, shape = self._slices[name]
-        return self.teacher[offset: offset + shape.numel()].view(shape)
+        return self.layout.view(self.teacher, name)
 
     @property
     def per_step(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from wpl_nas.strategies.base import Batches, CandidateContext, Strategy
+from wpl_nas.strategies.flat import FlatLayout
 from wpl_nas.supernet import Supernet
 
 __all__ = ["QuadraticStrategy"]
@@ -55,14 +56,9 @@ class QuadraticStrategy(Strategy):
         super().__init__(supernet, options)
         options.validate()
         self.penalty_tag = f"{type(options).section}/penalty"
-        self._slices: dict[str, tuple[int, torch.Size]] = {}
-        offset = 0
-        for name, p in supernet.named_parameters():
-            self._slices[name] = (offset, p.shape)
-            offset += p.numel()
-        first = next(supernet.parameters())
-        self.register_buffer("omega", torch.zeros(offset, device=first.device, dtype=first.dtype))
-        self.register_buffer("anchor", torch.zeros(offset, device=first.device, dtype=first.dtype))
+        self.layout = FlatLayout(supernet)
+        self.register_buffer("omega", self.layout.zeros())
+        self.register_buffer("anchor", self.layout.zeros())
         self.register_buffer("consolidated", torch.zeros((), dtype=torch.long))
         self._pull: _Pull | None = None
 
@@ -91,17 +87,13 @@ class QuadraticStrategy(Strategy):
         """Called after the candidate's importance is folded in."""
 
     # --- views into the flat buffers -----------------------------------------------------
-    def _view(self, buffer: torch.Tensor, name: str) -> torch.Tensor:
-        offset, shape = self._slices[name]
-        return buffer[offset: offset + shape.numel()].view(shape)
-
     def importance(self, name: str) -> torch.Tensor:
         """Ω of parameter ``name`` (a view; do not modify)."""
-        return self._view(self.omega, name)
+        return self.layout.view(self.omega, name)
 
     def anchor_of(self, name: str) -> torch.Tensor:
         """θ* of parameter ``name`` (a view; do not modify)."""
-        return self._view(self.anchor, name)
+        return self.layout.view(self.anchor, name)
 
     def protectable(self, name: str) -> bool:
         """Whether tensor ``name`` may be protected: cell ops always, the skeleton if asked."""
