@@ -249,7 +249,7 @@ def test_wpl_accumulation_modes(mode, tiny_space, mnist1d, monkeypatch):
     tr.consolidate(a, trial_index=1)
     path = torch.zeros_like(first, dtype=torch.bool)
     for name in tr.supernet.parameter_names_of(a):
-        wpl._view(path, name).fill_(True)
+        wpl.layout.view(path, name).fill_(True)
     expected = {"sum": first + 0.5, "decay": 0.5 * first + 0.5, "max": torch.clamp(first, min=0.5)}[mode]
     assert torch.allclose(wpl.omega[path], expected[path])
     assert torch.equal(wpl.omega[~path], first[~path])
