@@ -76,6 +76,24 @@ def test_parameters_off_the_path_never_move(name, tiny_space, mnist1d):
 
 
 @pytest.mark.parametrize("name", CONTRACT)
+def test_a_cell_of_parameter_free_ops_is_trained_and_consolidated(name, tiny_space, mnist1d):
+    # Such candidates are common in a search (skip/none everywhere, or a cell whose output node has
+    # no input, so nothing before the head gets a gradient); a strategy then may have no tensor to
+    # estimate, prune or mask (found by the memory benchmark).
+    a, _ = archs(tiny_space)
+    bare = tiny_space.parse("|skip_connect~0|+|none~0|skip_connect~1|+|skip_connect~0|none~1|skip_connect~2|")
+    dead = tiny_space.parse("|none~0|+|none~0|conv_5~1|+|none~0|none~1|none~2|")
+    tr = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256)
+    for i, arch in enumerate((a, bare, a, dead, a)):
+        result = tr.train(arch, trial_index=i)
+        tr.consolidate(arch, trial_index=i, score=result.score)
+        assert result.loss == result.loss, f"NaN loss on {arch}"
+    for k, v in tr.strategy.state_dict().items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
+@pytest.mark.parametrize("name", CONTRACT)
 def test_state_round_trips_exactly_and_has_no_nan(name, tiny_space, mnist1d):
     a, b = archs(tiny_space)
     tr = make_trainer(tiny_space, mnist1d, name, options=CHEAP, train_samples=256)

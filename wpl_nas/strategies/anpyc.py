@@ -96,6 +96,8 @@ class ANPyCStrategy(QuadraticStrategy):
         fraction = self.prune_fraction(int(self.consolidated))
         names = [n for n, p in ctx.params.items() if ".edges." in n and p.dim() > 1]
         params = [ctx.params[n] for n in names]
+        if not params:  # a cell of parameter-free ops: nothing to prune
+            return
         with torch.enable_grad():
             grads = torch.autograd.grad(output_entropy(ctx.supernet(x), x), params, allow_unused=True)
         held: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])

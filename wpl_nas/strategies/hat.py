@@ -371,7 +371,8 @@ class HATStrategy(Strategy):
         if plan.masked:
             plan.drop_unused()
             grads: list[torch.Tensor] = [p.grad for p in plan.with_grad]  # type: ignore[misc]
-            torch._foreach_mul_(grads, plan.keep_with_grad)
+            if grads:  # masked tensors may all sit on dead edges (no gradient at all)
+                torch._foreach_mul_(grads, plan.keep_with_grad)
             torch._foreach_copy_(plan.snapshots, plan.masked)
         o = self.options
         s = self.anneal(ctx.step, plan.batches)

@@ -145,7 +145,8 @@ class QuadraticStrategy(Strategy):
         if not self.consolidates(ctx):
             return
         names = [n for n in ctx.params if self.protectable(n)]
-        estimates = self.estimate(ctx, names, held_out)
+        # A path of parameter-free ops (with the skeleton left out) has nothing to estimate.
+        estimates = self.estimate(ctx, names, held_out) if names else []
         with torch.no_grad():
             for name, new in zip(names, estimates, strict=True):
                 self._fold(self.importance(name), self.anchor_of(name), new, ctx.params[name])

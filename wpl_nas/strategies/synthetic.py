@@ -187,8 +187,10 @@ class SyntheticStrategy(ReplayStrategy):
         with supernet.use(arch), torch.enable_grad():
             for step in range(o.outer_steps):
                 outer = self._outer_loss(supernet, x, self._disturb(clean, gen), *real[step % len(real)])
-                (grad,) = torch.autograd.grad(outer, [x])
+                (grad,) = torch.autograd.grad(outer, [x], allow_unused=True)
                 losses.append(outer.item())  # one sync per outer step, at consolidation only
+                if grad is None:  # the output ignores the input (no live cell path): nothing to learn
+                    break
                 meta.zero_grad(set_to_none=True)
                 x.grad = grad
                 meta.step()
