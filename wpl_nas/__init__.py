@@ -11,14 +11,18 @@ The public API::
     supernet = wpl_nas.build_supernet("mnist1d", data)
     strategy = wpl_nas.create_strategy("wpl", supernet)                # or ewc, si, hat, wpl+distill, ...
     lab = wpl_nas.run_lab(wpl_nas.LabConfig(scenario="two-model"))      # what `wpl-nas forgetting` runs
+    objective = wpl_nas.SupernetObjective(strategy="wpl", run_dir="runs/mine")  # for your own Optuna study
 """
 
 from wpl_nas.api import Run, SearchResult, build_supernet, load_run, resolve_device, run_search
+from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
 from wpl_nas.config import SearchConfig, WPLOptions, load_config
 from wpl_nas.data import DATASETS, DataBundle, load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.lab import LabConfig, LabResult, run_lab
+from wpl_nas.objective import SupernetObjective
+from wpl_nas.sampler import ForgettingAwareSampler
 from wpl_nas.spaces import Architecture, SearchSpace, builtin_spaces, load_space
 from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy
 from wpl_nas.supernet import Supernet
@@ -33,15 +37,19 @@ __all__ = [
     "CandidateTrainer",
     "ConfigError",
     "DataBundle",
+    "ForgettingAwareSampler",
     "LabConfig",
     "LabResult",
     "RetainedPool",
+    "RetentionCallback",
     "Run",
     "SearchConfig",
     "SearchResult",
     "SearchSpace",
     "Strategy",
     "Supernet",
+    "SupernetObjective",
+    "TensorBoardCallback",
     "WPLOptions",
     "build_supernet",
     "builtin_spaces",

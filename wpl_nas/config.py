@@ -54,7 +54,9 @@ class SearchConfig:
         "wpl", "Consolidation strategy: naive (plain weight sharing), wpl, ewc, online-ewc, si, mas, anpyc, hat, "
         "distill, synthetic, or two joined by '+' (e.g. hat+distill, wpl+distill).")
     # How Optuna searches.
-    sampler: str = _opt("tpe", "Optuna sampler: tpe, random or grid (grid: spaces up to 10,000 architectures).")
+    sampler: str = _opt(
+        "tpe", "Optuna sampler: tpe, random, grid (spaces up to 10,000 architectures) or forgetting-aware (TPE steered "
+        "away from candidates that overlap the best ones harmfully; see wpl_nas.ForgettingAwareSampler).")
     pruner: str = _opt("none", "Optuna pruner on per-epoch scores: none, median or halving.")
     trials: int = _opt(24, "Total trials (candidates) in the study; rerunning with a larger number extends it.")
     study_name: str | None = _opt(None, "Study name and run folder name (default: <space>-<strategy>).")

@@ -10,6 +10,7 @@ import sqlalchemy.exc
 
 from wpl_nas.errors import ConfigError
 from wpl_nas.registry import Registry
+from wpl_nas.sampler import ForgettingAwareSampler
 from wpl_nas.spaces import SearchSpace
 
 __all__ = ["GRID_LIMIT", "PRUNERS", "SAMPLERS", "check_storage_url", "create_pruner", "create_sampler"]
@@ -22,6 +23,8 @@ PRUNERS: Registry[Callable[[], optuna.pruners.BasePruner]] = Registry("pruner")
 
 SAMPLERS.add("tpe", lambda space, seed: optuna.samplers.TPESampler(seed=seed))
 SAMPLERS.add("random", lambda space, seed: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("forgetting-aware", lambda space, seed: ForgettingAwareSampler(
+    optuna.samplers.TPESampler(seed=seed), space=space, seed=seed))
 
 
 @SAMPLERS.register("grid")

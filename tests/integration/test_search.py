@@ -46,11 +46,16 @@ def test_cli_search_writes_study_tensorboard_and_checkpoint(base_args, tmp_path,
         assert t.params == dict(arch)  # one categorical per edge, op names as values
         assert t.user_attrs["params"] > 0
         assert 0.0 <= t.user_attrs["score_at_training"] <= 1.0
-        assert t.user_attrs["rescore"] == t.value == t.user_attrs["score_at_training"]
+        assert t.value == t.user_attrs["score_at_training"]
         assert "penalty" in t.user_attrs and t.intermediate_values.keys() == {0}
-        assert str(t.number) in t.user_attrs["retained"]
     assert trials[0].user_attrs["penalty"] == 0.0  # nothing consolidated before the first candidate
+    # Finished trials are immutable: re-scores live on the study (the retention matrix, row per candidate).
     assert set(study.user_attrs["latest_rescore"]) == {"0", "1", "2"}
+    retention = study.user_attrs["retention"]
+    assert retention["0"].keys() == {"0", "1", "2"} and retention["2"].keys() == {"2"}
+    assert retention["0"]["0"] == trials[0].value
+    assert study.user_attrs["latest_rescore"]["0"] == retention["0"]["2"]
+    assert study.user_attrs["pool"] == [0, 1, 2] and study.user_attrs["pool_after_trial"] == 2
     assert study.user_attrs["forgetting_max"] >= study.user_attrs["forgetting_mean"]
 
     events = EventAccumulator(str(run_dir / "tb"))

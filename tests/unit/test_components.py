@@ -74,7 +74,7 @@ def test_rng_states_round_trip():
 
 
 def test_samplers_pruners_and_storage(tiny_space):
-    assert set(SAMPLERS.names()) == {"tpe", "random", "grid"}
+    assert set(SAMPLERS.names()) == {"tpe", "random", "grid", "forgetting-aware"}
     assert set(PRUNERS.names()) == {"none", "median", "halving"}
     study = optuna.create_study(sampler=create_sampler("grid", tiny_space, seed=0),
                                 pruner=create_pruner("median"), direction="maximize")
@@ -108,3 +108,21 @@ def test_resolve_device():
 def test_space_and_data_dimensions_must_match(mnist1d):
     with pytest.raises(ConfigError, match="space 'nb201' is for 2-D inputs, but dataset 'mnist1d' is 1-D"):
         wpl_nas.build_supernet("nb201", mnist1d)
+
+
+def test_kendall_tau_matches_scipy_with_ties_and_refuses_mismatched_lists():
+    import random
+
+    from scipy.stats import kendalltau
+
+    from wpl_nas.evaluation import kendall_tau
+
+    rng = random.Random(0)
+    for _ in range(20):
+        a = [rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in range(9)]
+        b = [rng.choice([0.5, 0.6, 0.7]) for _ in range(9)]
+        assert kendall_tau(a, b) == pytest.approx(kendalltau(a, b).statistic)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert math.isnan(kendall_tau([1, 1], [1, 2]))
+    with pytest.raises(ValueError, match="2 and 3"):
+        kendall_tau([1, 2], [1, 2, 3])

@@ -1,0 +1,184 @@
+"""wpl-nas as an Optuna plugin: SupernetObjective and its callbacks inside the user's own study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import wpl_nas
+from wpl_nas import ConfigError, SupernetObjective
+
+
+@pytest.fixture
+def make_objective(tiny_space_file, data_dir, tmp_path):
+    def make(name: str = "run", **kw) -> SupernetObjective:
+        options = {"space": str(tiny_space_file), "data_dir": str(data_dir), "epochs": 1, "batch_size": 256,
+                   "device": "cpu", "eval_samples": 200, **kw}
+        return SupernetObjective(run_dir=tmp_path / name, **options)
+    return make
+
+
+def storage_url(kind: str, tmp_path: Path) -> optuna.storages.BaseStorage | str | None:
+    if kind == "inmemory":
+        return None
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+    return optuna.storages.JournalStorage(journal)
+
+
+SAMPLERS = {
+    "tpe": lambda: optuna.samplers.TPESampler(seed=0),
+    "random": lambda: optuna.samplers.RandomSampler(seed=0),
+    "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=0, population_size=2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sampler", "storage"), [("tpe", "sqlite"), ("random", "inmemory"), ("nsga2", "journal"),
+                                                  ("tpe", "journal"), ("random", "sqlite")])
+def test_objective_runs_with_samplers_and_storages(make_objective, tmp_path, sampler, storage):
+    objective = make_objective()
+    study = optuna.create_study(direction="maximize", sampler=SAMPLERS[sampler](),
+                                storage=storage_url(storage, tmp_path))
+    study.optimize(objective, n_trials=3, callbacks=[objective.retention_callback()])
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert 0.0 <= t.value <= 1.0 and t.value == t.user_attrs["score_at_training"]
+        assert t.params == dict(objective.space.parse(t.user_attrs["arch"]))
+        assert t.intermediate_values == {0: t.value}
+    assert set(objective.finished) == {0, 1, 2}
+    assert study.user_attrs["pool"] == [0, 1, 2] and study.user_attrs["pool_after_trial"] == 2
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def enqueue(study: optuna.Study, archs: list[wpl_nas.Architecture]) -> None:
+    for arch in archs:
+        study.enqueue_trial(dict(arch))
+
+
+def state_of(objective: SupernetObjective) -> dict[str, torch.Tensor]:
+    return {**{f"n.{k}": v for k, v in objective.supernet.state_dict().items()},
+            **{f"s.{k}": v for k, v in objective.strategy.state_dict().items() if isinstance(v, torch.Tensor)}}
+
+
+@pytest.mark.slow
+def test_second_optimize_on_a_reopened_study_continues_where_the_first_stopped(make_objective, tmp_path,
+                                                                                tiny_space):
+    import random
+    archs = [tiny_space.sample(random.Random(i)) for i in range(4)]
+
+    whole = make_objective("whole")
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'whole.db'}")
+    enqueue(study, archs)
+    study.optimize(whole, n_trials=4, callbacks=[whole.retention_callback()])
+
+    url = f"sqlite:///{tmp_path / 'parts.db'}"
+    first = make_objective("parts")
+    study1 = optuna.create_study(direction="maximize", storage=url, study_name="parts")
+    enqueue(study1, archs)
+    study1.optimize(first, n_trials=2, callbacks=[first.retention_callback()])
+    del first, study1  # a new process: everything comes back from the run folder and the storage
+    second = make_objective("parts")
+    study2 = optuna.create_study(direction="maximize", storage=url, study_name="parts", load_if_exists=True)
+    study2.optimize(second, n_trials=2, callbacks=[second.retention_callback()])
+
+    assert [t.value for t in study2.get_trials()] == [t.value for t in study.get_trials()]
+    assert study2.user_attrs["retention"] == study.user_attrs["retention"]
+    a, b = state_of(whole), state_of(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_ask_and_tell_and_a_trial_lost_in_flight(make_objective, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    objective = make_objective()
+    study = optuna.create_study(direction="maximize", storage=url, study_name="s")
+    trial = study.ask()
+    frozen = study.tell(trial, objective(trial))
+    objective.retention_callback()(study, frozen)
+    assert frozen.state == TrialState.COMPLETE and study.user_attrs["pool"] == [0]
+
+    study.ask()  # started, then the process dies
+    reopened = make_objective()
+    study = optuna.load_study(study_name="s", storage=url)
+    study.optimize(reopened, n_trials=1)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_checkpointed_but_untold_trial_is_told_on_resume(make_objective, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    objective = make_objective()
+    study = optuna.create_study(direction="maximize", storage=url, study_name="s")
+    trial = study.ask()
+    value = objective(trial)  # trained and checkpointed; the process dies before study.tell
+    study = optuna.load_study(study_name="s", storage=url)
+    make_objective().reconcile(study)
+    (told,) = study.get_trials()
+    assert told.state == TrialState.COMPLETE and told.value == value
+
+
+@pytest.mark.slow
+def test_pruned_trial_is_checkpointed_and_reported_as_pruned(make_objective, tmp_path):
+    objective = make_objective(epochs=2)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.1))
+    study.optimize(objective, n_trials=1, callbacks=[objective.retention_callback()])
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    assert objective.finished == {0: ("PRUNED", None)}
+    assert study.user_attrs["pool"] == []  # a pruned candidate is not pooled
+
+
+@pytest.mark.slow
+def test_parallel_trials_are_refused(make_objective):
+    objective = make_objective()
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(RuntimeError, match="n_jobs=1"):
+        study.optimize(objective, n_trials=4, n_jobs=2)
+
+
+def test_changed_configuration_on_an_existing_run_folder_is_refused(make_objective):
+    objective = make_objective()
+    objective.reconcile(optuna.create_study(direction="maximize"))  # writes config.yaml
+    with pytest.raises(ConfigError, match="strategy: saved 'wpl', now 'naive'"):
+        make_objective(strategy="naive")
+    make_objective(device="cpu", threads=1)  # resumable changes are fine
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_study_is_refused(make_objective):
+    objective = make_objective()
+    optuna.create_study(direction="maximize").optimize(objective, n_trials=1)
+    with pytest.raises(ConfigError, match="another study"):
+        make_objective().reconcile(optuna.create_study(direction="maximize"))
+
+
+@pytest.mark.slow
+def test_callbacks_attached_and_detached(make_objective, tmp_path):
+    bare = make_objective("bare")
+    study = optuna.create_study(direction="maximize")
+    study.optimize(bare, n_trials=2)
+    assert "retention" not in study.user_attrs and not (tmp_path / "bare" / "tb").exists()
+
+    objective = make_objective("logged")
+    tensorboard = objective.tensorboard_callback()
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=3, callbacks=[objective.retention_callback(), tensorboard])
+    tensorboard.close()
+    events = EventAccumulator(str(tmp_path / "logged" / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/acc", "train/loss", "wpl/penalty", "retained/mean_acc", "forgetting/max",
+            "retained/trial_0000"} <= tags
+    assert [e.value for e in events.Scalars("val/acc")] == pytest.approx([t.value for t in study.get_trials()])
+    assert [e.step for e in events.Scalars("retained/trial_0000")] == [0, 1, 2]
+    latest = study.user_attrs["latest_rescore"]["0"]
+    assert events.Scalars("retained/trial_0000")[-1].value == pytest.approx(latest)

@@ -1,0 +1,320 @@
+"""``SupernetObjective``: the supernet, its strategy and its data as an Optuna objective.
+
+::
+
+    import optuna, wpl_nas
+
+    objective = wpl_nas.SupernetObjective(space="mnist1d", dataset="mnist1d", strategy="wpl", run_dir="runs/mine")
+    study = optuna.create_study(direction="maximize", storage="sqlite:///runs/mine/study.db", load_if_exists=True)
+    study.optimize(objective, n_trials=50, callbacks=[objective.retention_callback()])
+
+The objective works with ``study.optimize`` and with ask-and-tell; ``wpl-nas search`` is built on
+it. Call order for one trial (``objective(trial)``):
+
+1. on the first call, :meth:`SupernetObjective.reconcile` with ``trial.study`` (also callable
+   beforehand): trials a previous process checkpointed but never told are told, trials it lost in
+   flight are marked ``FAIL``, and the run folder's ``config.yaml`` is written;
+2. the candidate is suggested (one categorical per edge) and trained on the shared weights, its
+   score reported after each epoch (``optuna.TrialPruned`` is raised when the pruner says so);
+3. the strategy consolidates it; its user attributes are set; the checkpoint is written
+   atomically; the score is returned.
+
+Callbacks run after the study has recorded the trial; each is optional:
+:meth:`~SupernetObjective.retention_callback` re-scores the retained pool,
+:meth:`~SupernetObjective.tensorboard_callback` writes TensorBoard events (attach it after the
+retention callback so it sees the pool's new re-scores).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from wpl_nas.config import SearchConfig
+from wpl_nas.data import DATASETS, load_dataset
+from wpl_nas.errors import ConfigError
+from wpl_nas.evaluation import RetainedPool
+from wpl_nas.spaces import Architecture, SearchSpace, load_space
+from wpl_nas.strategies import Strategy, create_strategy, resolve_strategy
+from wpl_nas.supernet import Supernet
+from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from wpl_nas.training import CandidateTrainer, TrainResult
+
+if TYPE_CHECKING:
+    from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
+
+__all__ = ["CHECKPOINT", "CONFIG_FILE", "SupernetObjective", "build_supernet", "resolve_device", "saved_config"]
+
+CHECKPOINT = "checkpoints/last.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; anything else must be usable here.
+
+    Raises:
+        ConfigError: unknown device string, or a device that is not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but MPS is not available here; use --device cpu")
+    return device
+
+
+def build_supernet(space: SearchSpace | str, data: Any, *, seed: int = 0) -> Supernet:
+    """A freshly initialised supernet of ``space`` (a space or its name / path) for ``data`` (a DataBundle).
+
+    Raises:
+        ConfigError: the space's dimensionality does not fit the data.
+    """
+    space = load_space(space) if isinstance(space, str) else space
+    data_dims = len(data.input_shape) - 1
+    if data_dims != space.dims:
+        raise ConfigError(
+            f"space {space.name!r} is for {space.dims}-D inputs, but dataset {data.name!r} is "
+            f"{data_dims}-D (per-sample shape {data.input_shape}); pick a matching --space or --dataset"
+        )
+    torch.manual_seed(seed)
+    return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes)
+
+
+def saved_config(path: Path) -> SearchConfig:
+    """The :class:`SearchConfig` recorded in a run folder's ``config.yaml``."""
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("command", None)
+    return SearchConfig.from_dict(data, where=str(path))
+
+
+def _check_resumable(saved_path: Path, config: SearchConfig) -> None:
+    saved = saved_config(saved_path).to_dict()
+    new = config.to_dict()
+    changed = [k for k in new if k not in SearchConfig.RESUMABLE_CHANGES and saved.get(k) != new[k]]
+    if changed:
+        diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new[k]!r}" for k in changed)
+        raise ConfigError(
+            f"run folder {saved_path.parent} holds a study with a different configuration ({diffs}). "
+            f"Only {', '.join(SearchConfig.RESUMABLE_CHANGES)} may change when resuming; "
+            "pass a new --study-name to start another study"
+        )
+
+
+class SupernetObjective:
+    """An Optuna objective ``(trial) -> score`` that owns one supernet, its strategy and its data.
+
+    Every trial trains one candidate on the *shared* weights, so trials must run one at a time:
+    ``study.optimize(objective, n_jobs=2)`` (or any concurrent call) is refused with an
+    explanation. The objective checkpoints itself into ``run_dir`` after every trial; a new
+    objective on the same ``run_dir`` restores the supernet, strategy, optimiser, retained pool and
+    RNG states, so a second ``study.optimize`` on the reopened study continues where the first
+    stopped. Changing anything but ``device``/``threads`` (and the study-level ``trials``/``storage``)
+    on an existing run folder is refused.
+
+    Args:
+        config: The options (defaults: :class:`SearchConfig`'s); ``sampler``, ``pruner``,
+            ``trials`` and ``storage`` are the caller's business and only recorded.
+        run_dir: Where the checkpoint, ``config.yaml`` and TensorBoard events go
+            [default: ``config.run_dir``, i.e. ``<runs_dir>/<study name>``].
+        progress: Show a per-step progress bar while a candidate trains.
+        command: The command line to record in ``config.yaml``.
+        **overrides: Fields of ``config`` to replace, e.g. ``space="nb201"``, ``strategy="ewc"``,
+            ``wpl={"alpha": 300}``.
+
+    Raises:
+        ConfigError: an invalid option or name, or a run folder holding another configuration;
+            raised before anything is written.
+    """
+
+    def __init__(self, config: SearchConfig | None = None, *, run_dir: str | Path | None = None,
+                 progress: bool = False, command: Sequence[str] | None = None, **overrides: Any) -> None:
+        config = (config or SearchConfig()).replace(**overrides) if overrides else (config or SearchConfig())
+        config.validate()
+        # Every name and value is checked before the run folder is touched.
+        self.config = config
+        self.space = load_space(config.space)
+        DATASETS.get(config.dataset)
+        resolve_strategy(config.strategy)
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+        if (self.run_dir / CONFIG_FILE).is_file():
+            _check_resumable(self.run_dir / CONFIG_FILE, config)
+        self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                                 val_fraction=config.val_fraction, seed=config.seed)
+        self.supernet = build_supernet(self.space, self.data, seed=config.seed).to(self.device)
+        self.strategy: Strategy = create_strategy(config.strategy, self.supernet, config).to(self.device)
+        self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        val, train = self.data.val, self.data.train
+        if not (isinstance(val, TensorDataset) and isinstance(train, TensorDataset)):
+            raise TypeError(f"dataset {config.dataset!r} must load as TensorDatasets (see wpl_nas.data)")
+        n_eval = config.eval_samples or len(val)
+        eval_set = (val.tensors[0][:n_eval].to(self.device), val.tensors[1][:n_eval].to(self.device))
+        self.trainer = CandidateTrainer(
+            self.supernet, self.strategy, train_set=train, held_out=val, eval_set=eval_set,
+            optimizer=self.optimizer, batch_size=config.batch_size, epochs=config.epochs,
+            grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed)
+        self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent)
+        #: Trials whose training is folded into the supernet state: number -> (state name, value).
+        self.finished: dict[int, tuple[str, float | None]] = {}
+        self.progress = progress
+        self.command = list(command) if command is not None else None
+        self._reconciled: str | None = None  # name of the study reconciled with the checkpoint
+        self._busy = threading.Lock()
+        self._restore()
+
+    # --- the run folder ------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def _restore(self) -> None:
+        if not self.checkpoint_path.is_file():
+            return
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        self.supernet.load_state_dict(state["supernet"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.pool.load_state_dict(state["pool"])
+        self.finished = {int(k): (v[0], v[1]) for k, v in state["finished"].items()}
+        restore_rng(state["rng"])
+
+    def save(self) -> None:
+        """Write the checkpoint atomically: supernet, strategy, optimiser, pool, finished trials, RNG."""
+        save_checkpoint(self.checkpoint_path, {
+            "supernet": self.supernet.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "pool": self.pool.state_dict(),
+            "finished": dict(self.finished),
+            "rng": capture_rng(),
+        })
+
+    def reconcile(self, study: optuna.Study, *, running: int | None = None) -> None:
+        """Bring ``study`` and the checkpoint into agreement, then record the config.
+
+        A trial the checkpoint holds but the study still shows as running (the process stopped
+        between the two) is told its result; any other running trial (but ``running``, the one
+        being trained now) was lost in flight and is marked ``FAIL``. The first ``objective(trial)``
+        calls this; call it yourself to do it before asking for a trial.
+
+        Raises:
+            ConfigError: the study and the checkpoint disagree about what has finished (a
+                checkpoint from another study, or a study whose checkpoint is missing).
+        """
+        trials = study.get_trials(deepcopy=False)
+        stray = sorted(set(self.finished) - {t.number for t in trials})
+        if stray or running in self.finished:
+            raise ConfigError(
+                f"the checkpoint {self.checkpoint_path} holds trials {stray or [running]} that study "
+                f"{study.study_name!r} has not finished (a checkpoint of another study?); use another run "
+                "folder or restore the study")
+        for trial in trials:
+            done = self.finished.get(trial.number)
+            if trial.state == TrialState.RUNNING and trial.number != running:
+                if done is None:
+                    study.tell(trial.number, state=TrialState.FAIL)
+                else:
+                    state, value = done
+                    study.tell(trial.number, value if state == "COMPLETE" else None, state=TrialState[state])
+            elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and done is None:
+                raise ConfigError(
+                    f"study {study.study_name!r} has finished trial {trial.number}, but the run's "
+                    f"checkpoint {self.checkpoint_path} does not include it (missing or from another study); "
+                    "use a new --study-name or restore the run folder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.run_dir / CONFIG_FILE).is_file():
+            self.config.dump(self.run_dir / CONFIG_FILE, extra={"command": self.command})
+        self._reconciled = study.study_name
+
+    # --- one trial ---------------------------------------------------------------------
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Train the candidate ``trial`` suggests; return its validation score (see the module docstring).
+
+        Raises:
+            optuna.TrialPruned: the study's pruner stopped the candidate after an epoch.
+            RuntimeError: another trial is being trained by this objective at the same time.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                "SupernetObjective trains every trial on one shared supernet, so trials cannot run "
+                "concurrently: use study.optimize(..., n_jobs=1) (the default)")
+        try:
+            if self._reconciled != trial.study.study_name:
+                self.reconcile(trial.study, running=trial.number)
+            return self._run(trial)
+        finally:
+            self._busy.release()
+
+    def _run(self, trial: optuna.Trial) -> float:
+        config = self.config
+        arch = self.space.suggest(trial)
+        trial.set_user_attr("arch", str(arch))
+        trial.set_user_attr("params", self.supernet.count_parameters(arch))
+
+        def on_epoch(epoch: int, score: float) -> bool:
+            trial.report(score, epoch)
+            return trial.should_prune()
+
+        steps = config.epochs * math.ceil(len(self.trainer.train_set) / config.batch_size)
+        with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
+                  desc=f"trial {trial.number}", dynamic_ncols=True) as bar:
+            result = self.trainer.train(arch, trial_index=trial.number, on_epoch=on_epoch, progress=bar.update)
+        if result.pruned:
+            self.finished[trial.number] = ("PRUNED", None)
+        else:
+            self.trainer.consolidate(arch, trial_index=trial.number, score=result.score)
+            self.finished[trial.number] = ("COMPLETE", result.score)
+        # Attributes go in before the checkpoint, so a trial that is checkpointed but not yet
+        # told (an interruption in between) still carries them when it is told on resume.
+        self._annotate(trial, result)
+        self.save()
+        if result.pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {len(result.epoch_scores) - 1} "
+                                     f"at score {result.score:.4f}")
+        return result.score
+
+    def _annotate(self, trial: optuna.Trial, result: TrainResult) -> None:
+        """The trial's user attributes (what optuna-dashboard shows per trial)."""
+        trial.set_user_attr("score_at_training", result.score)
+        trial.set_user_attr("train_loss", result.loss)
+        trial.set_user_attr("seconds", round(result.seconds, 3))
+        if self.strategy.penalty_tag:
+            trial.set_user_attr("penalty", result.penalty)
+
+    # --- callbacks --------------------------------------------------------------------
+    def retention_callback(self) -> RetentionCallback:
+        """A study callback that re-scores the retained pool after each trial (see
+        :class:`~wpl_nas.callbacks.RetentionCallback`)."""
+        from wpl_nas.callbacks import RetentionCallback
+
+        return RetentionCallback(self)
+
+    def tensorboard_callback(self, log_dir: str | Path | None = None) -> TensorBoardCallback:
+        """A study callback that writes TensorBoard events to ``log_dir`` [default: ``run_dir/tb``]
+        (see :class:`~wpl_nas.callbacks.TensorBoardCallback`)."""
+        from wpl_nas.callbacks import TensorBoardCallback
+
+        return TensorBoardCallback(log_dir if log_dir is not None else self.run_dir / "tb",
+                                   penalty_tag=self.strategy.penalty_tag)
+
+    def score(self, arch: Architecture | str) -> float:
+        """``arch``'s accuracy on the fixed evaluation set, with the supernet's current weights."""
+        return self.trainer.score(Architecture.parse(arch) if isinstance(arch, str) else arch)
