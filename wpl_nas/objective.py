@@ -179,6 +179,8 @@ class SupernetObjective:
         self._reconciled: str | None = None  # name of the study reconciled with the checkpoint
         self._busy = threading.Lock()
         self._restore()
+        # Everything is valid: the folder may exist now (e.g. for an SQLite study file inside it).
+        self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # --- the run folder ------------------------------------------------------------------
     @property

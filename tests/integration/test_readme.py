@@ -17,7 +17,7 @@ def python_blocks() -> list[str]:
 @pytest.mark.slow
 def test_api_snippet_runs(tmp_path, monkeypatch):
     blocks = python_blocks()
-    assert len(blocks) == 1
+    assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)  # the snippet writes runs/ and data/ where it runs
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
@@ -33,3 +33,22 @@ def test_readme_names_the_two_commands_that_ci_runs():
     assert "```bash\npytest\n```" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "\npytest\n" in ci and 'pip install --quiet -e ".[dev]"' in ci
+
+
+@pytest.mark.slow
+def test_optuna_plugin_snippet_runs_and_a_second_run_continues(tmp_path, monkeypatch):
+    import optuna
+
+    snippet = python_blocks()[1]
+    assert "n_trials=50" in snippet
+    snippet = snippet.replace("n_trials=50", "n_trials=2")  # the same lines, a test-sized budget
+    monkeypatch.chdir(tmp_path)
+    for run in (1, 2):  # the second run is a new process reopening the study: it continues
+        namespace: dict[str, object] = {}
+        exec(compile(snippet, str(README), "exec"), namespace)
+        study = namespace["study"]
+        assert isinstance(study, optuna.Study)
+        trials = study.get_trials()
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2 * run
+    assert study.user_attrs["pool_after_trial"] == 3
+    assert (tmp_path / "runs" / "mine" / "checkpoints" / "last.pt").is_file()
