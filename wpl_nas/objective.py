@@ -143,10 +143,11 @@ class SupernetObjective:
 
     def __init__(self, config: SearchConfig | None = None, *, run_dir: str | Path | None = None,
                  progress: bool = False, command: Sequence[str] | None = None, **overrides: Any) -> None:
-        config = (config or SearchConfig()).replace(**overrides) if overrides else (config or SearchConfig())
-        config.validate()
+        config = config or SearchConfig()
+        if overrides:
+            config = config.replace(**overrides)
         # Every name and value is checked before the run folder is touched.
-        self.config = config
+        self.config = config.validate()
         self.space = load_space(config.space)
         DATASETS.get(config.dataset)
         resolve_strategy(config.strategy)
