@@ -14,12 +14,17 @@ the *study*'s user attributes:
     ``{trial: {after trial: score}}``: the retention matrix of every candidate ever pooled.
 ``pool``
     the trial numbers of the current pool members; ``pool_after_trial``: the trial they follow.
-``retained_mean``, ``forgetting_mean``, ``forgetting_max``
-    the pool's summary (see :class:`~wpl_nas.evaluation.RetainedPool`).
+``retained_mean``, ``forgetting_mean``, ``forgetting_max``, ``backward_transfer``, ``rho``, ``rank_tau``
+    the pool's measures (:func:`~wpl_nas.evaluation.retention_measures`).
+
+It also writes the run folder's ``retention.json`` (members, measures and every candidate's row)
+and ``retention.csv`` (the matrix, one ``after_N`` column per trial), atomically, so they can be
+read while the search runs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,10 +32,18 @@ import optuna
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
+from wpl_nas.evaluation import MEASURES
+from wpl_nas.tracking import write_text_atomically
+from wpl_nas.tracking.figures import retention_heatmap
+
 if TYPE_CHECKING:
     from wpl_nas.objective import SupernetObjective
 
-__all__ = ["RetentionCallback", "TensorBoardCallback"]
+__all__ = ["RETENTION_CSV", "RETENTION_JSON", "RetentionCallback", "TensorBoardCallback"]
+
+#: The retention matrix in the run folder, rewritten after every trial.
+RETENTION_JSON = "retention.json"
+RETENTION_CSV = "retention.csv"
 
 
 
@@ -58,15 +71,24 @@ class RetentionCallback:
         if trial.number in pool.entries:
             rescores[trial.number] = pool.entries[trial.number].score
         pool.record(trial.number, rescores)
-        summary = pool.summary()
+        chance = 1.0 / objective.data.num_classes
         study.set_user_attr("latest_rescore", {str(t): e.latest for t, e in pool.entries.items()})
         study.set_user_attr("retention", {str(t): {str(j): s for j, s in rows.items()}
                                           for t, rows in pool.matrix().items()})
         study.set_user_attr("pool", pool.members())
         study.set_user_attr("pool_after_trial", trial.number)
-        for key, value in summary.items():
+        for key, value in pool.summary(chance=chance).items():
             study.set_user_attr(key, value)
         objective.save()
+        write_text_atomically(objective.run_dir / RETENTION_JSON,
+                              json.dumps(pool.to_json(after_trial=trial.number, chance=chance), indent=1))
+        write_text_atomically(objective.run_dir / RETENTION_CSV, pool.to_csv())
+
+
+#: TensorBoard tag of each pool measure (grouped by prefix).
+_POOL_TAGS = {"retained_mean": "retained/mean_acc", "forgetting_mean": "forgetting/mean",
+              "forgetting_max": "forgetting/max", "backward_transfer": "forgetting/backward_transfer",
+              "rho": "forgetting/hat_ratio", "rank_tau": "ranking/kendall_tau"}
 
 
 class TensorBoardCallback:
@@ -74,8 +96,10 @@ class TensorBoardCallback:
 
     Per trial (complete or pruned): ``val/acc`` (score at training), ``train/loss``, and the
     strategy's penalty under ``penalty_tag`` (e.g. ``wpl/penalty``) when the trial carries one.
-    When a :class:`RetentionCallback` ran for this trial just before: ``retained/mean_acc``,
-    ``forgetting/mean``, ``forgetting/max`` and one curve ``retained/trial_NNNN`` per pool member.
+    When a :class:`RetentionCallback` ran for this trial just before: the pool's measures
+    (``retained/mean_acc``, ``forgetting/mean``, ``forgetting/max``, ``forgetting/backward_transfer``,
+    ``forgetting/hat_ratio``, ``ranking/kendall_tau``), one curve ``retained/trial_NNNN`` per pool
+    member, and the retention matrix as a heatmap image ``retention/matrix``.
 
     Args:
         log_dir: The TensorBoard run folder (opened at the first trial).
@@ -106,12 +130,15 @@ class TensorBoardCallback:
             self.writer.add_scalar(self.penalty_tag, attrs["penalty"], step)
         study_attrs = study.user_attrs
         if study_attrs.get("pool_after_trial") == step:
-            self.writer.add_scalar("retained/mean_acc", study_attrs["retained_mean"], step)
-            self.writer.add_scalar("forgetting/mean", study_attrs["forgetting_mean"], step)
-            self.writer.add_scalar("forgetting/max", study_attrs["forgetting_max"], step)
+            for key in MEASURES:
+                if study_attrs.get(key) == study_attrs.get(key):  # NaN (e.g. τ of one member) is not logged
+                    self.writer.add_scalar(_POOL_TAGS[key], study_attrs[key], step)
             latest = study_attrs["latest_rescore"]
             for member in study_attrs["pool"]:
                 self.writer.add_scalar(f"retained/trial_{member:04d}", latest[str(member)], step)
+            matrix = {int(t): {int(j): v for j, v in row.items()} for t, row in study_attrs["retention"].items()}
+            self.writer.add_figure("retention/matrix", retention_heatmap(
+                matrix, title=f"retention after trial {step}"), step, close=False)
         self.writer.flush()
 
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import optuna
@@ -182,3 +184,16 @@ def test_callbacks_attached_and_detached(make_objective, tmp_path):
     assert [e.step for e in events.Scalars("retained/trial_0000")] == [0, 1, 2]
     latest = study.user_attrs["latest_rescore"]["0"]
     assert events.Scalars("retained/trial_0000")[-1].value == pytest.approx(latest)
+    assert {"forgetting/backward_transfer", "ranking/kendall_tau", "forgetting/hat_ratio"} <= tags
+    assert [e.step for e in events.Scalars("ranking/kendall_tau")] == [1, 2]  # τ needs two members
+    images = events.Images("retention/matrix")
+    assert [e.step for e in images] == [0, 1, 2] and all(e.width > 100 for e in images)
+
+    # The retention matrix in the run folder, as JSON and CSV, matches the study's attributes.
+    saved = json.loads((tmp_path / "logged" / "retention.json").read_text())
+    assert saved["after_trial"] == 2 and saved["members"] == [0, 1, 2]
+    assert {str(c["trial"]): c["rescores"] for c in saved["candidates"]} == study.user_attrs["retention"]
+    assert saved["summary"]["backward_transfer"] == pytest.approx(-saved["summary"]["forgetting_mean"])
+    rows = list(csv.DictReader((tmp_path / "logged" / "retention.csv").open()))
+    assert [r["trial"] for r in rows] == ["0", "1", "2"]
+    assert float(rows[0]["after_2"]) == pytest.approx(latest) and rows[2]["after_0"] == ""

@@ -126,3 +126,37 @@ def test_kendall_tau_matches_scipy_with_ties_and_refuses_mismatched_lists():
     assert math.isnan(kendall_tau([1, 1], [1, 2]))
     with pytest.raises(ValueError, match="2 and 3"):
         kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_retention_measures_by_hand():
+    from wpl_nas.evaluation import MEASURES, retention_measures
+
+    # Three candidates: one forgot 0.2, one gained 0.1, one not yet re-scored.
+    m = retention_measures([[0.9, 0.8, 0.7], [0.6, 0.7], [0.5]], chance=0.1)
+    assert set(m) == set(MEASURES)
+    assert m["retained_mean"] == pytest.approx((0.7 + 0.7 + 0.5) / 3)
+    assert m["forgetting_mean"] == pytest.approx((0.2 - 0.1 + 0.0) / 3)
+    assert m["forgetting_max"] == pytest.approx(0.2)
+    assert m["backward_transfer"] == pytest.approx(-m["forgetting_mean"])
+    assert m["rho"] == pytest.approx(((0.6 / 0.8 - 1) + (0.6 / 0.5 - 1) + 0.0) / 3)
+    assert m["rank_tau"] == pytest.approx(2 / math.sqrt(6))  # (0.9, 0.6, 0.5) vs (0.7, 0.7, 0.5): τ-b, one tie
+    assert math.isnan(retention_measures([[0.9, 0.8]])["rho"])  # no chance level
+    assert all(math.isnan(v) for v in retention_measures([]).values())
+    with pytest.raises(ValueError, match="at least the score"):
+        retention_measures([[]])
+
+
+def test_pool_history_and_files():
+    pool = RetainedPool(best=1, recent=1)
+    pool.add(0, "a", 0.9)
+    pool.record(0, {0: 0.9})
+    pool.add(1, "b", 0.5)
+    pool.record(1, {0: 0.8, 1: 0.5})
+    pool.add(2, "c", 0.7)
+    pool.record(2, {0: 0.85, 2: 0.7})
+    assert pool.entries[0].history == [0.9, 0.8, 0.85] and pool.entries[1].history == [0.5]
+    lines = pool.to_csv().splitlines()
+    assert lines[0] == "trial,arch,member,score_at_training,latest,forgetting,after_0,after_1,after_2"
+    assert lines[2] == "1,b,0,0.5,0.5,0.0,,0.5,"  # left the pool after trial 1: no longer re-scored
+    data = pool.to_json(after_trial=2)
+    assert data["members"] == [0, 2] and data["candidates"][0]["rescores"] == {"0": 0.9, "1": 0.8, "2": 0.85}

@@ -2,13 +2,18 @@
 
 Definitions (used everywhere): the *score at training* A_k^k of candidate k is its score right
 after its own training; its *latest re-score* A_k^now is its score on the same fixed
-evaluation set after the most recent trial; its *forgetting* is A_k^k − A_k^now.
+evaluation set after the most recent trial; its *forgetting* is A_k^k − A_k^now (the measures
+are defined in :mod:`wpl_nas.evaluation.metrics`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, field
 from typing import Any
+
+from wpl_nas.evaluation.metrics import retention_measures
 
 __all__ = ["PoolEntry", "RetainedPool"]
 
@@ -25,6 +30,11 @@ class PoolEntry:
     @property
     def latest(self) -> float:
         return self.rescores[max(self.rescores)] if self.rescores else self.score
+
+    @property
+    def history(self) -> list[float]:
+        """Its score at training, then its re-scores after later trials, in order."""
+        return [self.score, *(s for j, s in sorted(self.rescores.items()) if j != self.trial)]
 
     @property
     def forgetting(self) -> float:
@@ -63,22 +73,34 @@ class RetainedPool:
         for trial, score in scores.items():
             self.entries[trial].rescores[after_trial] = score
 
-    def summary(self) -> dict[str, float]:
-        """Mean retained score, mean and max forgetting over the current members."""
-        members = [self.entries[t] for t in self.members()]
-        if not members:
-            return {"retained_mean": float("nan"), "forgetting_mean": float("nan"),
-                    "forgetting_max": float("nan")}
-        forgetting = [e.forgetting for e in members]
-        return {
-            "retained_mean": sum(e.latest for e in members) / len(members),
-            "forgetting_mean": sum(forgetting) / len(forgetting),
-            "forgetting_max": max(forgetting),
-        }
+    def summary(self, *, chance: float | None = None) -> dict[str, float]:
+        """:func:`~wpl_nas.evaluation.metrics.retention_measures` over the current members
+        (``rho`` is NaN without the ``chance`` score)."""
+        return retention_measures([self.entries[t].history for t in self.members()], chance=chance)
 
     def matrix(self) -> dict[int, dict[int, float]]:
         """The retention matrix: ``{candidate trial: {after trial: score}}``."""
         return {t: dict(e.rescores) for t, e in self.entries.items()}
+
+    def to_json(self, *, after_trial: int | None = None, chance: float | None = None) -> dict[str, Any]:
+        """The pool as plain data: its members, its summary and every candidate's row."""
+        return {"after_trial": after_trial, "members": self.members(), "summary": self.summary(chance=chance),
+                "candidates": [{"trial": e.trial, "arch": e.arch, "score_at_training": e.score, "latest": e.latest,
+                                "forgetting": e.forgetting, "rescores": {str(j): v for j, v in e.rescores.items()}}
+                               for e in self.entries.values()]}
+
+    def to_csv(self) -> str:
+        """The retention matrix as CSV: one row per candidate, one ``after_N`` column per trial."""
+        after = sorted({j for e in self.entries.values() for j in e.rescores})
+        members = set(self.members())
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["trial", "arch", "member", "score_at_training", "latest", "forgetting",
+                         *(f"after_{j}" for j in after)])
+        for e in self.entries.values():
+            writer.writerow([e.trial, e.arch, int(e.trial in members), e.score, e.latest, e.forgetting,
+                             *(e.rescores.get(j, "") for j in after)])
+        return out.getvalue()
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "recent": self.recent,

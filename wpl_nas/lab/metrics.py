@@ -9,10 +9,8 @@ K rows). The *first models* are those before the last one (A in the two-model ex
 * lowest score of the first model (model 0) on its retention curve, probed while the later models
   train: forgetting often peaks mid-way and partly recovers when a later model learns features
   the first one can use (the same data in the two-model experiment);
-* forgetting of k = A_k^ref − A_k^final (the WPL paper's err2 − err1, Avalanche's forgetting);
-* HAT's normalised forgetting ratio ρ = mean_k (A_k^final − A_R)/(A_k^ref − A_R) − 1, with
-  A_R = chance (1 / classes): 0 means nothing was forgotten, −1 means back to chance. A model
-  that never got above chance (A_k^ref <= A_R) has no meaningful ratio and is left out of the mean.
+* forgetting, ρ and the rest as defined once in :mod:`wpl_nas.evaluation.metrics`, over the
+  earlier models (A_R = chance = 1 / classes).
 """
 
 from __future__ import annotations
@@ -23,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wpl_nas.evaluation.metrics import retention_measures
+
 __all__ = ["METRICS", "LabRow", "SeedOutcome", "aggregate", "forgetting_metrics"]
 
 #: Every metric of a row, in table order (CSV column names).
@@ -30,13 +30,9 @@ METRICS = ("first_before", "first_after", "first_min", "forgetting_mean", "forge
            "ms_per_step", "strategy_bytes")
 
 
-def _mean(values: Sequence[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
-
-
 def forgetting_metrics(matrix: Sequence[Sequence[float]], chance: Sequence[float]) -> dict[str, float]:
-    """The forgetting measures of one retention matrix (see the module docstring).
+    """The forgetting measures of one retention matrix (see the module docstring), computed by
+    :func:`~wpl_nas.evaluation.retention_measures` over the earlier models' columns.
 
     Args:
         matrix: ``matrix[j][k]`` for ``k <= j``: K rows, row j holding j + 1 scores.
@@ -50,17 +46,14 @@ def forgetting_metrics(matrix: Sequence[Sequence[float]], chance: Sequence[float
         raise ValueError(f"a retention matrix needs K >= 2 rows, row j with j + 1 scores, and K chance levels; "
                          f"got rows of lengths {[len(r) for r in matrix]} and {len(chance)} chance levels")
     earlier = range(count - 1)
-    ref = [matrix[k][k] for k in earlier]
-    final = [matrix[-1][k] for k in earlier]
-    forgetting = [r - f for r, f in zip(ref, final, strict=True)]
-    ratios = [(f - chance[k]) / (r - chance[k]) - 1.0 if r > chance[k] else math.nan
-              for k, (r, f) in enumerate(zip(ref, final, strict=True))]
+    histories = [[matrix[j][k] for j in range(k, count)] for k in earlier]
+    measures = retention_measures(histories, chance=list(chance[:-1]))
     return {
-        "first_before": _mean(ref),
-        "first_after": _mean(final),
-        "forgetting_mean": _mean(forgetting),
-        "forgetting_max": max(forgetting),
-        "rho": _mean(ratios),
+        "first_before": statistics.fmean(h[0] for h in histories),
+        "first_after": measures["retained_mean"],
+        "forgetting_mean": measures["forgetting_mean"],
+        "forgetting_max": measures["forgetting_max"],
+        "rho": measures["rho"],
         "last_acc": matrix[-1][-1],
     }
 

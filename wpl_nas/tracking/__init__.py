@@ -1,5 +1,11 @@
 """Checkpoints and logging."""
 
-from wpl_nas.tracking.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from wpl_nas.tracking.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    write_text_atomically,
+)
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint", "write_text_atomically"]

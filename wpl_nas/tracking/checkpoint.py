@@ -4,29 +4,40 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint", "write_text_atomically"]
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` to a temporary file, flush it to disk, then rename it
-    over ``path`` (an atomic replace), so an interruption never leaves a half-written file."""
+def _replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write`` a temporary file, flush it to disk, then rename it over ``path`` (an atomic
+    replace), so an interruption never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` with ``torch.save``, atomically (the old file or the new one, never half of one)."""
+    _replace_atomically(path, lambda f: torch.save(state, f))
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically, e.g. a results file that a reader may open at any time."""
+    _replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
