@@ -9,7 +9,8 @@ data, WPL, the same trial budget, epochs and seeds); per seed and sampler:
 * **rank τ**: Kendall's τ between every pooled candidate's score at training and its latest
   re-score (1: the supernet still ranks its candidates as it did when they were trained);
 * **stand-alone**: the architecture the search ranks best, trained from scratch on its own
-  (a fresh network, ``--standalone-epochs`` epochs, plain SGD) and scored on the validation split;
+  (``wpl_nas.fidelity.train_standalone``: a fresh network, ``--standalone-epochs`` epochs, plain
+  SGD) and scored on the validation split;
   the search's own score for it is shown beside it;
 * **params**: mean parameters on the path of the candidates each sampler proposed (the sampler's
   harm measure is blind to quality, so a drift towards parameter-free cells would show here).
@@ -46,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step.py, next 
 from bench_step import machine
 
 import wpl_nas
+from wpl_nas.data import load_dataset
 from wpl_nas.evaluation import kendall_tau
+from wpl_nas.fidelity import train_standalone
 
 SAMPLERS = ("tpe", "forgetting-aware")
 METRICS = ("retained_mean", "forgetting_mean", "forgetting_max", "rank_tau", "best_supernet", "best_standalone",
@@ -61,22 +64,6 @@ def rank_tau(study: optuna.Study) -> float:
     return kendall_tau(first, latest)
 
 
-def standalone(config: wpl_nas.SearchConfig, arch: wpl_nas.Architecture, *, epochs: int) -> float:
-    """``arch`` trained from scratch on its own, scored on the validation split."""
-    data = wpl_nas.load_dataset(config.dataset, data_dir=config.data_dir, val_fraction=config.val_fraction,
-                                seed=config.seed)
-    net = wpl_nas.build_supernet(config.space, data, seed=config.seed).standalone(arch)
-    strategy = wpl_nas.create_strategy("naive", net)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    val = data.val.tensors  # type: ignore[attr-defined]
-    trainer = wpl_nas.CandidateTrainer(
-        net, strategy, train_set=data.train, held_out=data.val, eval_set=(val[0], val[1]),  # type: ignore[arg-type]
-        optimizer=optimizer, batch_size=config.batch_size, epochs=epochs, grad_clip=config.grad_clip,
-        eval_batch_size=config.eval_batch_size, seed=config.seed)
-    return trainer.train(arch, trial_index=0).score
-
-
 def one_search(args: argparse.Namespace, sampler: str, seed: int, runs_dir: Path) -> dict[str, Any]:
     config = wpl_nas.SearchConfig(sampler=sampler, seed=seed, trials=args.trials, epochs=args.epochs,
                                   strategy=args.strategy, runs_dir=str(runs_dir), data_dir=args.data_dir,
@@ -89,7 +76,9 @@ def one_search(args: argparse.Namespace, sampler: str, seed: int, runs_dir: Path
     trials = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     row = {"sampler": sampler, "seed": seed, "seconds": seconds, **result.pool, "rank_tau": rank_tau(result.study),
            "best_arch": str(result.best_arch), "best_supernet": result.best_score,
-           "best_standalone": standalone(config, result.best_arch, epochs=args.standalone_epochs),
+           "best_standalone": train_standalone(config, load_dataset(config.dataset, data_dir=config.data_dir,
+                                                                    val_fraction=config.val_fraction, seed=seed),
+                                               result.best_arch, epochs=args.standalone_epochs),
            "mean_params": statistics.fmean(t.user_attrs["params"] for t in trials),
            "distinct": len({t.user_attrs["arch"] for t in trials})}
     print(f"  {sampler:16s} seed {seed}: retained {row['retained_mean']:.4f}, forgetting "

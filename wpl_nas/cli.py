@@ -196,6 +196,38 @@ def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
     click.echo(result.summary())
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--ground-truth", default="standalone", show_default=True,
+              help="'standalone' (train each architecture from scratch) or a CSV table keyed by architecture "
+                   "string, e.g. NAS-Bench-201's with its ArchitectureString column.")
+@click.option("--archs", default=30, show_default=True, type=click.IntRange(min=2),
+              help="Architectures compared, spread evenly over the search's ranking.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Stand-alone training epochs [default: the run's].")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="k of the top-k overlap.")
+@click.option("--key-column", default="ArchitectureString", show_default=True,
+              help="The table's architecture-string column.")
+@click.option("--column", default="accuracy", show_default=True, help="The table's score column (higher is better).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
+def rank(run_dir: str, ground_truth: str, archs: int, epochs: int | None, top_k: int, key_column: str,
+         column: str, progress: bool) -> None:
+    """Ranking fidelity of a search: Kendall τ, Spearman ρ, top-k overlap against the ground truth.
+
+    The supernet's scores of up to --archs architectures of RUN_DIR (at training, and with its final
+    weights) are compared with their stand-alone scores (trained from scratch, cached in
+    RUN_DIR/rank/ so a rerun resumes) or with a benchmark table. Writes RUN_DIR/rank/ranking.md and .csv.
+    """
+    from wpl_nas.fidelity import rank_run
+
+    try:
+        result = rank_run(run_dir, ground_truth=ground_truth, archs=archs, epochs=epochs, top_k=top_k,
+                          key_column=key_column, column=column, progress=progress)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(result.table)
+    click.echo(f"\nwritten to {result.out_dir / 'ranking.md'} and ranking.csv")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="wpl-nas")

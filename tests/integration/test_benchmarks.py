@@ -110,3 +110,15 @@ def test_bench_quality_quick_pairs_each_strategy_with_naive(tmp_path):
                         100.0 * (rows["wpl"]["b_final"]["mean"] - rows["naive"]["b_final"]["mean"]))
     assert "| 3 | wpl |" in proc.stdout
     assert (tmp_path / "runs" / "bench-quality" / "results.md").is_file()
+
+
+@pytest.mark.slow
+def test_bench_sampler_quick_compares_both_samplers(tmp_path):
+    out = tmp_path / "sampler.json"
+    proc = _run("bench_sampler.py", json_out=out)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["sampler"] for r in rows] == ["tpe", "forgetting-aware"]
+    for r in rows:
+        assert 0.0 <= r["best_standalone"] <= 1.0 and 0.0 <= r["retained_mean"] <= 1.0
+        assert r["distinct"] >= 1 and r["mean_params"] > 0
+    assert "| forgetting-aware |" in proc.stdout
