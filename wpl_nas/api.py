@@ -118,7 +118,7 @@ class _Search:
         self.objective.reconcile(self.study)  # before any TensorBoard file is written
         self.tensorboard = self.objective.tensorboard_callback()
         self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
-            self.objective.retention_callback(), self.tensorboard]
+            self.objective.retention_callback(), self.objective.anatomy_callback(), self.tensorboard]
 
     def _count_finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))

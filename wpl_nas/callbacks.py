@@ -33,17 +33,23 @@ from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
 from wpl_nas.evaluation import MEASURES
-from wpl_nas.tracking import write_text_atomically
+from wpl_nas.evaluation.anatomy import linear_cka, stage_features
+from wpl_nas.spaces import Architecture
+from wpl_nas.tracking import load_checkpoint, save_checkpoint, write_text_atomically
 from wpl_nas.tracking.figures import retention_heatmap
 
 if TYPE_CHECKING:
     from wpl_nas.objective import SupernetObjective
 
-__all__ = ["RETENTION_CSV", "RETENTION_JSON", "RetentionCallback", "TensorBoardCallback"]
+__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "RETENTION_CSV", "RETENTION_JSON", "AnatomyCallback", "RetentionCallback",
+           "TensorBoardCallback"]
 
 #: The retention matrix in the run folder, rewritten after every trial.
 RETENTION_JSON = "retention.json"
 RETENTION_CSV = "retention.csv"
+#: Per-stage CKA of the pool members, and their snapshots (AnatomyCallback).
+ANATOMY_JSON = "anatomy.json"
+ANATOMY_DIR = "anatomy"
 
 
 
@@ -85,6 +91,66 @@ class RetentionCallback:
         write_text_atomically(objective.run_dir / RETENTION_CSV, pool.to_csv())
 
 
+class AnatomyCallback:
+    """Where in the network pool members forget: per-stage CKA after each trial (see
+    :mod:`wpl_nas.evaluation.anatomy`). Attach it after :class:`RetentionCallback` (it reads the pool).
+
+    After trial N: if N joined the pool, its stage representations on a fixed probe batch (the
+    first ``probe_size`` samples of the evaluation set) and the weights on its path are saved to
+    ``run_dir/anatomy/trial_NNNN.pt``; every other member with a snapshot is run on the probe
+    again and its linear CKA per stage against its snapshot goes to ``run_dir/anatomy.json``
+    (``{member: {after trial: {stage: CKA}}}``) and, as the mean over those members, to the
+    study's user attribute ``anatomy_cka`` (``{stage: CKA}``, with ``anatomy_after_trial``).
+    Snapshots of candidates that left the pool are deleted: they are no longer re-scored.
+    ``wpl-nas anatomy RUN_DIR`` reads these files.
+    """
+
+    def __init__(self, objective: SupernetObjective, *, probe_size: int = 256) -> None:
+        if probe_size < 2:
+            raise ValueError(f"probe_size must be >= 2 (CKA compares samples), but got {probe_size=}")
+        self.objective = objective
+        self.probe_size = probe_size
+
+    @property
+    def folder(self) -> Path:
+        return self.objective.run_dir / ANATOMY_DIR
+
+    def snapshot_path(self, trial: int) -> Path:
+        return self.folder / f"trial_{trial:04d}.pt"
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        objective, pool = self.objective, self.objective.pool
+        if trial.number not in objective.finished:
+            return
+        supernet, probe = objective.supernet, objective.trainer.eval_x[: self.probe_size]
+        members = pool.members()
+        if trial.number in members:
+            arch = Architecture.parse(pool.entries[trial.number].arch)
+            save_checkpoint(self.snapshot_path(trial.number), {
+                "arch": str(arch), "features": stage_features(supernet, arch, probe),
+                "weights": {n: p.detach().clone() for n, p in supernet.parameters_of(arch).items()}})
+        record_path = objective.run_dir / ANATOMY_JSON
+        record: dict[str, dict[str, dict[str, float]]] = (
+            json.loads(record_path.read_text()) if record_path.is_file() else {})
+        now: dict[str, list[float]] = {}
+        for member in members:
+            path = self.snapshot_path(member)
+            if member == trial.number or not path.is_file():
+                continue
+            snapshot = load_checkpoint(path, map_location=objective.device)
+            features = stage_features(supernet, Architecture.parse(snapshot["arch"]), probe)
+            cka = {stage: linear_cka(snapshot["features"][stage], features[stage]) for stage in features}
+            record.setdefault(str(member), {})[str(trial.number)] = cka
+            for stage, value in cka.items():
+                now.setdefault(stage, []).append(value)
+        for path in self.folder.glob("trial_*.pt"):
+            if int(path.stem.split("_")[1]) not in members:
+                path.unlink()
+        write_text_atomically(record_path, json.dumps(record, indent=1))
+        study.set_user_attr("anatomy_cka", {stage: sum(v) / len(v) for stage, v in now.items()})
+        study.set_user_attr("anatomy_after_trial", trial.number)
+
+
 #: TensorBoard tag of each pool measure (grouped by prefix).
 _POOL_TAGS = {"retained_mean": "retained/mean_acc", "forgetting_mean": "forgetting/mean",
               "forgetting_max": "forgetting/max", "backward_transfer": "forgetting/backward_transfer",
@@ -99,7 +165,8 @@ class TensorBoardCallback:
     When a :class:`RetentionCallback` ran for this trial just before: the pool's measures
     (``retained/mean_acc``, ``forgetting/mean``, ``forgetting/max``, ``forgetting/backward_transfer``,
     ``forgetting/hat_ratio``, ``ranking/kendall_tau``), one curve ``retained/trial_NNNN`` per pool
-    member, and the retention matrix as a heatmap image ``retention/matrix``.
+    member, and the retention matrix as a heatmap image ``retention/matrix``. When an
+    :class:`AnatomyCallback` ran too: ``anatomy/cka_<stage>``, the pool's mean CKA per stage.
 
     Args:
         log_dir: The TensorBoard run folder (opened at the first trial).
@@ -139,6 +206,10 @@ class TensorBoardCallback:
             matrix = {int(t): {int(j): v for j, v in row.items()} for t, row in study_attrs["retention"].items()}
             self.writer.add_figure("retention/matrix", retention_heatmap(
                 matrix, title=f"retention after trial {step}"), step, close=False)
+        if study_attrs.get("anatomy_after_trial") == step:
+            for stage, value in study_attrs["anatomy_cka"].items():
+                if value == value:
+                    self.writer.add_scalar(f"anatomy/cka_{stage}", value, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -228,6 +228,26 @@ def rank(run_dir: str, ground_truth: str, archs: int, epochs: int | None, top_k:
     click.echo(f"\nwritten to {result.out_dir / 'ranking.md'} and ranking.csv")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def anatomy(run_dir: str) -> None:
+    """Where the pool members of a search forget, stage by stage (after Ramasesh et al. 2020).
+
+    For each member: linear CKA between each stage's representation on a fixed probe batch right
+    after its training and now, and its accuracy with one stage's weights reset to its snapshot.
+    Prints the per-stage table; writes RUN_DIR/anatomy.md and RUN_DIR/anatomy.png. Works while the
+    search is still running.
+    """
+    from wpl_nas.analysis import anatomy_run
+
+    try:
+        result = anatomy_run(run_dir)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(result.table)
+    click.echo(f"\nwritten to {result.plot.with_suffix('.md')} and {result.plot}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="wpl-nas")

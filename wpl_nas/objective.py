@@ -51,7 +51,7 @@ from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_che
 from wpl_nas.training import CandidateTrainer, TrainResult
 
 if TYPE_CHECKING:
-    from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
+    from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 
 __all__ = ["CHECKPOINT", "CONFIG_FILE", "SupernetObjective", "build_supernet", "resolve_device", "saved_config"]
 
@@ -309,6 +309,13 @@ class SupernetObjective:
         from wpl_nas.callbacks import RetentionCallback
 
         return RetentionCallback(self)
+
+    def anatomy_callback(self, *, probe_size: int = 256) -> AnatomyCallback:
+        """A study callback that measures, per stage, how far the pool members' representations drift
+        (see :class:`~wpl_nas.callbacks.AnatomyCallback`); attach it after the retention callback."""
+        from wpl_nas.callbacks import AnatomyCallback
+
+        return AnatomyCallback(self, probe_size=probe_size)
 
     def tensorboard_callback(self, log_dir: str | Path | None = None) -> TensorBoardCallback:
         """A study callback that writes TensorBoard events to ``log_dir`` [default: ``run_dir/tb``]

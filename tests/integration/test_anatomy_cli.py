@@ -1,0 +1,44 @@
+"""`wpl-nas anatomy` on a search's run folder: per-stage CKA and layer reset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import wpl_nas
+from wpl_nas.analysis import anatomy_run
+from wpl_nas.cli import cli
+
+
+@pytest.mark.slow
+def test_anatomy_of_a_search(tiny_space_file, data_dir, tmp_path):
+    config = wpl_nas.SearchConfig(space=str(tiny_space_file), data_dir=str(data_dir), runs_dir=str(tmp_path),
+                                  study_name="a", trials=4, epochs=1, batch_size=256, device="cpu",
+                                  eval_samples=200, strategy="naive", pool_best=2, pool_recent=1)
+    run_dir = wpl_nas.run_search(config, progress=False, command=["test"]).run_dir
+    members = set(wpl_nas.load_run(run_dir).study.user_attrs["pool"])
+    assert {int(p.stem.split("_")[1]) for p in (run_dir / "anatomy").glob("*.pt")} == members
+    history = json.loads((run_dir / "anatomy.json").read_text())
+    assert history and all(set(cka) == {"stem", "stage1", "stage2", "logits"}
+                           for rows in history.values() for cka in rows.values())
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert {"anatomy/cka_stem", "anatomy/cka_logits"} <= set(events.Tags()["scalars"])
+
+    result = CliRunner().invoke(cli, ["anatomy", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    for stage in ("stem", "stage1", "stage2", "logits", "all"):
+        assert f"| {stage} |" in result.output
+    assert (run_dir / "anatomy.md").is_file() and (run_dir / "anatomy.png").stat().st_size > 1000
+    analysed = anatomy_run(run_dir)
+    for m in analysed.members:  # restoring every stage brings back exactly the score at training
+        assert m["reset"]["all"] == m["at_training"]
+        assert all(0.0 <= c <= 1.0 + 1e-9 for c in m["cka"].values())
+
+
+def test_anatomy_refuses_a_folder_without_snapshots(tmp_path):
+    result = CliRunner().invoke(cli, ["anatomy", str(tmp_path)])
+    assert result.exit_code == 2 and "not a wpl-nas run folder" in result.output
