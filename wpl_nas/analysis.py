@@ -1,4 +1,4 @@
-"""Reading a run folder after (or during) a search: ``wpl-nas anatomy``.
+"""Reading a run folder after (or during) a search: ``wpl-nas anatomy`` and ``wpl-nas report``.
 
 ::
 
@@ -12,12 +12,16 @@ snapshots the search's :class:`~wpl_nas.callbacks.AnatomyCallback` keeps for the
 
 from __future__ import annotations
 
+import base64
+import csv
+import html as html_lib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -29,7 +33,7 @@ from wpl_nas.objective import SupernetObjective
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import load_checkpoint, write_text_atomically
 
-__all__ = ["AnatomyResult", "anatomy_run"]
+__all__ = ["AnatomyResult", "ReportResult", "anatomy_run", "report_run"]
 
 #: A member must have lost at least this much accuracy to count in the "share recovered".
 MIN_LOSS = 0.005
@@ -152,3 +156,158 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
     write_text_atomically(run.run_dir / "anatomy.md", f"# Anatomy of forgetting: {run.run_dir}\n\n{table}\n\n"
                           + "\n".join(rows) + "\n\n![per stage](anatomy.png)\n")
     return AnatomyResult(members, stages, table, plot)
+
+
+# --- wpl-nas report ------------------------------------------------------------------------------
+@dataclass
+class ReportResult:
+    """What :func:`report_run` returns: the report file and the figures beside it."""
+
+    path: Path
+    figures: list[Path]
+
+
+def _retention_figure(path: Path, pool: dict[str, Any]) -> None:
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    candidates = pool["candidates"]
+    for c in candidates:
+        rows = sorted((int(j), v) for j, v in c["rescores"].items())
+        if len(rows) > 1:
+            ax1.plot([j for j, _ in rows], [v for _, v in rows], alpha=0.5, linewidth=1)
+    ax1.set_xlabel("after trial")
+    ax1.set_ylabel("score")
+    ax1.set_title("retained score of each pooled candidate", fontsize=9)
+    trials = [c["trial"] for c in candidates]
+    ax2.bar(trials, [c["forgetting"] for c in candidates],
+            color=["C3" if c["forgetting"] > 0 else "C2" for c in candidates])
+    ax2.axhline(0, color="grey", linewidth=0.8)
+    ax2.set_xlabel("candidate (trial)")
+    ax2.set_ylabel("score at training − latest")
+    ax2.set_title("forgetting per candidate", fontsize=9)
+    fig.savefig(path, dpi=110)
+
+
+def _ranking_figure(path: Path, rows: list[dict[str, str]]) -> None:
+    fig = Figure(figsize=(4.2, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    truth = [float(r["ground_truth"]) for r in rows]
+    ax.scatter(truth, [float(r["at_training"]) for r in rows], label="at training", s=18)
+    ax.scatter(truth, [float(r["final"]) for r in rows], label="final supernet", s=18, marker="x")
+    ax.set_xlabel("ground truth")
+    ax.set_ylabel("supernet score")
+    ax.set_title("ranking fidelity", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
+def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
+    """Write ``RUN_DIR/report/report.md`` (or a self-contained ``report.html``) with PNG figures.
+
+    Contents: the search's summary (best architecture, pool measures), retained scores over the
+    search and forgetting per candidate, the ranking against the ground truth when ``wpl-nas rank``
+    has run, the anatomy table when ``wpl-nas anatomy`` has run, and the run's configuration.
+    Works on a run still in progress (it reads what the last trial wrote).
+
+    Raises:
+        ConfigError: not a run folder, or a run from before ``retention.json`` existed.
+    """
+    run = load_run(run_dir)
+    retention_path = run.run_dir / "retention.json"
+    if not retention_path.is_file():
+        raise ConfigError(f"run {run.run_dir} has no retention.json: no trial has finished yet, or the run was made "
+                          "by a wpl-nas that did not write it; run a new search")
+    pool = json.loads(retention_path.read_text())
+    out = run.run_dir / "report"
+    out.mkdir(exist_ok=True)
+    figures = [out / "retention.png"]
+    _retention_figure(figures[0], pool)
+    complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    summary = pool["summary"]
+    measures = "\n".join(f"| {k} | {v:+.4f} |" for k, v in summary.items() if v is not None and v == v)
+    parts = [f"# wpl-nas report: {run.config.resolved_study_name}", "",
+             f"{len(run.study.trials)} trials ({len(complete)} complete) of space `{run.config.space}` on "
+             f"`{run.config.dataset}` with strategy `{run.config.strategy}`, sampler `{run.config.sampler}`; "
+             f"the pool as after trial {pool['after_trial']}.", ""]
+    if best is not None:
+        parts += [f"**Best architecture**: `{best.user_attrs['arch']}`, score {best.value:.4f} at training, "
+                  f"{_pool_latest(pool, best.number)} now.", ""]
+    parts += ["## Retention", "", "| measure | value |", "|---|---:|", measures, "",
+              "![retention](retention.png)", ""]
+    ranking = run.run_dir / "rank" / "ranking.csv"
+    if ranking.is_file():
+        with ranking.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        figures.append(out / "ranking.png")
+        _ranking_figure(figures[-1], rows)
+        table = (run.run_dir / "rank" / "ranking.md").read_text().split("\n\n", 1)[1].split("\n\n")[0]
+        parts += ["## Ranking fidelity", "", table, "", "![ranking](ranking.png)", ""]
+    anatomy = run.run_dir / "anatomy.md"
+    if anatomy.is_file():
+        table = anatomy.read_text().split("\n\n", 1)[1].split("\n\n")[0]
+        parts += ["## Anatomy of forgetting", "", table, ""]
+    parts += ["## Configuration", "", "```yaml", (run.run_dir / "config.yaml").read_text().rstrip(), "```", ""]
+    text = "\n".join(parts)
+    if not html:
+        path = out / "report.md"
+        write_text_atomically(path, text)
+        return ReportResult(path, figures)
+    path = out / "report.html"
+    write_text_atomically(path, _html(text, out))
+    return ReportResult(path, figures)
+
+
+def _pool_latest(pool: dict[str, Any], trial: int) -> str:
+    """The latest re-score of ``trial`` in a ``retention.json``'s pool, formatted, or "not pooled"."""
+    for c in pool["candidates"]:
+        if c["trial"] == trial:
+            return f"{c['latest']:.4f}"
+    return "not pooled"
+
+
+def _html(markdown: str, folder: Path) -> str:
+    """A minimal self-contained HTML rendering of the report's Markdown (tables, headings, code, images
+    inlined as base64), so the one file can be mailed or attached."""
+    out, table, code = ["<!doctype html><meta charset='utf-8'><title>wpl-nas report</title>",
+                        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:"
+                        "collapse}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style>"], [], False
+    for line in markdown.split("\n"):
+        if line.startswith("```"):
+            out.append("</pre>" if code else "<pre>")
+            code = not code
+            continue
+        if code:
+            out.append(html_lib.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):
+                table.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if table:
+            out.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            name = line[line.index("(") + 1: line.index(")")]
+            data = base64.b64encode((folder / name).read_bytes()).decode()
+            out.append(f"<img alt='{name}' src='data:image/png;base64,{data}'>")
+        elif line:
+            out.append(f"<p>{_inline(line)}</p>")
+    if table:
+        out.append("<table>" + "".join(table) + "</table>")
+    return "\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escape, then render `code` and **bold**."""
+    text = html_lib.escape(text)
+    parts = text.split("`")
+    text = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))

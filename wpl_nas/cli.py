@@ -248,6 +248,22 @@ def anatomy(run_dir: str) -> None:
     click.echo(f"\nwritten to {result.plot.with_suffix('.md')} and {result.plot}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--html", is_flag=True, help="Write one self-contained HTML file instead of Markdown + PNGs.")
+def report(run_dir: str, html: bool) -> None:
+    """Write a report of a search to RUN_DIR/report/: retained scores over the search, forgetting per
+    candidate, the ranking against the ground truth (after `wpl-nas rank`), the anatomy table (after
+    `wpl-nas anatomy`) and the run's configuration, with PNG figures."""
+    from wpl_nas.analysis import report_run
+
+    try:
+        result = report_run(run_dir, html=html)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"written to {result.path} ({len(result.figures)} figure(s))")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="wpl-nas")

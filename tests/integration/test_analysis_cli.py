@@ -1,4 +1,4 @@
-"""`wpl-nas anatomy` on a search's run folder: per-stage CKA and layer reset."""
+"""`wpl-nas anatomy` and `wpl-nas report` on a search's run folder."""
 
 from __future__ import annotations
 
@@ -38,7 +38,25 @@ def test_anatomy_of_a_search(tiny_space_file, data_dir, tmp_path):
         assert m["reset"]["all"] == m["at_training"]
         assert all(0.0 <= c <= 1.0 + 1e-9 for c in m["cka"].values())
 
+    # The report gathers what the run folder holds: retention, then ranking and anatomy once they ran.
+    table = run_dir.parent / "truth.csv"
+    table.write_text("ArchitectureString,accuracy\n" + "".join(
+        f"{t.user_attrs['arch']},{t.value}\n" for t in wpl_nas.load_run(run_dir).study.trials))
+    assert CliRunner().invoke(cli, ["rank", str(run_dir), "--ground-truth", str(table)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    text = (run_dir / "report" / "report.md").read_text()
+    for heading in ("## Retention", "## Ranking fidelity", "## Anatomy of forgetting", "## Configuration"):
+        assert heading in text
+    assert "| rank_tau |" in text and "**Best architecture**" in text
+    assert (run_dir / "report" / "retention.png").stat().st_size > 1000
+    assert (run_dir / "report" / "ranking.png").stat().st_size > 1000
+    result = CliRunner().invoke(cli, ["report", str(run_dir), "--html"])
+    page = (run_dir / "report" / "report.html").read_text()
+    assert result.exit_code == 0 and page.count("src='data:image/png;base64,") == 2 and "<table>" in page
 
-def test_anatomy_refuses_a_folder_without_snapshots(tmp_path):
-    result = CliRunner().invoke(cli, ["anatomy", str(tmp_path)])
+
+@pytest.mark.parametrize("command", ["anatomy", "report"])
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path, command):
+    result = CliRunner().invoke(cli, [command, str(tmp_path)])
     assert result.exit_code == 2 and "not a wpl-nas run folder" in result.output
