@@ -32,6 +32,7 @@ from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, 
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import load_checkpoint, write_text_atomically
+from wpl_nas.tracking.markdown import code_cell
 
 __all__ = ["AnatomyResult", "ReportResult", "anatomy_run", "report_run"]
 
@@ -151,8 +152,8 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
     plot = run.run_dir / "anatomy.png"
     _plot(plot, stages, history, names)
     rows = ["| member | architecture | at training | now | all stages reset |", "|---:|---|---:|---:|---:|",
-            *(f"| {m['trial']} | `{m['arch']}` | {m['at_training']:.4f} | {m['now']:.4f} | {m['reset']['all']:.4f} |"
-              for m in members)]
+            *(f"| {m['trial']} | {code_cell(m['arch'])} | {m['at_training']:.4f} | {m['now']:.4f} "
+              f"| {m['reset']['all']:.4f} |" for m in members)]
     write_text_atomically(run.run_dir / "anatomy.md", f"# Anatomy of forgetting: {run.run_dir}\n\n{table}\n\n"
                           + "\n".join(rows) + "\n\n![per stage](anatomy.png)\n")
     return AnatomyResult(members, stages, table, plot)

@@ -71,22 +71,39 @@ class SearchResult:
 
 @dataclass
 class Run:
-    """A run folder opened by :func:`load_run`."""
+    """A run folder opened by :func:`load_run`.
+
+    Attributes:
+        config: The configuration recorded in its ``config.yaml``.
+        study: Its Optuna study.
+        run_dir: The folder.
+        storage: The study's storage URL (the folder's own ``study.db`` unless another was given).
+    """
 
     config: SearchConfig
     study: optuna.Study
     run_dir: Path
+    storage: str
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Open a run folder written by :func:`run_search`: its config and its study."""
+    """Open a run folder written by :func:`run_search` (or a :class:`SupernetObjective`): its config
+    and its study. The default SQLite study is found inside the folder, wherever it is opened from.
+
+    Raises:
+        ConfigError: not a run folder, or its study cannot be found.
+    """
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a wpl-nas run folder: {CONFIG_FILE} is missing")
     config = saved_config(path)
-    study = optuna.load_study(study_name=config.resolved_study_name, storage=config.resolved_storage)
-    return Run(config, study, run_dir)
+    storage = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve().as_posix()}"
+    try:
+        study = optuna.load_study(study_name=config.resolved_study_name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"study {config.resolved_study_name!r} of run {run_dir} is not in {storage}") from None
+    return Run(config, study, run_dir, storage)
 
 
 class _Search:

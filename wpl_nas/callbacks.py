@@ -32,11 +32,12 @@ import optuna
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
-from wpl_nas.evaluation import MEASURES
+from wpl_nas.evaluation import MEASURES, RetainedPool
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
-from wpl_nas.spaces import Architecture
+from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.tracking import load_checkpoint, save_checkpoint, write_text_atomically
-from wpl_nas.tracking.figures import retention_heatmap
+from wpl_nas.tracking.figures import cell_figure, retention_heatmap
+from wpl_nas.tracking.markdown import code_cell
 
 if TYPE_CHECKING:
     from wpl_nas.objective import SupernetObjective
@@ -89,6 +90,26 @@ class RetentionCallback:
         write_text_atomically(objective.run_dir / RETENTION_JSON,
                               json.dumps(pool.to_json(after_trial=trial.number, chance=chance), indent=1))
         write_text_atomically(objective.run_dir / RETENTION_CSV, pool.to_csv())
+        _dashboard_note(study, pool, trial.number)
+
+
+def _dashboard_note(study: optuna.Study, pool: RetainedPool, after: int) -> None:
+    """The pool as the study's note in optuna-dashboard (a finished trial's attributes cannot change,
+    a note can): each member's architecture, score at training, latest re-score and forgetting."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:  # optuna-dashboard is optional (the `dashboard` extra)
+        return
+    entries = [pool.entries[t] for t in pool.members()]
+    rows = [f"| {e.trial} | {code_cell(e.arch)} | {e.score:.4f} | {e.latest:.4f} | {e.forgetting:+.4f} |"
+            for e in entries]
+    m = pool.summary()
+    save_note(study, "\n".join([
+        f"## Retained pool after trial {after}", "",
+        f"Mean retained score {m['retained_mean']:.4f}, forgetting mean {m['forgetting_mean']:+.4f}, "
+        f"max {m['forgetting_max']:+.4f}, rank stability (Kendall τ) {m['rank_tau']:+.3f}.", "",
+        "| trial | architecture | score at training | latest re-score | forgetting |", "|---:|---|---:|---:|---:|",
+        *rows]))
 
 
 class AnatomyCallback:
@@ -168,14 +189,21 @@ class TensorBoardCallback:
     member, and the retention matrix as a heatmap image ``retention/matrix``. When an
     :class:`AnatomyCallback` ran too: ``anatomy/cka_<stage>``, the pool's mean CKA per stage.
 
+    Also per trial: the architecture as text (``arch``), its cell as an image (``cell/graph``, when
+    the ``space`` is given) and a row of the HPARAMS table (its edges' ops and parameter count
+    against ``hparam/score_at_training``; each row is its own run, ``trial_NNNN``).
+
     Args:
         log_dir: The TensorBoard run folder (opened at the first trial).
         penalty_tag: Tag of the strategy's penalty, or None for none.
+        space: The search space, to draw each candidate's cell.
     """
 
-    def __init__(self, log_dir: str | Path, *, penalty_tag: str | None = None) -> None:
+    def __init__(self, log_dir: str | Path, *, penalty_tag: str | None = None,
+                 space: SearchSpace | None = None) -> None:
         self.log_dir = Path(log_dir)
         self.penalty_tag = penalty_tag
+        self.space = space
         self._writer: SummaryWriter | None = None
 
     @property
@@ -195,6 +223,15 @@ class TensorBoardCallback:
             self.writer.add_scalar("train/loss", attrs["train_loss"], step)
         if self.penalty_tag and "penalty" in attrs:
             self.writer.add_scalar(self.penalty_tag, attrs["penalty"], step)
+        if "arch" in attrs:
+            self.writer.add_text("arch", f"trial {step}: `{attrs['arch']}`", step)
+            if self.space is not None:
+                self.writer.add_figure("cell/graph", cell_figure(self.space, Architecture.parse(attrs["arch"])), step)
+        if score is not None and trial.params:
+            # One row per trial in the HPARAMS tab (its own run, named after the trial).
+            self.writer.add_hparams({**trial.params, "params": attrs.get("params", 0)},
+                                    {"hparam/score_at_training": score}, run_name=f"trial_{step:04d}",
+                                    global_step=step)
         study_attrs = study.user_attrs
         if study_attrs.get("pool_after_trial") == step:
             for key in MEASURES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -262,6 +263,40 @@ def report(run_dir: str, html: bool) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"written to {result.path} ({len(result.figures)} figure(s))")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port to serve on.")
+def dashboard(run_dir: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study of RUN_DIR, with each trial's cell image.
+
+    Each trial shows its architecture, parameter count and score at training (user attributes) and
+    its cell (an artifact); the study's note holds the retained pool: every member's latest re-score
+    and forgetting, updated after each trial. Works while the search is running.
+    """
+    from wpl_nas.api import load_run
+    from wpl_nas.objective import ARTIFACTS
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise click.UsageError("optuna-dashboard is not installed; install it with: "
+                               "pip install 'wpl-nas[dashboard]'") from None
+    from optuna.artifacts import FileSystemArtifactStore
+
+    try:
+        run = load_run(run_dir)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    artifacts = Path(run_dir) / ARTIFACTS
+    store = FileSystemArtifactStore(str(artifacts)) if artifacts.is_dir() else None
+    study_id = run.study._study_id
+    click.echo(f"optuna-dashboard for {run.study.study_name}: http://{host}:{port}/dashboard/studies/{study_id}"
+               "  (Ctrl+C to stop)")
+    optuna_dashboard.run_server(run.storage, host=host, port=port, artifact_store=store)
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ from wpl_nas.objective import SupernetObjective, build_supernet
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import create_strategy
 from wpl_nas.tracking import write_text_atomically
+from wpl_nas.tracking.markdown import code_cell
 from wpl_nas.training import CandidateTrainer
 
 __all__ = ["RankResult", "rank_run", "train_standalone"]
@@ -142,7 +143,7 @@ def _markdown(rows: Sequence[dict[str, Any]], measures: dict[str, dict[str, floa
     lines += ["", f"| trial | architecture | score at training | final supernet | {truth} |",
               "|---:|---|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["ground_truth"]):
-        lines.append(f"| {r['trial']} | `{r['arch']}` | {r['at_training']:.4f} | {r['final']:.4f} "
+        lines.append(f"| {r['trial']} | {code_cell(r['arch'])} | {r['at_training']:.4f} | {r['final']:.4f} "
                      f"| {r['ground_truth']:.4f} |")
     return "\n".join(lines)
 

@@ -14,8 +14,9 @@ it. Call order for one trial (``objective(trial)``):
 1. on the first call, :meth:`SupernetObjective.reconcile` with ``trial.study`` (also callable
    beforehand): trials a previous process checkpointed but never told are told, trials it lost in
    flight are marked ``FAIL``, and the run folder's ``config.yaml`` is written;
-2. the candidate is suggested (one categorical per edge) and trained on the shared weights, its
-   score reported after each epoch (``optuna.TrialPruned`` is raised when the pruner says so);
+2. the candidate is suggested (one categorical per edge), its cell drawn and attached to the
+   trial as an artifact, and it is trained on the shared weights, its score reported after each
+   epoch (``optuna.TrialPruned`` is raised when the pruner says so);
 3. the strategy consolidates it; its user attributes are set; the checkpoint is written
    atomically; the score is returned.
 
@@ -28,6 +29,7 @@ retention callback so it sees the pool's new re-scores).
 from __future__ import annotations
 
 import math
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 import yaml
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
@@ -48,15 +51,19 @@ from wpl_nas.spaces import Architecture, SearchSpace, load_space
 from wpl_nas.strategies import Strategy, create_strategy, resolve_strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from wpl_nas.tracking.figures import cell_figure, png_bytes
 from wpl_nas.training import CandidateTrainer, TrainResult
 
 if TYPE_CHECKING:
     from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 
-__all__ = ["CHECKPOINT", "CONFIG_FILE", "SupernetObjective", "build_supernet", "resolve_device", "saved_config"]
+__all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "SupernetObjective", "build_supernet", "resolve_device",
+           "saved_config"]
 
 CHECKPOINT = "checkpoints/last.pt"
 CONFIG_FILE = "config.yaml"
+#: Optuna artifacts of the run (each trial's cell image), served by ``wpl-nas dashboard``.
+ARTIFACTS = "artifacts"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -271,6 +278,7 @@ class SupernetObjective:
         arch = self.space.suggest(trial)
         trial.set_user_attr("arch", str(arch))
         trial.set_user_attr("params", self.supernet.count_parameters(arch))
+        self._upload_cell(trial, arch)
 
         def on_epoch(epoch: int, score: float) -> bool:
             trial.report(score, epoch)
@@ -293,6 +301,16 @@ class SupernetObjective:
             raise optuna.TrialPruned(f"pruned after epoch {len(result.epoch_scores) - 1} "
                                      f"at score {result.score:.4f}")
         return result.score
+
+    def _upload_cell(self, trial: optuna.Trial, arch: Architecture) -> None:
+        """The candidate's cell drawn as a PNG, attached to the trial as an Optuna artifact (the
+        dashboard shows it; the files live in ``run_dir/artifacts``)."""
+        (self.run_dir / ARTIFACTS).mkdir(exist_ok=True)
+        store = FileSystemArtifactStore(str(self.run_dir / ARTIFACTS))
+        with tempfile.TemporaryDirectory(dir=self.run_dir) as tmp:
+            path = Path(tmp) / f"cell_trial_{trial.number:04d}.png"
+            path.write_bytes(png_bytes(cell_figure(self.space, arch)))
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
 
     def _annotate(self, trial: optuna.Trial, result: TrainResult) -> None:
         """The trial's user attributes (what optuna-dashboard shows per trial)."""
@@ -323,7 +341,7 @@ class SupernetObjective:
         from wpl_nas.callbacks import TensorBoardCallback
 
         return TensorBoardCallback(log_dir if log_dir is not None else self.run_dir / "tb",
-                                   penalty_tag=self.strategy.penalty_tag)
+                                   penalty_tag=self.strategy.penalty_tag, space=self.space)
 
     def score(self, arch: Architecture | str) -> float:
         """``arch``'s accuracy on the fixed evaluation set, with the supernet's current weights."""

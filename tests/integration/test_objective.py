@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import wpl_nas
 from wpl_nas import ConfigError, SupernetObjective
+from wpl_nas.tracking.markdown import code_cell
 
 
 @pytest.fixture
@@ -188,6 +189,20 @@ def test_callbacks_attached_and_detached(make_objective, tmp_path):
     assert [e.step for e in events.Scalars("ranking/kendall_tau")] == [1, 2]  # τ needs two members
     images = events.Images("retention/matrix")
     assert [e.step for e in images] == [0, 1, 2] and all(e.width > 100 for e in images)
+    assert [e.step for e in events.Images("cell/graph")] == [0, 1, 2]
+    assert "arch/text_summary" in events.Tags()["tensors"]
+    hparams = sorted(p.name for p in (tmp_path / "logged" / "tb").iterdir() if p.is_dir())
+    assert hparams == ["trial_0000", "trial_0001", "trial_0002"]  # one HPARAMS row (run) per trial
+
+    # The dashboard's view: each trial's cell as an artifact; the pool's re-scores as the study's note.
+    from optuna_dashboard import get_note
+
+    for t in study.get_trials():
+        (meta,) = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+        assert meta.mimetype == "image/png" and (tmp_path / "logged" / "artifacts" / meta.artifact_id).is_file()
+    note = get_note(study)
+    assert "Retained pool after trial 2" in note and code_cell(study.trials[0].user_attrs["arch"]) in note
+    assert f"{latest:.4f}" in note
 
     # The retention matrix in the run folder, as JSON and CSV, matches the study's attributes.
     saved = json.loads((tmp_path / "logged" / "retention.json").read_text())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 
+import networkx as nx
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["retention_heatmap"]
+from wpl_nas.spaces import Architecture, SearchSpace
+
+__all__ = ["cell_figure", "png_bytes", "retention_heatmap"]
 
 
 def retention_heatmap(matrix: Mapping[int, Mapping[int, float]], *, title: str = "retention") -> Figure:
@@ -41,3 +45,42 @@ def retention_heatmap(matrix: Mapping[int, Mapping[int, float]], *, title: str =
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="score")
     return fig
+
+
+def cell_figure(space: SearchSpace, arch: Architecture) -> Figure:
+    """The cell of ``arch`` as a graph: nodes in a row, one arrow per edge (arcs above the row for
+    edges that skip nodes) labelled with its operation; dead and ``none`` edges drawn faint."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(space.graph.nodes)
+    live = {(s, d): op for s, d, op in space.active_edges(arch)}
+    nodes = sorted(graph.nodes)
+    pos = {n: (float(i), 0.0) for i, n in enumerate(nodes)}
+    longest = max((d - s for s, d, _ in arch.edges), default=1)
+    fig = Figure(figsize=(1.2 + 1.5 * len(nodes), 1.2 + 0.55 * longest), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.set_axis_off()
+    nx.draw_networkx_nodes(graph, pos, ax=ax, node_color="#dde8f5", edgecolors="#4a6fa5", node_size=450)
+    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=9)
+    for s, d, op in arch.edges:
+        # Longer spans arc higher, so that no two edges (or their labels) lie on top of each other.
+        style = f"arc3,rad={-0.25 - 0.1 * (d - s) if d - s > 1 else 0.0}"
+        on = (s, d) in live
+        nx.draw_networkx_edges(graph, pos, edgelist=[(s, d)], ax=ax, node_size=450, connectionstyle=style,
+                               edge_color="#333333" if on else "#cccccc", style="solid" if on else "dotted",
+                               width=1.5 if on else 1.0, arrows=True)
+        if on:
+            nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): op}, ax=ax, font_size=7,
+                                         connectionstyle=style, bbox={"color": "white", "alpha": 0.8, "pad": 0.5})
+    # An arc3 arc of rad r between points L apart peaks about r·L/2 above them.
+    ax.set_ylim(-0.3, 0.5 * (0.25 + 0.1 * longest) * longest + 0.3)
+    ax.set_xlim(-0.4, len(nodes) - 0.6)
+    ax.set_title(str(arch), fontsize=7)
+    return fig
+
+
+def png_bytes(fig: Figure, *, dpi: int = 100) -> bytes:
+    """``fig`` rendered as PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -1,0 +1,90 @@
+"""`wpl-nas dashboard`: optuna-dashboard on a run's study, checked in a real headless browser.
+
+The browser is Debian's Chromium (`.ci/run` installs it). Without it the test is skipped, unless
+WPL_NAS_REQUIRE_BROWSER is set (as in CI), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import wpl_nas
+from wpl_nas.cli import cli
+
+
+def browser() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        if os.environ.get("WPL_NAS_REQUIRE_BROWSER"):
+            pytest.fail("no Chromium found, but WPL_NAS_REQUIRE_BROWSER is set")
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def page_text(chromium: str, url: str, profile: Path) -> str:
+    """The page's text after its scripts ran, as a real browser renders it."""
+    dom = subprocess.run(
+        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
+
+
+@pytest.mark.slow
+def test_dashboard_shows_architecture_and_retained_scores_in_a_browser(tiny_space_file, data_dir, tmp_path):
+    chromium = browser()
+    config = wpl_nas.SearchConfig(space=str(tiny_space_file), data_dir=str(data_dir), runs_dir=str(tmp_path),
+                                  study_name="dash", trials=3, epochs=1, batch_size=256, device="cpu",
+                                  eval_samples=200)
+    result = wpl_nas.run_search(config, progress=False, command=["test"])
+    trial = result.study.trials[0]
+    latest = result.study.user_attrs["latest_rescore"]["0"]
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", "from wpl_nas.cli import main; main()", "dashboard",
+                               str(result.run_dir), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail(f"the dashboard did not start: {server.stdout.read() if server.stdout else ''}")
+                time.sleep(0.3)
+        base = f"http://127.0.0.1:{port}/dashboard/studies/{result.study._study_id}"
+        trials = page_text(chromium, f"{base}/trials", tmp_path / "profile")
+        assert trial.user_attrs["arch"] in trials  # the trial's architecture, as a user attribute
+        assert "score_at_training" in trials and "cell_trial_0000.png" in trials  # and its cell, as an artifact
+        note = page_text(chromium, f"{base}/note", tmp_path / "profile")
+        assert "Retained pool after trial 2" in note and "latest re-score" in note
+        assert f"{latest:.4f}" in note  # the retained score of trial 0, rendered in the study's note
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_dashboard_refuses_a_folder_that_is_not_a_run(tmp_path):
+    result = CliRunner().invoke(cli, ["dashboard", str(tmp_path)])
+    assert result.exit_code == 2 and "not a wpl-nas run folder" in result.output
