@@ -61,10 +61,12 @@ class SearchResult:
         lines = [
             *best,
             f"retained pool       mean accuracy {p['retained_mean']:.4f}, "
-            f"forgetting mean {p['forgetting_mean']:+.4f}, max {p['forgetting_max']:+.4f}",
-            f"run folder          {self.run_dir}",
+            f"forgetting mean {p['forgetting_mean']:+.4f}, max {p['forgetting_max']:+.4f}, "
+            "rank stability τ " + ("n/a" if p["rank_tau"] != p["rank_tau"] else f"{p['rank_tau']:+.3f}"),
+            f"run folder          {self.run_dir}  (retention.csv, anatomy.json, ...)",
             f"TensorBoard         tensorboard --logdir {self.run_dir / 'tb'}",
-            f"Optuna dashboard    optuna-dashboard {storage}",
+            f"Optuna dashboard    wpl-nas dashboard {self.run_dir}  (storage {storage})",
+            f"then                wpl-nas anatomy | rank | report {self.run_dir}",
         ]
         return "\n".join(lines)
 

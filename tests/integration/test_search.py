@@ -34,7 +34,7 @@ def test_cli_search_writes_study_tensorboard_and_checkpoint(base_args, tmp_path,
     run_dir = tmp_path / "runs" / "tiny"
     assert "best architecture" in result.output
     assert f"tensorboard --logdir {run_dir / 'tb'}" in result.output
-    assert f"optuna-dashboard sqlite:///{run_dir / 'study.db'}" in result.output
+    assert f"wpl-nas dashboard {run_dir}  (storage sqlite:///{run_dir / 'study.db'})" in result.output
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
     assert "command:" in (run_dir / "config.yaml").read_text()
 
