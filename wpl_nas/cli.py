@@ -299,6 +299,61 @@ def dashboard(run_dir: str, host: str, port: int) -> None:
     optuna_dashboard.run_server(run.storage, host=host, port=port, artifact_store=store)
 
 
+def _trial_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--best", "best", is_flag=True,
+                           help="The best complete trial (the default).")(command)
+    return click.option("--trial", type=click.IntRange(min=0), help="The trial whose architecture to take.")(command)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_trial_option
+def export_command(run_dir: str, trial: int | None, best: bool) -> None:
+    """Export a trial's architecture with the supernet's weights as a stand-alone PyTorch model.
+
+    Writes RUN_DIR/export/trial_NNNN/: model.pt2 (load it with torch alone:
+    torch.export.load(path).module()), weights.pt (its state_dict) and arch.json.
+    """
+    from wpl_nas.export import export_run
+
+    if best and trial is not None:
+        raise click.UsageError("give --trial N or --best, not both")
+    try:
+        result = export_run(run_dir, trial=trial)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"trial {result.trial}: {result.arch}\nscore with the exported weights {result.score:.4f}\n"
+               f"written to {result.folder} (model.pt2, weights.pt, arch.json)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_trial_option
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
+def retrain(run_dir: str, trial: int | None, best: bool, epochs: int, progress: bool) -> None:
+    """Train a trial's architecture from scratch with its data set's standard recipe.
+
+    SGD with Nesterov momentum and a cosine schedule (CIFAR: random crops and flips); the
+    validation split is scored after each epoch, the test split once at the end. Checkpoints
+    after every epoch to RUN_DIR/retrain/trial_NNNN/ (rerun to resume) with TensorBoard events.
+    """
+    from wpl_nas.retrain import retrain_run
+
+    if best and trial is not None:
+        raise click.UsageError("give --trial N or --best, not both")
+    try:
+        result = retrain_run(run_dir, trial=trial, epochs=epochs, progress=progress)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: rerun the same command to resume from the last epoch", err=True)
+        sys.exit(130)
+    click.echo(f"trial {result.trial}: {result.arch}\nvalidation accuracy {result.val_accuracy[-1]:.4f}, "
+               f"test accuracy {result.test_accuracy:.4f} after {len(result.val_accuracy)} epochs\n"
+               f"written to {result.folder}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="wpl-nas")

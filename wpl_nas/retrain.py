@@ -1,0 +1,207 @@
+"""From a search to a trained model: ``wpl-nas retrain`` trains an architecture from scratch.
+
+::
+
+    from wpl_nas.retrain import retrain_run
+    result = retrain_run("runs/mnist1d-wpl", epochs=30)     # the best trial; or trial=7
+    print(result.test_accuracy)
+
+A standard recipe per data set (:data:`RECIPES`): SGD with Nesterov momentum, a cosine learning
+rate schedule stepped every batch, weight decay, and for CIFAR the usual augmentation (4-pixel
+zero padding with a random 32x32 crop, and random horizontal flips). The network is fresh (seeded
+by the run's seed), the training split is the search's (the validation split stays held out and
+is scored after every epoch), and the **test split is touched only here**, once, at the end.
+
+``RUN_DIR/retrain/trial_NNNN/`` holds ``checkpoint.pt`` (written atomically after every epoch:
+model, optimiser, schedule, RNG states, history; rerunning the same command resumes from it),
+``tb/`` (``train/loss``, ``train/lr``, ``val/acc`` per epoch, ``test/acc`` at the end) and
+``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from wpl_nas.api import load_run
+from wpl_nas.data import iterate_batches, load_dataset
+from wpl_nas.errors import ConfigError
+from wpl_nas.evaluation import accuracy
+from wpl_nas.export import choose_trial
+from wpl_nas.objective import build_supernet, resolve_device
+from wpl_nas.spaces import Architecture, load_space
+from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_text_atomically
+
+__all__ = ["RECIPES", "Recipe", "RetrainResult", "augment_crop_flip", "retrain_run"]
+
+RETRAIN_DIR = "retrain"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an architecture is trained from scratch.
+
+    Attributes:
+        lr: Peak learning rate (cosine-annealed to 0 over the run).
+        weight_decay: SGD weight decay.
+        batch_size: Training batch size.
+        augment: Random crop (4-pixel zero padding) and horizontal flip of images.
+    """
+
+    lr: float
+    weight_decay: float
+    batch_size: int
+    augment: bool = False
+
+
+#: The recipe of each data set (CIFAR's is the usual one of the NAS literature; the others are plain).
+RECIPES = {
+    "mnist1d": Recipe(lr=0.05, weight_decay=5e-4, batch_size=64),
+    "mnist": Recipe(lr=0.05, weight_decay=5e-4, batch_size=128),
+    "fashion_mnist": Recipe(lr=0.05, weight_decay=5e-4, batch_size=128),
+    "cifar10": Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True),
+    "cifar100": Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True),
+}
+
+
+@dataclass
+class RetrainResult:
+    """What :func:`retrain_run` returns.
+
+    Attributes:
+        folder: ``RUN_DIR/retrain/trial_NNNN``.
+        trial: The trial whose architecture was trained.
+        arch: The architecture.
+        test_accuracy: Accuracy on the test split after the last epoch.
+        val_accuracy: Validation accuracy after each epoch.
+        train_loss: Mean training loss of each epoch.
+    """
+
+    folder: Path
+    trial: int
+    arch: Architecture
+    test_accuracy: float
+    val_accuracy: list[float]
+    train_loss: list[float]
+
+
+def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4) -> torch.Tensor:
+    """Random crops of the zero-padded images and random horizontal flips: ``(B, C, H, W)`` in and out."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+    crops = padded.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]  # (B, H, W, C)
+    crops = crops.permute(0, 3, 1, 2)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, crops.flip(-1), crops)
+
+
+def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 30, progress: bool = True,
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> RetrainResult:
+    """Train a trial's architecture from scratch with its data set's recipe (see the module docstring).
+
+    Args:
+        run_dir: A search's run folder.
+        trial: The trial number [default: the best complete trial].
+        epochs: Training epochs (the cosine schedule spans them).
+        progress: Show a progress bar.
+        on_epoch: Called after each epoch (and its checkpoint) with the epoch and its measures.
+
+    Raises:
+        ConfigError: not a run folder, no such trial, a data set without a recipe, a bad
+            ``epochs``, or a checkpoint made for another number of epochs.
+    """
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, but got epochs={epochs}")
+    run = load_run(run_dir)
+    config = run.config
+    recipe = RECIPES.get(config.dataset)
+    if recipe is None:
+        raise ConfigError(f"no retraining recipe for dataset {config.dataset!r}; recipes: {', '.join(RECIPES)}")
+    chosen = choose_trial(run, trial)
+    space = load_space(config.space)
+    arch = space.parse(chosen.user_attrs["arch"])
+    device = resolve_device(config.device)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                        val_fraction=config.val_fraction, seed=config.seed)
+    train, val, test = data.train, data.val, data.test
+    if not all(isinstance(d, TensorDataset) for d in (train, val, test)):
+        raise TypeError(f"dataset {config.dataset!r} must load as TensorDatasets (see wpl_nas.data)")
+    train = TensorDataset(*(t.to(device) for t in train.tensors))  # type: ignore[attr-defined]
+    val_x, val_y = (t.to(device) for t in val.tensors)  # type: ignore[attr-defined]
+
+    folder = run.run_dir / RETRAIN_DIR / f"trial_{chosen.number:04d}"
+    net = build_supernet(space, data, seed=config.seed).standalone(arch).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
+                                weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    history: dict[str, list[float]] = {"train_loss": [], "val_acc": []}
+    start = 0
+    path = folder / "checkpoint.pt"
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)  # data order and augmentation
+    if path.is_file():
+        state = load_checkpoint(path, map_location=device)
+        if state["epochs"] != epochs:
+            raise ConfigError(f"{path} is a retraining of {state['epochs']} epochs, not {epochs}; rerun with "
+                              f"--epochs {state['epochs']} to resume it, or delete {folder} to start again")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history, start = state["history"], state["epoch"]
+        restore_rng(state["rng"])
+        gen.set_state(state["generator"])
+    writer = SummaryWriter(log_dir=str(folder / "tb"))
+    bar = tqdm(total=epochs * steps_per_epoch, initial=start * steps_per_epoch, disable=not progress,
+               desc=f"retrain trial {chosen.number}", unit="step", dynamic_ncols=True)
+    try:
+        for epoch in range(start, epochs):
+            net.train()
+            loss_sum, steps = torch.zeros((), device=device), 0
+            for x, y in iterate_batches(train, batch_size=recipe.batch_size, shuffle=True, generator=gen):
+                if recipe.augment and x.dim() == 4:
+                    x = augment_crop_flip(x, gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(x), y)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.detach()
+                steps += 1
+                bar.update(1)
+            history["train_loss"].append(loss_sum.item() / max(steps, 1))
+            history["val_acc"].append(accuracy(net, arch, val_x, val_y, batch_size=config.eval_batch_size))
+            for tag, key in (("train/loss", "train_loss"), ("val/acc", "val_acc")):
+                writer.add_scalar(tag, history[key][-1], epoch)
+            writer.add_scalar("train/lr", schedule.get_last_lr()[0], epoch)
+            writer.flush()
+            save_checkpoint(path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "schedule": schedule.state_dict(), "epoch": epoch + 1, "epochs": epochs,
+                                   "history": history, "rng": capture_rng(), "generator": gen.get_state(),
+                                   "recipe": asdict(recipe), "arch": str(arch)})
+            if on_epoch is not None:
+                on_epoch(epoch, {"train_loss": history["train_loss"][-1], "val_acc": history["val_acc"][-1]})
+        test_x, test_y = (t.to(device) for t in test.tensors)  # type: ignore[attr-defined]
+        test_acc = accuracy(net, arch, test_x, test_y, batch_size=config.eval_batch_size)  # the only test use
+        writer.add_scalar("test/acc", test_acc, epochs)
+    finally:
+        bar.close()
+        writer.close()
+    result: dict[str, Any] = {"trial": chosen.number, "arch": str(arch), "epochs": epochs, "recipe": asdict(recipe),
+                              "test_accuracy": test_acc, "val_accuracy": history["val_acc"],
+                              "train_loss": history["train_loss"], "params": sum(p.numel() for p in net.parameters())}
+    write_text_atomically(folder / "result.json", json.dumps(result, indent=1))
+    return RetrainResult(folder, chosen.number, arch, test_acc, history["val_acc"], history["train_loss"])
