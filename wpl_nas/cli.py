@@ -119,7 +119,8 @@ def spaces(ctx: click.Context) -> None:
 
 @spaces.command("show")
 @click.argument("name")
-def spaces_show(name: str) -> None:
+@click.option("--render", type=click.Path(dir_okay=False), help="Also draw the cell DAG to this PNG file.")
+def spaces_show(name: str, render: str | None) -> None:
     """Show space NAME (a built-in name or a .yaml path): skeleton, cell DAG, op choices, size."""
     from wpl_nas.spaces import load_space
 
@@ -128,6 +129,11 @@ def spaces_show(name: str) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(space.describe())
+    if render:
+        from wpl_nas.tracking.figures import png_bytes, space_figure
+
+        Path(render).write_bytes(png_bytes(space_figure(space), dpi=110))
+        click.echo(f"cell DAG drawn to {render}")
 
 
 def _lab_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -155,7 +155,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_spaces_commands():
+def test_spaces_commands(tmp_path):
     result = invoke(["spaces"])
     assert result.exit_code == 0
     assert "mnist1d" in result.output and "15,625" in result.output
@@ -163,6 +163,8 @@ def test_spaces_commands():
     assert shown.exit_code == 0 and "nor_conv_3x3" in shown.output and "0->1" in shown.output
     bad = CliRunner().invoke(cli, ["spaces", "show", "nope"])
     assert bad.exit_code == 2 and "valid choices: mnist1d, nb201" in bad.output
+    drawn = invoke(["spaces", "show", "nb201", "--render", str(tmp_path / "cell.png")])
+    assert drawn.exit_code == 0 and (tmp_path / "cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 class AlwaysPrune(optuna.pruners.BasePruner):

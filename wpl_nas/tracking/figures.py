@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from wpl_nas.spaces import Architecture, SearchSpace
 
-__all__ = ["cell_figure", "png_bytes", "retention_heatmap"]
+__all__ = ["cell_figure", "png_bytes", "retention_heatmap", "space_figure"]
 
 
 def retention_heatmap(matrix: Mapping[int, Mapping[int, float]], *, title: str = "retention") -> Figure:
@@ -47,22 +47,22 @@ def retention_heatmap(matrix: Mapping[int, Mapping[int, float]], *, title: str =
     return fig
 
 
-def cell_figure(space: SearchSpace, arch: Architecture) -> Figure:
-    """The cell of ``arch`` as a graph: nodes in a row, one arrow per edge (arcs above the row for
-    edges that skip nodes) labelled with its operation; dead and ``none`` edges drawn faint."""
+def _dag_figure(space: SearchSpace, labels: dict[tuple[int, int], str], live: set[tuple[int, int]],
+                title: str) -> Figure:
+    """The cell DAG: nodes in a row, one arrow per edge (arcs above the row for edges that skip
+    nodes), ``labels`` on the edges in ``live``; the other edges drawn faint."""
     graph = nx.DiGraph()
     graph.add_nodes_from(space.graph.nodes)
-    live = {(s, d): op for s, d, op in space.active_edges(arch)}
     nodes = sorted(graph.nodes)
     pos = {n: (float(i), 0.0) for i, n in enumerate(nodes)}
-    longest = max((d - s for s, d, _ in arch.edges), default=1)
+    longest = max((d - s for s, d in space.edges), default=1)
     fig = Figure(figsize=(1.2 + 1.5 * len(nodes), 1.2 + 0.55 * longest), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.set_axis_off()
     nx.draw_networkx_nodes(graph, pos, ax=ax, node_color="#dde8f5", edgecolors="#4a6fa5", node_size=450)
     nx.draw_networkx_labels(graph, pos, ax=ax, font_size=9)
-    for s, d, op in arch.edges:
+    for s, d in space.edges:
         # Longer spans arc higher, so that no two edges (or their labels) lie on top of each other.
         style = f"arc3,rad={-0.25 - 0.1 * (d - s) if d - s > 1 else 0.0}"
         on = (s, d) in live
@@ -70,13 +70,25 @@ def cell_figure(space: SearchSpace, arch: Architecture) -> Figure:
                                edge_color="#333333" if on else "#cccccc", style="solid" if on else "dotted",
                                width=1.5 if on else 1.0, arrows=True)
         if on:
-            nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): op}, ax=ax, font_size=7,
+            nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): labels[s, d]}, ax=ax, font_size=7,
                                          connectionstyle=style, bbox={"color": "white", "alpha": 0.8, "pad": 0.5})
     # An arc3 arc of rad r between points L apart peaks about r·L/2 above them.
     ax.set_ylim(-0.3, 0.5 * (0.25 + 0.1 * longest) * longest + 0.3)
     ax.set_xlim(-0.4, len(nodes) - 0.6)
-    ax.set_title(str(arch), fontsize=7)
+    ax.set_title(title, fontsize=7)
     return fig
+
+
+def cell_figure(space: SearchSpace, arch: Architecture) -> Figure:
+    """The cell of ``arch``: each live edge labelled with its operation; dead and ``none`` edges faint."""
+    live = {(s, d): op for s, d, op in space.active_edges(arch)}
+    return _dag_figure(space, live, set(live), str(arch))
+
+
+def space_figure(space: SearchSpace) -> Figure:
+    """The cell DAG of ``space``: every edge labelled with its candidate operations."""
+    labels = {(s, d): "\n".join(space.graph.edges[s, d]["ops"]) for s, d in space.edges}
+    return _dag_figure(space, labels, set(labels), f"{space.name}: {space.size:,} architectures")
 
 
 def png_bytes(fig: Figure, *, dpi: int = 100) -> bytes:
