@@ -226,7 +226,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     figures = [out / "retention.png"]
     _retention_figure(figures[0], pool)
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    best = max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
     summary = pool["summary"]
     measures = "\n".join(f"| {k} | {v:+.4f} |" for k, v in summary.items() if v is not None and v == v)
     parts = [f"# wpl-nas report: {run.config.resolved_study_name}", "",
@@ -234,7 +234,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
              f"`{run.config.dataset}` with strategy `{run.config.strategy}`, sampler `{run.config.sampler}`; "
              f"the pool as after trial {pool['after_trial']}.", ""]
     if best is not None:
-        parts += [f"**Best architecture**: `{best.user_attrs['arch']}`, score {best.value:.4f} at training, "
+        parts += [f"**Best architecture**: `{best.user_attrs['arch']}`, score {best.values[0]:.4f} at training, "
                   f"{_pool_latest(pool, best.number)} now.", ""]
     parts += ["## Retention", "", "| measure | value |", "|---|---:|", measures, "",
               "![retention](retention.png)", ""]

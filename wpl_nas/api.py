@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,15 @@ class SearchResult:
             f"Optuna dashboard    wpl-nas dashboard {self.run_dir}  (storage {storage})",
             f"then                wpl-nas anatomy | rank | report {self.run_dir}",
         ]
+        if len(self.study.directions) > 1:
+            names = self.study.metric_names or [f"objective {i}" for i in range(len(self.study.directions))]
+            front = sorted(self.study.best_trials, key=lambda t: -t.values[0])
+            lines += ["", f"Pareto front ({len(front)} trials; {', '.join(names)}):"]
+            for t in front[:12]:
+                values = "  ".join(f"{n} {v:,.4g}" for n, v in zip(names, t.values, strict=True))
+                lines.append(f"  trial {t.number:<4d} {values}  {t.user_attrs['arch']}")
+            if len(front) > 12:
+                lines.append(f"  ... and {len(front) - 12} more (wpl-nas dashboard shows them all)")
         return "\n".join(lines)
 
 
@@ -121,7 +131,7 @@ class _Search:
         self.config = config
         space = load_space(config.space)
         PRUNERS.get(config.pruner)
-        sampler = create_sampler(config.sampler, space, seed=config.seed)  # checks grid's size limit
+        sampler = create_sampler(config.resolved_sampler, space, seed=config.seed)  # checks grid's size limit
         check_storage_url(config.resolved_storage)
         self.objective = SupernetObjective(config, progress=progress, command=command)
         self.progress = progress
@@ -130,10 +140,13 @@ class _Search:
         try:
             self.study = optuna.create_study(
                 study_name=config.resolved_study_name, storage=config.resolved_storage,
-                direction="maximize", load_if_exists=True, pruner=create_pruner(config.pruner),
+                directions=self.objective.directions, load_if_exists=True, pruner=create_pruner(config.pruner),
                 sampler=sampler)
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
             raise ConfigError(f"cannot open storage {config.resolved_storage!r}: {exc}") from None
+        with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names(self.objective.objectives)
         self.objective.reconcile(self.study)  # before any TensorBoard file is written
         self.tensorboard = self.objective.tensorboard_callback()
         self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
@@ -149,7 +162,7 @@ class _Search:
                   desc=f"search {config.resolved_study_name}", unit="trial", dynamic_ncols=True) as bar:
             while done < config.trials:
                 number = len(study.get_trials(deepcopy=False))
-                study.sampler = create_sampler(config.sampler, self.objective.space,
+                study.sampler = create_sampler(config.resolved_sampler, self.objective.space,
                                                seed=config.seed * 100_003 + number)
                 trial = study.ask()
                 try:
@@ -161,7 +174,7 @@ class _Search:
                 done = self._count_finished()
                 bar.update(1)
                 pool = self.objective.pool.summary()
-                best = max((v for s, v in self.objective.finished.values() if v is not None), default=0.0)
+                best = max((e.score for e in self.objective.pool.entries.values()), default=0.0)
                 bar.set_postfix(best=f"{best:.3f}", retained=f"{pool['retained_mean']:.3f}",
                                 forget=f"{pool['forgetting_mean']:+.3f}")
         self.tensorboard.close()
@@ -169,11 +182,11 @@ class _Search:
 
     def result(self) -> SearchResult:
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+        best = max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
         return SearchResult(
             study=self.study,
             best_arch=Architecture.parse(best.user_attrs["arch"]) if best else None,
-            best_score=float(best.value) if best and best.value is not None else float("nan"),
+            best_score=float(best.values[0]) if best else float("nan"),
             run_dir=self.run_dir,
             pool=self.objective.pool.summary(),
             storage=self.config.resolved_storage,

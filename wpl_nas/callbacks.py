@@ -72,8 +72,8 @@ class RetentionCallback:
         if trial.number not in objective.finished:
             return
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.number in objective.finished and t.number not in pool.entries and t.value is not None:
-                pool.add(t.number, t.user_attrs["arch"], t.value)
+            if t.number in objective.finished and t.number not in pool.entries:
+                pool.add(t.number, t.user_attrs["arch"], t.user_attrs["score_at_training"])
         rescores = {t: objective.score(pool.entries[t].arch) for t in pool.members() if t != trial.number}
         if trial.number in pool.entries:
             rescores[trial.number] = pool.entries[trial.number].score
@@ -216,7 +216,7 @@ class TensorBoardCallback:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             return
         step, attrs = trial.number, trial.user_attrs
-        score = attrs.get("score_at_training", trial.value)
+        score = attrs.get("score_at_training")
         if score is not None:
             self.writer.add_scalar("val/acc", score, step)
         if "train_loss" in attrs:

@@ -34,7 +34,10 @@ from wpl_nas.strategy_options import (
     opt,
 )
 
-__all__ = ["SECTIONS", "ConfigError", "SearchConfig", "WPLOptions", "load_config"]
+__all__ = ["OBJECTIVES", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions", "load_config"]
+
+#: The objectives a search can optimise, with their Optuna directions.
+OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "flops": "minimize", "latency": "minimize"}
 
 
 _opt = opt  # the same field helper as the strategy sections
@@ -54,9 +57,13 @@ class SearchConfig:
         "wpl", "Consolidation strategy: naive (plain weight sharing), wpl, ewc, online-ewc, si, mas, anpyc, hat, "
         "distill, synthetic, or two joined by '+' (e.g. hat+distill, wpl+distill).")
     # How Optuna searches.
+    objectives: str = _opt(
+        "accuracy", "Comma-separated objectives: accuracy (maximised; always first), then any of params, flops, "
+        "latency (minimised; latency measured on --device). More than one runs a multi-objective study.")
     sampler: str = _opt(
-        "tpe", "Optuna sampler: tpe, random, grid (spaces up to 10,000 architectures) or forgetting-aware (TPE steered "
-        "away from candidates that overlap the best ones harmfully; see wpl_nas.ForgettingAwareSampler).")
+        "auto", "Optuna sampler: auto (tpe for one objective, nsga2 for several), tpe, random, nsga2, grid (spaces "
+        "up to 10,000 architectures) or forgetting-aware (TPE steered away from candidates that overlap the best "
+        "ones harmfully; see wpl_nas.ForgettingAwareSampler).")
     pruner: str = _opt("none", "Optuna pruner on per-epoch scores: none, median or halving.")
     trials: int = _opt(24, "Total trials (candidates) in the study; rerunning with a larger number extends it.")
     study_name: str | None = _opt(None, "Study name and run folder name (default: <space>-<strategy>).")
@@ -96,6 +103,18 @@ class SearchConfig:
     RESUMABLE_CHANGES = ("trials", "device", "threads", "storage")
 
     @property
+    def objective_list(self) -> list[str]:
+        """``objectives`` as a list (validated by :meth:`validate`)."""
+        return [o.strip() for o in self.objectives.split(",")]
+
+    @property
+    def resolved_sampler(self) -> str:
+        """``sampler`` with ``auto`` resolved: tpe for one objective, nsga2 (NSGA-II) for several."""
+        if self.sampler != "auto":
+            return self.sampler
+        return "tpe" if len(self.objective_list) == 1 else "nsga2"
+
+    @property
     def resolved_study_name(self) -> str:
         return self.study_name or f"{Path(self.space).stem}-{self.strategy}"
 
@@ -118,6 +137,14 @@ class SearchConfig:
                       "threads")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), but got val_fraction={self.val_fraction}")
+        objectives = self.objective_list
+        if objectives[0] != "accuracy" or len(set(objectives)) != len(objectives) or \
+                not set(objectives) <= set(OBJECTIVES):
+            raise ConfigError(f"objectives={self.objectives!r} must be accuracy, then any of "
+                              f"{', '.join(o for o in OBJECTIVES if o != 'accuracy')}, each once, comma-separated")
+        if len(objectives) > 1 and self.pruner != "none":
+            raise ConfigError(f"pruner={self.pruner!r} needs a single objective (Optuna prunes on one reported "
+                              f"value), but objectives={self.objectives!r}; use --pruner none")
         for section in SECTIONS:
             getattr(self, section).validate()
         for f in dataclasses.fields(self):

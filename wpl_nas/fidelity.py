@@ -97,8 +97,8 @@ def _choose(study: optuna.Study, count: int) -> list[tuple[int, Architecture, fl
     """Up to ``count`` distinct architectures of complete trials, evenly spread over their ranking."""
     latest: dict[str, tuple[int, float]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.value is not None:
-            latest[t.user_attrs["arch"]] = (t.number, float(t.value))  # a repeated architecture: its last trial
+        # A repeated architecture: its last trial.
+        latest[t.user_attrs["arch"]] = (t.number, float(t.user_attrs["score_at_training"]))
     ranked = sorted(latest.items(), key=lambda kv: (-kv[1][1], kv[1][0]))
     if len(ranked) > count:
         picks = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]

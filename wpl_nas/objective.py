@@ -39,14 +39,16 @@ import optuna
 import torch
 import yaml
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from wpl_nas.config import SearchConfig
+from wpl_nas.config import OBJECTIVES, SearchConfig
 from wpl_nas.data import DATASETS, load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import RetainedPool
+from wpl_nas.evaluation.cost import count_flops, measure_latency
 from wpl_nas.spaces import Architecture, SearchSpace, load_space
 from wpl_nas.strategies import Strategy, create_strategy, resolve_strategy
 from wpl_nas.supernet import Supernet
@@ -110,8 +112,10 @@ def saved_config(path: Path) -> SearchConfig:
 
 
 def _check_resumable(saved_path: Path, config: SearchConfig) -> None:
-    saved = saved_config(saved_path).to_dict()
-    new = config.to_dict()
+    # Compared with ``auto`` resolved: a run saved with sampler 'tpe' before 'auto' existed resumes.
+    saved_cfg = saved_config(saved_path)
+    saved = {**saved_cfg.to_dict(), "sampler": saved_cfg.resolved_sampler}
+    new = {**config.to_dict(), "sampler": config.resolved_sampler}
     changed = [k for k in new if k not in SearchConfig.RESUMABLE_CHANGES and saved.get(k) != new[k]]
     if changed:
         diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new[k]!r}" for k in changed)
@@ -179,9 +183,11 @@ class SupernetObjective:
             self.supernet, self.strategy, train_set=train, held_out=val, eval_set=eval_set,
             optimizer=self.optimizer, batch_size=config.batch_size, epochs=config.epochs,
             grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed)
+        self.objectives = config.objective_list
         self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent)
-        #: Trials whose training is folded into the supernet state: number -> (state name, value).
-        self.finished: dict[int, tuple[str, float | None]] = {}
+        #: Trials whose training is folded into the supernet state: number -> (state name, value or
+        #: values, as told to the study).
+        self.finished: dict[int, tuple[str, float | list[float] | None]] = {}
         self.progress = progress
         self.command = list(command) if command is not None else None
         self._reconciled: str | None = None  # name of the study reconciled with the checkpoint
@@ -255,8 +261,15 @@ class SupernetObjective:
         self._reconciled = study.study_name
 
     # --- one trial ---------------------------------------------------------------------
-    def __call__(self, trial: optuna.Trial) -> float:
-        """Train the candidate ``trial`` suggests; return its validation score (see the module docstring).
+    @property
+    def directions(self) -> list[StudyDirection]:
+        """The study directions of :attr:`objectives` (maximise accuracy, minimise costs)."""
+        return [StudyDirection.MAXIMIZE if OBJECTIVES[o] == "maximize" else StudyDirection.MINIMIZE
+                for o in self.objectives]
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        """Train the candidate ``trial`` suggests; return its validation score, followed by its costs
+        when there are several objectives (see the module docstring).
 
         Raises:
             optuna.TrialPruned: the study's pruner stopped the candidate after an epoch.
@@ -273,14 +286,18 @@ class SupernetObjective:
         finally:
             self._busy.release()
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         config = self.config
         arch = self.space.suggest(trial)
         trial.set_user_attr("arch", str(arch))
         trial.set_user_attr("params", self.supernet.count_parameters(arch))
         self._upload_cell(trial, arch)
+        costs = self._costs(trial, arch)
+        single = len(self.objectives) == 1
 
         def on_epoch(epoch: int, score: float) -> bool:
+            if not single:  # Optuna reports and prunes single-objective trials only
+                return False
             trial.report(score, epoch)
             return trial.should_prune()
 
@@ -288,11 +305,12 @@ class SupernetObjective:
         with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
                   desc=f"trial {trial.number}", dynamic_ncols=True) as bar:
             result = self.trainer.train(arch, trial_index=trial.number, on_epoch=on_epoch, progress=bar.update)
+        values = [result.score, *costs]
         if result.pruned:
             self.finished[trial.number] = ("PRUNED", None)
         else:
             self.trainer.consolidate(arch, trial_index=trial.number, score=result.score)
-            self.finished[trial.number] = ("COMPLETE", result.score)
+            self.finished[trial.number] = ("COMPLETE", result.score if single else values)
         # Attributes go in before the checkpoint, so a trial that is checkpointed but not yet
         # told (an interruption in between) still carries them when it is told on resume.
         self._annotate(trial, result)
@@ -300,7 +318,22 @@ class SupernetObjective:
         if result.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(result.epoch_scores) - 1} "
                                      f"at score {result.score:.4f}")
-        return result.score
+        return result.score if single else tuple(values)
+
+    def _costs(self, trial: optuna.Trial, arch: Architecture) -> list[float]:
+        """The candidate's cost objectives (params, flops, latency in ms), also set as user attributes."""
+        shape = tuple(self.data.input_shape)
+        values = []
+        for name in self.objectives[1:]:
+            if name == "params":
+                value = float(self.supernet.count_parameters(arch))
+            elif name == "flops":
+                value = float(count_flops(self.supernet, arch, shape))
+            else:
+                value = measure_latency(self.supernet, arch, shape, device=self.device)
+            trial.set_user_attr({"latency": "latency_ms"}.get(name, name), value)
+            values.append(value)
+        return values
 
     def _upload_cell(self, trial: optuna.Trial, arch: Architecture) -> None:
         """The candidate's cell drawn as a PNG, attached to the trial as an Optuna artifact (the

@@ -23,6 +23,7 @@ PRUNERS: Registry[Callable[[], optuna.pruners.BasePruner]] = Registry("pruner")
 
 SAMPLERS.add("tpe", lambda space, seed: optuna.samplers.TPESampler(seed=seed))
 SAMPLERS.add("random", lambda space, seed: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("nsga2", lambda space, seed: optuna.samplers.NSGAIISampler(seed=seed))
 SAMPLERS.add("forgetting-aware", lambda space, seed: ForgettingAwareSampler(
     optuna.samplers.TPESampler(seed=seed), space=space, seed=seed))
 

@@ -186,7 +186,8 @@ def test_callbacks_attached_and_detached(make_objective, tmp_path):
     latest = study.user_attrs["latest_rescore"]["0"]
     assert events.Scalars("retained/trial_0000")[-1].value == pytest.approx(latest)
     assert {"forgetting/backward_transfer", "ranking/kendall_tau", "forgetting/hat_ratio"} <= tags
-    assert [e.step for e in events.Scalars("ranking/kendall_tau")] == [1, 2]  # τ needs two members
+    taus = events.Scalars("ranking/kendall_tau")  # τ needs two members, and is NaN (not logged) on ties
+    assert {e.step for e in taus} <= {1, 2} and all(-1.0 <= e.value <= 1.0 for e in taus)
     images = events.Images("retention/matrix")
     assert [e.step for e in images] == [0, 1, 2] and all(e.width > 100 for e in images)
     assert [e.step for e in events.Images("cell/graph")] == [0, 1, 2]
