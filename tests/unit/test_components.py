@@ -74,7 +74,7 @@ def test_rng_states_round_trip():
 
 
 def test_samplers_pruners_and_storage(tiny_space):
-    assert set(SAMPLERS.names()) == {"tpe", "random", "grid", "forgetting-aware"}
+    assert set(SAMPLERS.names()) == {"tpe", "random", "nsga2", "grid", "forgetting-aware"}
     assert set(PRUNERS.names()) == {"none", "median", "halving"}
     study = optuna.create_study(sampler=create_sampler("grid", tiny_space, seed=0),
                                 pruner=create_pruner("median"), direction="maximize")

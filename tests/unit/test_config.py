@@ -10,7 +10,9 @@ from wpl_nas.errors import ConfigError
 
 def test_defaults_are_valid_and_name_the_run():
     config = SearchConfig().validate()
-    assert (config.space, config.dataset, config.strategy, config.sampler) == ("mnist1d", "mnist1d", "wpl", "tpe")
+    assert (config.space, config.dataset, config.strategy, config.sampler) == ("mnist1d", "mnist1d", "wpl", "auto")
+    assert config.resolved_sampler == "tpe" and config.objective_list == ["accuracy"]
+    assert config.replace(objectives="accuracy,params").resolved_sampler == "nsga2"
     assert config.resolved_study_name == "mnist1d-wpl"
     assert config.resolved_storage == "sqlite:///runs/mnist1d-wpl/study.db"
 
