@@ -6,9 +6,10 @@ flags, the YAML keys and the defaults cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,15 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
     section_keys = {k for k in flags for s in SECTIONS if k.startswith(s + "_")}
     out.update({k: v for k, v in flags.items() if v is not None and k not in section_keys})
     return out
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Bad input (a ConfigError) becomes a usage error: its message, exit code 2, no traceback."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -124,10 +134,8 @@ def spaces_show(name: str, render: str | None) -> None:
     """Show space NAME (a built-in name or a .yaml path): skeleton, cell DAG, op choices, size."""
     from wpl_nas.spaces import load_space
 
-    try:
+    with _usage_errors():
         space = load_space(name)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     click.echo(space.describe())
     if render:
         from wpl_nas.tracking.figures import png_bytes, space_figure
@@ -226,11 +234,9 @@ def rank(run_dir: str, ground_truth: str, archs: int, epochs: int | None, top_k:
     """
     from wpl_nas.fidelity import rank_run
 
-    try:
+    with _usage_errors():
         result = rank_run(run_dir, ground_truth=ground_truth, archs=archs, epochs=epochs, top_k=top_k,
                           key_column=key_column, column=column, progress=progress)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     click.echo(result.table)
     click.echo(f"\nwritten to {result.out_dir / 'ranking.md'} and ranking.csv")
 
@@ -247,10 +253,8 @@ def anatomy(run_dir: str) -> None:
     """
     from wpl_nas.analysis import anatomy_run
 
-    try:
+    with _usage_errors():
         result = anatomy_run(run_dir)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     click.echo(result.table)
     click.echo(f"\nwritten to {result.plot.with_suffix('.md')} and {result.plot}")
 
@@ -264,10 +268,8 @@ def report(run_dir: str, html: bool) -> None:
     `wpl-nas anatomy`) and the run's configuration, with PNG figures."""
     from wpl_nas.analysis import report_run
 
-    try:
+    with _usage_errors():
         result = report_run(run_dir, html=html)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     click.echo(f"written to {result.path} ({len(result.figures)} figure(s))")
 
 
@@ -293,10 +295,8 @@ def dashboard(run_dir: str, host: str, port: int) -> None:
                                "pip install 'wpl-nas[dashboard]'") from None
     from optuna.artifacts import FileSystemArtifactStore
 
-    try:
+    with _usage_errors():
         run = load_run(run_dir)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     artifacts = Path(run_dir) / ARTIFACTS
     store = FileSystemArtifactStore(str(artifacts)) if artifacts.is_dir() else None
     study_id = run.study._study_id
@@ -324,10 +324,8 @@ def export_command(run_dir: str, trial: int | None, best: bool) -> None:
 
     if best and trial is not None:
         raise click.UsageError("give --trial N or --best, not both")
-    try:
+    with _usage_errors():
         result = export_run(run_dir, trial=trial)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     click.echo(f"trial {result.trial}: {result.arch}\nscore with the exported weights {result.score:.4f}\n"
                f"written to {result.folder} (model.pt2, weights.pt, arch.json)")
 
