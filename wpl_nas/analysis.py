@@ -26,9 +26,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wpl_nas.api import load_run
-from wpl_nas.callbacks import ANATOMY_DIR
+from wpl_nas.callbacks import ANATOMY_DIR, ANATOMY_JSON, RETENTION_JSON
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, stage_names
+from wpl_nas.fidelity import RANK_DIR, RANKING_CSV, RANKING_MD
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import load_checkpoint, write_text_atomically
@@ -36,6 +37,7 @@ from wpl_nas.tracking.markdown import code_cell
 
 __all__ = ["AnatomyResult", "ReportResult", "anatomy_run", "report_run"]
 
+ANATOMY_MD = "anatomy.md"
 #: A member must have lost at least this much accuracy to count in the "share recovered".
 MIN_LOSS = 0.005
 
@@ -147,14 +149,14 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
     stages = _summarise(members, names)
     lost = sum(m["at_training"] - m["now"] >= MIN_LOSS for m in members)
     table = _markdown(stages, len(members), lost)
-    history_path = run.run_dir / "anatomy.json"
+    history_path = run.run_dir / ANATOMY_JSON
     history = json.loads(history_path.read_text()) if history_path.is_file() else {}
     plot = run.run_dir / "anatomy.png"
     _plot(plot, stages, history, names)
     rows = ["| member | architecture | at training | now | all stages reset |", "|---:|---|---:|---:|---:|",
             *(f"| {m['trial']} | {code_cell(m['arch'])} | {m['at_training']:.4f} | {m['now']:.4f} "
               f"| {m['reset']['all']:.4f} |" for m in members)]
-    write_text_atomically(run.run_dir / "anatomy.md", f"# Anatomy of forgetting: {run.run_dir}\n\n{table}\n\n"
+    write_text_atomically(run.run_dir / ANATOMY_MD, f"# Anatomy of forgetting: {run.run_dir}\n\n{table}\n\n"
                           + "\n".join(rows) + "\n\n![per stage](anatomy.png)\n")
     return AnatomyResult(members, stages, table, plot)
 
@@ -216,7 +218,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
         ConfigError: not a run folder, or a run from before ``retention.json`` existed.
     """
     run = load_run(run_dir)
-    retention_path = run.run_dir / "retention.json"
+    retention_path = run.run_dir / RETENTION_JSON
     if not retention_path.is_file():
         raise ConfigError(f"run {run.run_dir} has no retention.json: no trial has finished yet, or the run was made "
                           "by a wpl-nas that did not write it; run a new search")
@@ -238,15 +240,15 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
                   f"{_pool_latest(pool, best.number)} now.", ""]
     parts += ["## Retention", "", "| measure | value |", "|---|---:|", measures, "",
               "![retention](retention.png)", ""]
-    ranking = run.run_dir / "rank" / "ranking.csv"
+    ranking = run.run_dir / RANK_DIR / RANKING_CSV
     if ranking.is_file():
         with ranking.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
         figures.append(out / "ranking.png")
         _ranking_figure(figures[-1], rows)
-        table = (run.run_dir / "rank" / "ranking.md").read_text().split("\n\n", 1)[1].split("\n\n")[0]
+        table = (run.run_dir / RANK_DIR / RANKING_MD).read_text().split("\n\n", 1)[1].split("\n\n")[0]
         parts += ["## Ranking fidelity", "", table, "", "![ranking](ranking.png)", ""]
-    anatomy = run.run_dir / "anatomy.md"
+    anatomy = run.run_dir / ANATOMY_MD
     if anatomy.is_file():
         table = anatomy.read_text().split("\n\n", 1)[1].split("\n\n")[0]
         parts += ["## Anatomy of forgetting", "", table, ""]

@@ -52,6 +52,8 @@ from wpl_nas.training import CandidateTrainer
 __all__ = ["RankResult", "rank_run", "train_standalone"]
 
 RANK_DIR = "rank"
+RANKING_MD = "ranking.md"
+RANKING_CSV = "ranking.csv"
 #: Supernet scores compared with the ground truth: column name -> what it is.
 SUPERNET_SCORES = {"at_training": "score at training", "final": "final supernet"}
 
@@ -206,8 +208,8 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
         truth_label = f"{Path(ground_truth).name}: {column}"
     measures = _measures(rows, top_k)
     text = _markdown(rows, measures, top_k=top_k, truth=truth_label)
-    write_text_atomically(out_dir / "ranking.md", f"# Ranking fidelity of {run.run_dir}\n\n{text}\n")
+    write_text_atomically(out_dir / RANKING_MD, f"# Ranking fidelity of {run.run_dir}\n\n{text}\n")
     lines = ["trial,arch,at_training,final,ground_truth"] + [
         f"{r['trial']},{r['arch']},{r['at_training']!r},{r['final']!r},{r['ground_truth']!r}" for r in rows]
-    write_text_atomically(out_dir / "ranking.csv", "\n".join(lines) + "\n")
+    write_text_atomically(out_dir / RANKING_CSV, "\n".join(lines) + "\n")
     return RankResult(rows, measures, min(top_k, len(rows)), text, out_dir)
