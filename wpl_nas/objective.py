@@ -94,14 +94,10 @@ def build_supernet(space: SearchSpace | str, data: Any, *, seed: int = 0) -> Sup
         ConfigError: the space's dimensionality does not fit the data.
     """
     space = load_space(space) if isinstance(space, str) else space
-    data_dims = len(data.input_shape) - 1
-    if data_dims != space.dims:
-        raise ConfigError(
-            f"space {space.name!r} is for {space.dims}-D inputs, but dataset {data.name!r} is "
-            f"{data_dims}-D (per-sample shape {data.input_shape}); pick a matching --space or --dataset"
-        )
+    space.check_data(data.name, tuple(data.input_shape))
     torch.manual_seed(seed)
-    return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes)
+    return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                    input_shape=tuple(data.input_shape))
 
 
 def saved_config(path: Path) -> SearchConfig:

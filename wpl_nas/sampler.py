@@ -9,8 +9,9 @@ protected candidate m (the best ``protect`` finished trials) and a proposal c, w
     o_m(c) = (weights of m's cell path that c also trains) / (weights of m's cell path)
 
 the *harm* of c is the mean over m of 4·o_m·(1 − o_m) (0 at no or full overlap, 1 at half).
-Weights are parameter counts of each (edge, op) over every cell of the space's supernet; the
-skeleton every candidate shares (stem, reductions, head) is left out, and so are dead edges.
+Weights are parameter counts of each (edge, op) over every cell of the space's supernet (for
+other kinds of space, each unit of weights that only some candidates use); the skeleton every
+candidate shares (stem, reductions, head) is left out, and so are dead edges.
 
 Per trial the wrapper draws ``n_candidates`` complete architectures from the inner sampler and
 picks proposal i with probability ∝ exp(−strength · harm_i). ``strength`` is the knob: 0 is the
@@ -26,7 +27,7 @@ for any other parameter the objective suggests (delegated to the inner sampler),
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,33 +37,33 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from wpl_nas.spaces import Architecture, SearchSpace, edge_label, load_space
+from wpl_nas.spaces import Architecture, SearchSpace, load_space
+from wpl_nas.supernet import Supernet
 
 __all__ = ["ForgettingAwareSampler", "harm", "op_weights"]
 
 
-def op_weights(space: SearchSpace) -> dict[tuple[str, str], int]:
-    """``{(edge label, op): parameters of that op on that edge, summed over every cell}``."""
-    from wpl_nas.supernet import Supernet  # a throwaway supernet only to count its parameters
-
-    counts: dict[tuple[str, str], int] = {(label, op): 0 for label, ops in space.choices.items() for op in ops}
-    for name, param in Supernet(space, in_channels=1, num_classes=2).named_parameters():
-        parts = name.split(".")
-        if "edges" in parts:
-            i = parts.index("edges")
-            counts[parts[i + 1], parts[i + 2]] += param.numel()
+def op_weights(net: Supernet) -> dict[tuple[str, str], int]:
+    """``{(unit, variant): parameters of its modules}`` over ``net``'s ``edges`` (every cell of a
+    cell space: ``(edge label, op)``), the weights that only some candidates use."""
+    counts: dict[tuple[str, str], int] = {}
+    for name, param in net.named_parameters():
+        unit = net.unit_of(name)
+        if unit is not None:
+            counts[unit] = counts.get(unit, 0) + param.numel()
     return counts
 
 
-def harm(candidate: Architecture, protected: Sequence[Architecture], space: SearchSpace,
-         weights: dict[tuple[str, str], int]) -> float:
-    """Mean over ``protected`` of 4·o·(1 − o), o the share of the member's cell weights ``candidate`` trains."""
+def harm(candidate: Architecture, protected: Sequence[Architecture],
+         units: Callable[[Architecture], set[tuple[str, str]]], weights: dict[tuple[str, str], int]) -> float:
+    """Mean over ``protected`` of 4·o·(1 − o), o the share of the member's searchable weights
+    ``candidate`` trains; ``units`` gives a candidate's path (``Supernet.path_units``)."""
     if not protected:
         return 0.0
-    trains = {(edge_label(s, d), op) for s, d, op in space.active_edges(candidate)}
+    trains = units(candidate)
     total = 0.0
     for member in protected:
-        own = [(edge_label(s, d), op) for s, d, op in space.active_edges(member)]
+        own = [k for k in units(member) if k in weights]
         size = sum(weights[k] for k in own)
         overlap = sum(weights[k] for k in own if k in trains) / size if size else 0.0
         total += 4.0 * overlap * (1.0 - overlap)
@@ -92,7 +93,10 @@ class ForgettingAwareSampler(BaseSampler):
             raise ValueError(f"protect must be >= 1, but got {protect=}")
         self._inner = sampler if sampler is not None else optuna.samplers.TPESampler(seed=seed)
         self._space = load_space(space) if isinstance(space, str) else space
-        self._weights = op_weights(self._space)
+        # A throwaway supernet, only to know each candidate's path and its parameter counts.
+        net = Supernet(self._space, in_channels=1, num_classes=2)
+        self._units = net.path_units
+        self._weights = op_weights(net)
         self._edges = {label: CategoricalDistribution(list(ops)) for label, ops in self._space.choices.items()}
         self._n_candidates = n_candidates
         self._strength = strength
@@ -130,7 +134,7 @@ class ForgettingAwareSampler(BaseSampler):
         proposals = [self._propose(study, trial, inner_space) for _ in range(draws)]
         if draws == 1:
             return proposals[0]
-        harms = np.array([harm(self._arch(p), protected, self._space, self._weights) for p in proposals])
+        harms = np.array([harm(self._arch(p), protected, self._units, self._weights) for p in proposals])
         if math.isinf(self._strength):
             choice = int(np.argmin(harms))
         else:
@@ -152,7 +156,7 @@ class ForgettingAwareSampler(BaseSampler):
         return proposal
 
     def _arch(self, params: dict[str, Any]) -> Architecture:
-        return Architecture.from_ops({(s, d): params[edge_label(s, d)] for s, d in self._space.edges})
+        return self._space.make(params)
 
     def protected(self, study: optuna.Study) -> list[Architecture]:
         """The architectures of the best ``protect`` complete trials (the Pareto front's first ones

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from wpl_nas import Architecture, ForgettingAwareSampler
 from wpl_nas.sampler import harm, op_weights
+from wpl_nas.supernet import Supernet
 
 
 def fake_score(trial: optuna.Trial, space) -> float:
@@ -26,23 +27,28 @@ def run(sampler: optuna.samplers.BaseSampler, space, n: int = 12, **study_kw) ->
     return study
 
 
+def probe(space) -> Supernet:
+    return Supernet(space, in_channels=1, num_classes=2)
+
+
 def test_op_weights_count_parameters_of_each_op_on_each_edge(tiny_space):
-    weights = op_weights(tiny_space)
-    assert set(weights) == {(label, op) for label, ops in tiny_space.choices.items() for op in ops}
-    for (_, op), count in weights.items():
-        assert (count > 0) == (op == "conv_5"), op
+    weights = op_weights(probe(tiny_space))
+    # Only ops with parameters appear; on the tiny space that is conv_5, on every edge.
+    assert set(weights) == {(label, "conv_5") for label in tiny_space.choices}
+    assert all(count > 0 for count in weights.values())
 
 
 def test_harm_is_zero_for_no_and_full_overlap_and_largest_in_between(tiny_space):
-    weights = op_weights(tiny_space)
+    net = probe(tiny_space)
+    weights, units = op_weights(net), net.path_units
     convs = Architecture.from_ops({e: "conv_5" for e in tiny_space.edges})
     skips = Architecture.from_ops({e: "skip_connect" for e in tiny_space.edges})
     half = Architecture.from_ops({e: "conv_5" if e[1] == 3 else "skip_connect" for e in tiny_space.edges})
-    assert harm(convs, [convs], tiny_space, weights) == 0.0  # the same path: retrained, not overwritten
-    assert harm(skips, [convs], tiny_space, weights) == 0.0  # no weights in common
-    partial = harm(half, [convs], tiny_space, weights)
+    assert harm(convs, [convs], units, weights) == 0.0  # the same path: retrained, not overwritten
+    assert harm(skips, [convs], units, weights) == 0.0  # no weights in common
+    partial = harm(half, [convs], units, weights)
     assert 0.0 < partial <= 1.0
-    assert harm(half, [], tiny_space, weights) == 0.0
+    assert harm(half, [], units, weights) == 0.0
 
 
 def test_strength_zero_is_the_inner_sampler_exactly(tiny_space):
@@ -65,13 +71,14 @@ def test_seeded_runs_repeat_and_reseed_changes_them(tiny_space):
 
 def mean_harm(study: optuna.Study, space) -> float:
     """Mean harm of each trial's architecture to the best 5 trials before it."""
-    weights, harms = op_weights(space), []
+    net = probe(space)
+    weights, harms = op_weights(net), []
     trials = study.trials
     for i in range(1, len(trials)):
         best = sorted(trials[:i], key=lambda t: -t.value)[:5]
         arch = Architecture.from_ops({e: trials[i].params[f"{e[0]}->{e[1]}"] for e in space.edges})
         harms.append(harm(arch, [Architecture.from_ops({e: t.params[f"{e[0]}->{e[1]}"] for e in space.edges})
-                                 for t in best], space, weights))
+                                 for t in best], net.path_units, weights))
     return sum(harms) / len(harms)
 
 

@@ -198,6 +198,7 @@ class _Lab:
         config, device = self.config, self.device
         torch.manual_seed(seed)  # the same initial weights for every strategy and variant
         net = Supernet(plan.space, in_channels=self.data.input_shape[0], num_classes=plan.num_classes,
+                       input_shape=tuple(self.data.input_shape),
                        heads=plan.heads).to(device)
         strategy = create_strategy(name, net, config.strategy_options).to(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,

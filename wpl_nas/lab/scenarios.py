@@ -23,7 +23,7 @@ from wpl_nas.data import DataBundle
 from wpl_nas.errors import ConfigError
 from wpl_nas.lab.config import LabConfig, parse_floats, parse_ints
 from wpl_nas.registry import Registry
-from wpl_nas.spaces import Architecture, SearchSpace, load_space
+from wpl_nas.spaces import Architecture, CellSpace, SearchSpace, load_space
 
 __all__ = ["SCENARIOS", "SCENARIO_OPTIONS", "Model", "Plan", "Scenario", "chain_space", "default_arch",
            "first_tensors"]
@@ -149,10 +149,7 @@ def _model(label: str, arch: Architecture, train: tuple[Tensor, Tensor], val: tu
 
 
 def _check_dims(space: SearchSpace, data: DataBundle) -> None:
-    if space.dims != _dims(data):
-        raise ConfigError(
-            f"space {space.name!r} is for {space.dims}-D inputs, but dataset {data.name!r} is {_dims(data)}-D "
-            f"(per-sample shape {data.input_shape}); pick a matching --space or --dataset")
+    space.check_data(data.name, data.input_shape)
 
 
 def _kernel(op: str) -> int:
@@ -162,7 +159,10 @@ def _kernel(op: str) -> int:
 
 def default_arch(space: SearchSpace) -> Architecture:
     """Every edge of the cell runs the space's largest convolution (its first non-``none`` op
-    if it has no convolution): a reasonable all-conv architecture for task-incremental runs."""
+    if it has no convolution): a reasonable all-conv architecture for task-incremental runs.
+    Other kinds of space take the last value of every choice (their largest, by convention)."""
+    if not isinstance(space, CellSpace):
+        return space.make({label: values[-1] for label, values in space.choices.items()})
     ops: dict[tuple[int, int], str] = {}
     for s, d in space.edges:
         choices = space.graph.edges[s, d]["ops"]

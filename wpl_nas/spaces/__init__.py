@@ -1,6 +1,8 @@
-"""Search spaces: declarative YAML cell spaces, their DAGs and architecture strings."""
+"""Search spaces: declarative YAML files, one class per kind of space, and architecture strings."""
 
-from wpl_nas.spaces._architecture import Architecture, edge_label
-from wpl_nas.spaces._space import SearchSpace, StageSpec, builtin_spaces, load_space
+from wpl_nas.spaces._architecture import Architecture, Genotype, edge_label
+from wpl_nas.spaces._cell import CellSpace, StageSpec
+from wpl_nas.spaces._space import SPACE_KINDS, SearchSpace, SpecReader, builtin_spaces, load_space
 
-__all__ = ["Architecture", "SearchSpace", "StageSpec", "builtin_spaces", "edge_label", "load_space"]
+__all__ = ["SPACE_KINDS", "Architecture", "CellSpace", "Genotype", "SearchSpace", "SpecReader", "StageSpec",
+           "builtin_spaces", "edge_label", "load_space"]

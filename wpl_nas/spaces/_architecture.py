@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from wpl_nas.errors import ConfigError
 
-__all__ = ["Architecture", "edge_label"]
+__all__ = ["Architecture", "Genotype", "edge_label"]
 
 
 def edge_label(src: int, dst: int) -> str:
@@ -54,10 +54,14 @@ class Architecture(Mapping[str, str]):
 
         Node groups are separated by ``+``; the j-th group lists the inputs of node j + 1
         as ``op~src``. Use :meth:`SearchSpace.parse` to also check the ops against a space.
+        A string in the ``label=value;...`` format of other kinds of space gives a
+        :class:`Genotype`, so any saved architecture string parses back here.
 
         Raises:
             ConfigError: ``text`` is not in that format.
         """
+        if "=" in text:
+            return Genotype.parse(text)
         text, _, head = text.strip().partition("@head")
         if head and not head.isdigit():
             raise ConfigError(f"architecture string suffix '@head{head}' must be '@head<N>' with N a number")
@@ -106,5 +110,80 @@ class Architecture(Mapping[str, str]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Architecture):
-            return self.edges == other.edges and self.head == other.head
+            return type(self) is type(other) and self.edges == other.edges and self.head == other.head
+        return NotImplemented
+
+
+@dataclass(frozen=True, eq=False)
+class Genotype(Architecture):
+    """The architecture of a space that is not a single cell DAG: one value per named choice.
+
+    It reads as a mapping from choice labels to values, in the space's order, and prints as
+    ``label=value;label=value`` (plus ``@head<N>`` as for cells)::
+
+        s1/kernel=5;s1/expand=6;s1/depth=3;s2/kernel=3;s2/expand=4;s2/depth=2
+
+    Build one with :meth:`SearchSpace.make` (or :meth:`of`); ``edges`` is empty.
+
+    Attributes:
+        picks: ``(label, value)`` pairs in the space's choice order.
+    """
+
+    picks: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:  # the space's order is canonical: nothing to sort
+        pass
+
+    @classmethod
+    def of(cls, values: Mapping[str, str], *, head: int = 0) -> Genotype:
+        """Build from ``{label: value}`` (kept in the mapping's order)."""
+        return cls((), head, tuple((str(k), str(v)) for k, v in values.items()))
+
+    def with_head(self, head: int) -> Genotype:
+        return Genotype((), head, self.picks)
+
+    @classmethod
+    def parse(cls, text: str) -> Genotype:
+        """Parse ``label=value;...[@head<N>]``; the inverse of ``str(genotype)``.
+
+        Raises:
+            ConfigError: ``text`` is not in that format, or names a choice twice.
+        """
+        body, _, head = text.strip().partition("@head")
+        if head and not head.isdigit():
+            raise ConfigError(f"architecture string suffix '@head{head}' must be '@head<N>' with N a number")
+        pairs = []
+        for token in body.split(";"):
+            label, sep, value = token.partition("=")
+            if not sep or not label.strip() or not value.strip():
+                raise ConfigError(f"architecture string {text!r}: entry {token!r} must look like label=value "
+                                  "(entries separated by ';')")
+            pairs.append((label.strip(), value.strip()))
+        labels = [label for label, _ in pairs]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"architecture string {text!r} gives a choice more than once")
+        return cls((), int(head or 0), tuple(pairs))
+
+    def __str__(self) -> str:
+        text = ";".join(f"{label}={value}" for label, value in self.picks)
+        return f"{text}@head{self.head}" if self.head else text
+
+    def __getitem__(self, label: str) -> str:
+        for key, value in self.picks:
+            if key == label:
+                return value
+        raise KeyError(label)
+
+    def __iter__(self) -> Iterator[str]:
+        return (label for label, _ in self.picks)
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    def __hash__(self) -> int:
+        return hash((self.picks, self.head))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Genotype):
+            return self.picks == other.values and self.head == other.head
         return NotImplemented

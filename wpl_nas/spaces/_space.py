@@ -1,177 +1,225 @@
-"""Search spaces as data: a YAML file read into a validated networkx DAG."""
+"""The search-space base class, the registry of space kinds, and loading spaces by name or path.
+
+A space file says which kind of space it describes (``kind: cell`` when it says nothing); the
+kind's class reads the rest of the file. Every kind exposes its choices the same way: a mapping
+from choice labels to the values allowed there, which is exactly the Optuna search space.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import networkx as nx
 import optuna
 import yaml
 
 from wpl_nas.errors import ConfigError
-from wpl_nas.ops import OPS
-from wpl_nas.spaces._architecture import Architecture, edge_label
+from wpl_nas.registry import Registry
+from wpl_nas.spaces._architecture import Architecture, Genotype
 
-__all__ = ["SearchSpace", "StageSpec", "builtin_spaces", "load_space"]
+__all__ = ["SPACE_KINDS", "SearchSpace", "SpecReader", "builtin_spaces", "load_space"]
 
-_TOP_KEYS = {"name", "description", "citation", "dims", "skeleton", "cell"}
-_SKELETON_KEYS = {"stem_channels", "stages"}
-_STAGE_KEYS = {"channels", "cells"}
-_CELL_KEYS = {"nodes", "edges", "ops"}
+#: Space classes by the ``kind`` a space file names.
+SPACE_KINDS: Registry[type[SearchSpace]] = Registry("search space kind")
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage of the skeleton: ``cells`` copies of the cell at ``channels`` channels.
+class SpecReader:
+    """Checks one space file's parsed YAML; every error names the file, the field and the problem."""
 
-    Every stage after the first starts with a residual reduction block (stride 2).
-    """
+    def __init__(self, source: Path | None) -> None:
+        self.where = str(source) if source else "search space"
 
-    channels: int
-    cells: int
+    def fail(self, field: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.where}: field {field!r}: {problem}")
+
+    def mapping(self, value: Any, field: str, keys: Collection[str], *,
+                optional: Collection[str] = ("description", "citation", "kind")) -> Mapping[str, Any]:
+        """``value`` as a mapping with exactly ``keys`` (those in ``optional`` may be left out)."""
+        if not isinstance(value, Mapping):
+            raise self.fail(field, f"must be a mapping, but got {value!r}")
+        unknown = sorted(set(value) - set(keys))
+        if unknown:
+            raise self.fail(field, f"unknown key(s) {unknown}; valid keys: {sorted(keys)}")
+        missing = sorted(set(keys) - set(value) - set(optional))
+        if missing:
+            raise self.fail(field, f"missing key(s) {missing}")
+        return value
+
+    def positive_int(self, value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(field, f"must be a positive integer, but got {value!r}")
+        return value
+
+    def int_choices(self, value: Any, field: str) -> tuple[int, ...]:
+        """A non-empty list of distinct positive integers."""
+        if not isinstance(value, list) or not value:
+            raise self.fail(field, f"must be a non-empty list of positive integers, but got {value!r}")
+        items = tuple(self.positive_int(v, field) for v in value)
+        if len(set(items)) != len(items):
+            raise self.fail(field, f"lists a value twice: {list(items)}")
+        return items
+
+    def names(self, value: Any, field: str, valid: Registry[Any] | Collection[str]) -> tuple[str, ...]:
+        """A non-empty list of distinct names, each one of ``valid``."""
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise self.fail(field, f"must be a non-empty list of names, but got {value!r}")
+        for v in value:
+            if v not in valid:
+                message = (valid.unknown_message(v) if isinstance(valid, Registry)
+                           else f"unknown name {v!r}; valid choices: {', '.join(valid)}")
+                raise self.fail(field, message)
+        if len(set(value)) != len(value):
+            raise self.fail(field, f"lists a name twice: {value}")
+        return tuple(value)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class SearchSpace:
-    """A cell-based search space: a skeleton and a cell DAG with candidate ops per edge.
+    """A search space: named choices, each with its allowed values, and how to build it.
 
-    Node 0 is the cell input and the last node its output; node ``j`` sums ``op(i -> j)``
-    over its incoming edges. One architecture picks one op per edge; the same cell is used
-    in every position of the skeleton (NAS-Bench-201 style).
+    Subclasses (one per ``kind``) give :attr:`choices`, read their file in :meth:`from_spec`,
+    and may refine :meth:`make`, :meth:`validate`, :meth:`parse`, :meth:`describe` and
+    :meth:`dag`. Suggesting, sampling, enumerating and counting are shared: they only need
+    the choices. The supernet of a kind is registered in :data:`wpl_nas.supernet.SUPERNETS`.
 
     Attributes:
         name: Short name (``nb201``).
         description: One line for listings.
         citation: Where the space comes from.
-        dims: 1 for sequences ``(B, C, L)``, 2 for images ``(B, C, H, W)``.
-        stem_channels: Channels after the stem convolution.
-        stages: The skeleton's stages.
-        graph: The cell DAG; each edge carries ``ops``, a tuple of op names.
+        dims: The inputs it takes: 1 for sequences ``(B, C, L)``, 2 for images ``(B, C, H, W)``,
+            0 for token sequences ``(B, T)``, None for any fixed-size input (it is flattened).
         source: The YAML file it was read from, if any.
     """
 
+    kind: ClassVar[str] = ""
     name: str
     description: str
     citation: str
-    dims: int
-    stem_channels: int
-    stages: tuple[StageSpec, ...]
-    graph: nx.DiGraph
+    dims: int | None
     source: Path | None = None
 
-    # --- structure -------------------------------------------------------------------
-    @property
-    def num_nodes(self) -> int:
-        return int(self.graph.number_of_nodes())
-
-    @property
-    def output_node(self) -> int:
-        return self.num_nodes - 1
-
-    @property
-    def edges(self) -> list[tuple[int, int]]:
-        """Edges in canonical order (by target node, then source)."""
-        return sorted(self.graph.edges, key=lambda e: (e[1], e[0]))
-
+    # --- the choices ------------------------------------------------------------------
     @property
     def choices(self) -> dict[str, tuple[str, ...]]:
-        """``{edge label: candidate ops}``, the Optuna search space."""
-        return {edge_label(s, d): self.graph.edges[s, d]["ops"] for s, d in self.edges}
+        """``{choice label: allowed values}`` in a fixed order: the Optuna search space."""
+        raise NotImplementedError
 
     @property
     def size(self) -> int:
         """Number of distinct architectures."""
-        return math.prod(len(ops) for ops in self.choices.values())
+        return math.prod(len(values) for values in self.choices.values())
 
-    # --- architectures ---------------------------------------------------------------
+    def make(self, values: Mapping[str, str], *, head: int = 0) -> Architecture:
+        """The architecture that picks ``values`` (``{label: value}``, one per choice)."""
+        return Genotype.of({label: values[label] for label in self.choices}, head=head)
+
     def suggest(self, trial: optuna.Trial) -> Architecture:
-        """Ask ``trial`` for one op per edge (one ``suggest_categorical`` per edge label)."""
-        return Architecture.from_ops(
-            {(s, d): trial.suggest_categorical(edge_label(s, d), list(self.graph.edges[s, d]["ops"]))
-             for s, d in self.edges}
-        )
+        """Ask ``trial`` for one value per choice (one ``suggest_categorical`` per label)."""
+        return self.make({label: trial.suggest_categorical(label, list(values))
+                          for label, values in self.choices.items()})
 
     def sample(self, rng: random.Random) -> Architecture:
         """A uniformly random architecture."""
-        return Architecture.from_ops({(s, d): rng.choice(self.graph.edges[s, d]["ops"]) for s, d in self.edges})
+        return self.make({label: rng.choice(values) for label, values in self.choices.items()})
 
     def enumerate(self) -> Iterator[Architecture]:
         """Every architecture of the space, in a fixed order."""
-        edges = self.edges
-        for ops in itertools.product(*(self.graph.edges[e]["ops"] for e in edges)):
-            yield Architecture(tuple((s, d, op) for (s, d), op in zip(edges, ops, strict=True)))
+        labels = list(self.choices)
+        for values in itertools.product(*self.choices.values()):
+            yield self.make(dict(zip(labels, values, strict=True)))
 
     def validate(self, arch: Architecture) -> Architecture:
         """Return ``arch`` if it belongs to this space.
 
         Raises:
-            ConfigError: an edge is missing or extra, or an op is not a choice of its edge.
+            ConfigError: a choice is missing or extra, or a value is not allowed.
         """
-        given = {(s, d): op for s, d, op in arch.edges}
-        labels = [edge_label(s, d) for s, d, _ in arch.edges]
-        if len(given) != len(labels):
-            repeated = sorted({label for label in labels if labels.count(label) > 1})
-            raise ConfigError(
-                f"architecture {str(arch)!r} does not fit space {self.name!r}: "
-                f"edge(s) {', '.join(repeated)} given more than once"
-            )
-        if set(given) != set(self.graph.edges):
-            missing = sorted(set(self.graph.edges) - set(given))
-            extra = sorted(set(given) - set(self.graph.edges))
-            raise ConfigError(
-                f"architecture {str(arch)!r} does not fit space {self.name!r}: "
-                f"missing edges {missing}, unexpected edges {extra}"
-            )
-        for (s, d), op in given.items():
-            ops = self.graph.edges[s, d]["ops"]
-            if op not in ops:
-                raise ConfigError(
-                    f"architecture {str(arch)!r}: op {op!r} on edge {edge_label(s, d)} is not in "
-                    f"space {self.name!r}; valid choices: {', '.join(ops)}"
-                )
-        return arch
+        given = dict(arch.items()) if isinstance(arch, Genotype) else None
+        if given is None:
+            raise ConfigError(f"architecture {str(arch)!r} does not fit space {self.name!r} "
+                              f"(a {self.kind} space; example: {next(self.enumerate())})")
+        missing = [label for label in self.choices if label not in given]
+        extra = [label for label in given if label not in self.choices]
+        if missing or extra:
+            raise ConfigError(f"architecture {str(arch)!r} does not fit space {self.name!r}: "
+                              f"missing choices {missing}, unexpected choices {extra}")
+        for label, values in self.choices.items():
+            if given[label] not in values:
+                raise ConfigError(f"architecture {str(arch)!r}: value {given[label]!r} of {label} is not in "
+                                  f"space {self.name!r}; valid choices: {', '.join(values)}")
+        return self.make(given, head=arch.head)  # in the space's label order
 
     def parse(self, text: str) -> Architecture:
         """Parse an architecture string and check it against this space."""
-        return self.validate(Architecture.parse(text))
+        return self.validate(Genotype.parse(text))
 
-    def active_edges(self, arch: Architecture) -> list[tuple[int, int, str]]:
-        """The non-``none`` edges whose result reaches the cell output, in canonical order.
+    def check_data(self, data_name: str, input_shape: tuple[int, ...]) -> None:
+        """Raise :class:`ConfigError` unless data of per-sample ``input_shape`` fits the space."""
+        data_dims = len(input_shape) - 1
+        fits = data_dims >= 1 if self.dims is None else data_dims == self.dims
+        if not fits:
+            def kind(dims: int | None) -> str:
+                return {None: "fixed-size", 0: "token-sequence"}.get(dims, f"{dims}-D")
 
-        Edges into a node that feeds nothing downstream are dead: the supernet skips them
-        and they receive no gradient, so they are not part of the candidate's path.
-        """
-        live = nx.DiGraph()
-        live.add_nodes_from(self.graph.nodes)
-        live.add_edges_from((s, d) for s, d, op in arch.edges if op != "none")
-        useful = nx.ancestors(live, self.output_node) | {self.output_node}
-        return [(s, d, op) for s, d, op in arch.edges if op != "none" and d in useful]
+            raise ConfigError(
+                f"space {self.name!r} is for {kind(self.dims)} inputs, but dataset {data_name!r} is "
+                f"{kind(data_dims)} (per-sample shape {input_shape}); pick a matching --space or --dataset")
+
+    # --- reading and drawing ----------------------------------------------------------
+    def summary_lines(self) -> list[str]:
+        """Kind-specific lines of :meth:`describe` (the structure, not the choices)."""
+        return []
 
     def describe(self) -> str:
         """A multi-line, human-readable description (used by ``wpl-nas spaces show``)."""
-        stages = ", ".join(f"{st.cells} cells x {st.channels} ch" for st in self.stages)
         lines = [
             f"{self.name}: {self.description}",
             f"  source:        {self.source if self.source else '(built in code)'}",
             f"  citation:      {self.citation}",
-            f"  data:          {self.dims}-D",
-            f"  skeleton:      stem {self.stem_channels} ch; {stages}; residual reduction between stages",
-            f"  cell:          {self.num_nodes} nodes (0 = input, {self.output_node} = output), "
-            f"{len(self.edges)} edges",
+            f"  kind:          {self.kind}",
+            *self.summary_lines(),
             f"  architectures: {self.size:,}",
-            "  edges and op choices:",
+            "  choices:",
         ]
-        lines += [f"    {label:>6}: {' | '.join(ops)}" for label, ops in self.choices.items()]
-        example = next(self.enumerate())
-        lines.append(f"  example:       {example}")
+        width = max(len(label) for label in self.choices)
+        lines += [f"    {label:>{width}}: {' | '.join(values)}" for label, values in self.choices.items()]
+        lines.append(f"  example:       {next(self.enumerate())}")
         return "\n".join(lines)
+
+    def dag(self, arch: Architecture | None = None) -> nx.DiGraph:
+        """The graph to draw: ``arch``'s network, or with no ``arch`` the space's choices.
+
+        Nodes carry ``label`` and ``pos`` ``(x, y)``; edges carry ``label`` and ``live`` (drawn
+        solid, else faint). The default is a chain of the choices.
+        """
+        graph = nx.DiGraph()
+        items = list(arch.items()) if arch is not None else [(k, "|".join(v)) for k, v in self.choices.items()]
+        for i, (label, value) in enumerate(items):
+            graph.add_node(i, label=f"{label}\n{value}", pos=(float(i), 0.0))
+            if i:
+                graph.add_edge(i - 1, i, label="", live=True)
+        return graph
+
+    @classmethod
+    def from_spec(cls, data: Mapping[str, Any], read: SpecReader, *, source: Path | None) -> SearchSpace:
+        """Build a space of this kind from its file's parsed top-level mapping."""
+        raise NotImplementedError
+
+    @staticmethod
+    def common(data: Mapping[str, Any], read: SpecReader) -> dict[str, Any]:
+        """The fields every kind has: ``name``, ``description``, ``citation``."""
+        name = data["name"]
+        if not isinstance(name, str) or not name:
+            raise read.fail("name", f"must be a non-empty string, but got {name!r}")
+        return {"name": name, "description": str(data.get("description", "")),
+                "citation": str(data.get("citation", ""))}
 
     # --- loading ---------------------------------------------------------------------
     @classmethod
@@ -196,102 +244,13 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: Any, *, source: Path | None = None) -> SearchSpace:
         """Build a space from the parsed YAML mapping (see ``search_spaces/*.yaml``)."""
-        where = str(source) if source else "search space"
-
-        def fail(field: str, problem: str) -> ConfigError:
-            return ConfigError(f"{where}: field {field!r}: {problem}")
-
-        def mapping(value: Any, field: str, keys: set[str]) -> Mapping[str, Any]:
-            if not isinstance(value, Mapping):
-                raise fail(field, f"must be a mapping, but got {value!r}")
-            unknown = sorted(set(value) - keys)
-            if unknown:
-                raise fail(field, f"unknown key(s) {unknown}; valid keys: {sorted(keys)}")
-            missing = sorted(keys - set(value) - {"description", "citation"})
-            if missing:
-                raise fail(field, f"missing key(s) {missing}")
-            return value
-
-        def positive_int(value: Any, field: str) -> int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise fail(field, f"must be a positive integer, but got {value!r}")
-            return value
-
-        top = mapping(data, "<top level>", _TOP_KEYS)
-        name = top["name"]
-        if not isinstance(name, str) or not name:
-            raise fail("name", f"must be a non-empty string, but got {name!r}")
-        dims = top["dims"]
-        if dims not in (1, 2):
-            raise fail("dims", f"must be 1 or 2, but got {dims!r}")
-
-        skeleton = mapping(top["skeleton"], "skeleton", _SKELETON_KEYS)
-        stem = positive_int(skeleton["stem_channels"], "skeleton.stem_channels")
-        raw_stages = skeleton["stages"]
-        if not isinstance(raw_stages, list) or not raw_stages:
-            raise fail("skeleton.stages", f"must be a non-empty list, but got {raw_stages!r}")
-        stages = []
-        for i, raw in enumerate(raw_stages):
-            st = mapping(raw, f"skeleton.stages[{i}]", _STAGE_KEYS)
-            stages.append(StageSpec(positive_int(st["channels"], f"skeleton.stages[{i}].channels"),
-                                    positive_int(st["cells"], f"skeleton.stages[{i}].cells")))
-
-        cell = mapping(top["cell"], "cell", _CELL_KEYS)
-        nodes = positive_int(cell["nodes"], "cell.nodes")
-        if nodes < 2:
-            raise fail("cell.nodes", f"a cell needs at least 2 nodes (input and output), but got {nodes}")
-        ops = cell["ops"]
-        if not isinstance(ops, list) or not ops or not all(isinstance(o, str) for o in ops):
-            raise fail("cell.ops", f"must be a non-empty list of op names, but got {ops!r}")
-        for op in ops:
-            if op not in OPS:
-                raise fail("cell.ops", OPS.unknown_message(op))
-        if len(set(ops)) != len(ops):
-            raise fail("cell.ops", f"lists an op twice: {ops}")
-
-        raw_edges = cell["edges"]
-        if raw_edges == "all":
-            edge_list = [(i, j) for j in range(nodes) for i in range(j)]
-        elif isinstance(raw_edges, list):
-            edge_list = []
-            for e in raw_edges:
-                if not (isinstance(e, list) and len(e) == 2 and all(isinstance(n, int) for n in e)):
-                    raise fail("cell.edges", f"each edge must be [src, dst], but got {e!r}")
-                if not all(0 <= n < nodes for n in e):
-                    raise fail("cell.edges", f"edge {e} names a node outside 0..{nodes - 1}")
-                edge_list.append((e[0], e[1]))
-        else:
-            raise fail("cell.edges", f"must be 'all' or a list of [src, dst] pairs, but got {raw_edges!r}")
-
-        graph = nx.DiGraph()
-        graph.add_nodes_from(range(nodes))
-        graph.add_edges_from(edge_list, ops=tuple(ops))
-        if not nx.is_directed_acyclic_graph(graph):
-            cycle = nx.find_cycle(graph)
-            raise fail("cell.edges", f"the cell must be acyclic, but has the cycle {cycle}")
-        backward = sorted((s, d) for s, d in graph.edges if s >= d)
-        if backward:
-            # Cells run (and architecture strings list) their edges in target-node order, which
-            # is only an evaluation order if every edge goes from a lower to a higher node.
-            raise fail("cell.edges", f"edge(s) {[list(e) for e in backward]} go backwards; number the nodes so "
-                       "that every edge [src, dst] has src < dst")
-        unreachable = sorted(set(graph.nodes) - nx.descendants(graph, 0) - {0})
-        if unreachable:
-            raise fail("cell.edges", f"node(s) {unreachable} cannot be reached from the input node 0")
-        dead_ends = sorted(set(graph.nodes) - nx.ancestors(graph, nodes - 1) - {nodes - 1})
-        if dead_ends:
-            raise fail("cell.edges", f"node(s) {dead_ends} do not lead to the output node {nodes - 1}")
-
-        return cls(
-            name=name,
-            description=str(top.get("description", "")),
-            citation=str(top.get("citation", "")),
-            dims=dims,
-            stem_channels=stem,
-            stages=tuple(stages),
-            graph=graph,
-            source=source,
-        )
+        read = SpecReader(source)
+        if not isinstance(data, Mapping):
+            raise read.fail("<top level>", f"must be a mapping, but got {data!r}")
+        kind = data.get("kind", "cell")
+        if kind not in SPACE_KINDS:
+            raise read.fail("kind", SPACE_KINDS.unknown_message(kind))
+        return SPACE_KINDS.get(kind).from_spec(data, read, source=source)
 
 
 def builtin_spaces() -> dict[str, Path]:

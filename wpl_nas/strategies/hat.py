@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from wpl_nas.errors import ConfigError
-from wpl_nas.spaces import Architecture, SearchSpace, edge_label
+from wpl_nas.spaces import Architecture
 from wpl_nas.strategies.base import Batches, CandidateContext, Strategy
 from wpl_nas.strategies.protected import ProtectedSet
 from wpl_nas.strategies.registry import STRATEGIES
@@ -209,7 +209,11 @@ class HATStrategy(Strategy):
         self.options.validate()
         if int(self.options.protect) != self.options.protect:
             raise ConfigError(f"hat.protect must be a whole number, but got protect={self.options.protect!r}")
-        self._space: SearchSpace = supernet.space
+        if supernet.space.kind != "cell":
+            raise ConfigError(f"strategy 'hat' gates the operations of cell spaces, but space "
+                              f"{supernet.space.name!r} is a {supernet.space.kind!r} space; pick another "
+                              "--strategy (wpl, ewc, mas, si, ...)")
+        self._supernet_units = supernet.path_units
         # Not yet a field of HATOptions (default off); see the module docstring.
         self.include_global = self.options.include_global
         self._ops = _gated_ops(supernet, include_global=self.include_global)
@@ -282,7 +286,7 @@ class HATStrategy(Strategy):
             return torch.sigmoid(self.embeddings[slot] * self.options.s_max) * self._path_units(arch)
 
     def _path_units(self, arch: Architecture) -> torch.Tensor:
-        live = {(edge_label(s, d), op) for s, d, op in self._space.active_edges(arch)}
+        live = self._supernet_units(arch)
         units = torch.zeros_like(self.cum_mask)
         for o in self._ops:
             if not o.edge or (o.edge, o.op) in live:

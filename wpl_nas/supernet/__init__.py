@@ -1,6 +1,7 @@
-"""The supernet and its candidate operations."""
+"""The supernet (one class per space kind, built through :class:`Supernet`) and its operations."""
 
 from wpl_nas.ops import OPS, create_op
-from wpl_nas.supernet.network import Supernet
+from wpl_nas.supernet._base import SUPERNETS, Supernet
+from wpl_nas.supernet.network import CellSupernet
 
-__all__ = ["OPS", "Supernet", "create_op"]
+__all__ = ["OPS", "SUPERNETS", "CellSupernet", "Supernet", "create_op"]

@@ -47,48 +47,50 @@ def retention_heatmap(matrix: Mapping[int, Mapping[int, float]], *, title: str =
     return fig
 
 
-def _dag_figure(space: SearchSpace, labels: dict[tuple[int, int], str], live: set[tuple[int, int]],
-                title: str) -> Figure:
-    """The cell DAG: nodes in a row, one arrow per edge (arcs above the row for edges that skip
-    nodes), ``labels`` on the edges in ``live``; the other edges drawn faint."""
-    graph = nx.DiGraph()
-    graph.add_nodes_from(space.graph.nodes)
-    nodes = sorted(graph.nodes)
-    pos = {n: (float(i), 0.0) for i, n in enumerate(nodes)}
-    longest = max((d - s for s, d in space.edges), default=1)
-    fig = Figure(figsize=(1.2 + 1.5 * len(nodes), 1.2 + 0.55 * longest), layout="constrained")
+def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
+    """Draw a :meth:`SearchSpace.dag` graph: nodes at their ``pos``, one arrow per edge (arcs for
+    edges between nodes of one row that skip nodes), ``label`` on live edges, the others faint."""
+    pos = {n: graph.nodes[n]["pos"] for n in graph.nodes}
+    xs = [p[0] for p in pos.values()] or [0.0]
+    ys = [p[1] for p in pos.values()] or [0.0]
+
+    def span(s: object, d: object) -> float:  # how many nodes an edge within a row skips
+        return abs(pos[d][0] - pos[s][0]) if pos[d][1] == pos[s][1] else 1.0
+
+    longest = max((span(s, d) for s, d in graph.edges), default=1.0)
+    width, height = max(xs) - min(xs) + 1, max(ys) - min(ys)
+    fig = Figure(figsize=(1.2 + 1.5 * width, 1.2 + 0.55 * longest + 1.2 * height), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.set_axis_off()
     nx.draw_networkx_nodes(graph, pos, ax=ax, node_color="#dde8f5", edgecolors="#4a6fa5", node_size=450)
-    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=9)
-    for s, d in space.edges:
+    nx.draw_networkx_labels(graph, pos, labels={n: graph.nodes[n]["label"] for n in graph.nodes}, ax=ax,
+                            font_size=9 if all(len(graph.nodes[n]["label"]) < 4 for n in graph.nodes) else 6)
+    for s, d, attrs in graph.edges(data=True):
         # Longer spans arc higher, so that no two edges (or their labels) lie on top of each other.
-        style = f"arc3,rad={-0.25 - 0.1 * (d - s) if d - s > 1 else 0.0}"
-        on = (s, d) in live
+        style = f"arc3,rad={-0.25 - 0.1 * span(s, d) if span(s, d) > 1 else 0.0}"
+        on = bool(attrs.get("live", True))
         nx.draw_networkx_edges(graph, pos, edgelist=[(s, d)], ax=ax, node_size=450, connectionstyle=style,
                                edge_color="#333333" if on else "#cccccc", style="solid" if on else "dotted",
                                width=1.5 if on else 1.0, arrows=True)
-        if on:
-            nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): labels[s, d]}, ax=ax, font_size=7,
+        if on and attrs.get("label"):
+            nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): attrs["label"]}, ax=ax, font_size=7,
                                          connectionstyle=style, bbox={"color": "white", "alpha": 0.8, "pad": 0.5})
     # An arc3 arc of rad r between points L apart peaks about r·L/2 above them.
-    ax.set_ylim(-0.3, 0.5 * (0.25 + 0.1 * longest) * longest + 0.3)
-    ax.set_xlim(-0.4, len(nodes) - 0.6)
+    ax.set_ylim(min(ys) - 0.3, max(ys) + 0.5 * (0.25 + 0.1 * longest) * longest + 0.3)
+    ax.set_xlim(min(xs) - 0.4, max(xs) + 0.4)
     ax.set_title(title, fontsize=7)
     return fig
 
 
 def cell_figure(space: SearchSpace, arch: Architecture) -> Figure:
-    """The cell of ``arch``: each live edge labelled with its operation; dead and ``none`` edges faint."""
-    live = {(s, d): op for s, d, op in space.active_edges(arch)}
-    return _dag_figure(space, live, set(live), str(arch))
+    """The network of ``arch`` (for a cell space: its cell, each live edge labelled with its op)."""
+    return _dag_figure(space.dag(arch), str(arch))
 
 
 def space_figure(space: SearchSpace) -> Figure:
-    """The cell DAG of ``space``: every edge labelled with its candidate operations."""
-    labels = {(s, d): "\n".join(space.graph.edges[s, d]["ops"]) for s, d in space.edges}
-    return _dag_figure(space, labels, set(labels), f"{space.name}: {space.size:,} architectures")
+    """The space's graph (for a cell space: the cell DAG, every edge labelled with its candidate ops)."""
+    return _dag_figure(space.dag(), f"{space.name}: {space.size:,} architectures")
 
 
 def png_bytes(fig: Figure, *, dpi: int = 100) -> bytes:
