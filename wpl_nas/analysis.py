@@ -29,6 +29,7 @@ from wpl_nas.api import load_run
 from wpl_nas.callbacks import ANATOMY_DIR, ANATOMY_JSON, RETENTION_JSON
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, stage_names
+from wpl_nas.evaluation.scoring import Metric
 from wpl_nas.fidelity import RANK_DIR, RANKING_CSV, RANKING_MD
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.spaces import Architecture
@@ -38,8 +39,20 @@ from wpl_nas.tracking.markdown import code_cell
 __all__ = ["AnatomyResult", "ReportResult", "anatomy_run", "report_run"]
 
 ANATOMY_MD = "anatomy.md"
-#: A member must have lost at least this much accuracy to count in the "share recovered".
-MIN_LOSS = 0.005
+
+
+@dataclass(frozen=True)
+class _Units:
+    """How the anatomy reports a metric's changes: ``scale`` × the change, in ``unit``; a member
+    must have lost at least ``min_loss`` (in the metric's own units) to count in the share recovered."""
+
+    scale: float
+    unit: str
+    min_loss: float
+
+
+_UNITS = {"accuracy": _Units(100.0, "accuracy points", 0.005),
+          "perplexity": _Units(1.0, "perplexity drop", 0.05)}
 
 
 @dataclass
@@ -48,9 +61,11 @@ class AnatomyResult:
 
     Attributes:
         members: One per pool member with a snapshot: ``trial``, ``arch``, ``at_training``, ``now``,
-            ``cka`` (``{stage: CKA}``) and ``reset`` (``{stage: accuracy with that stage reset}``, plus
+            ``cka`` (``{stage: CKA}``) and ``reset`` (``{stage: score with that stage reset}``, plus
             ``all``: every stage reset).
-        stages: ``{stage: {"cka", "recovered_points", "recovered_share"}}``, means over the members.
+        stages: ``{stage: {"cka", "recovered_points", "recovered_share"}}``, means over the members;
+            ``recovered_points`` is in accuracy points, or in perplexity for language data
+            (positive when resetting the stage helps).
         table: The per-stage table as Markdown.
         plot: The PNG written next to ``anatomy.md``.
     """
@@ -61,35 +76,44 @@ class AnatomyResult:
     plot: Path
 
 
-def _summarise(members: list[dict[str, Any]], stages: list[str]) -> dict[str, dict[str, float]]:
-    lost = [m for m in members if m["at_training"] - m["now"] >= MIN_LOSS]
+def _summarise(members: list[dict[str, Any]], stages: list[str], metric: Metric) -> dict[str, dict[str, float]]:
+    """Per stage: mean CKA, the mean score brought back by resetting it (in the metric's
+    reporting units, positive when the reset helps) and the share of the loss it recovers."""
+    q, units = metric.quality, _UNITS[metric.name]
+
+    def gain(m: dict[str, Any], key: str) -> float:  # how much better `key` is than now
+        return q(m["reset"][key] if key != "at_training" else m["at_training"]) - q(m["now"])
+
+    lost = [m for m in members if gain(m, "at_training") >= units.min_loss]
     out = {}
     for stage in [*stages, "all"]:
         ckas = [m["cka"][stage] for m in members if stage in m["cka"] and not math.isnan(m["cka"][stage])]
-        loss = sum(m["at_training"] - m["now"] for m in lost)
+        loss = sum(gain(m, "at_training") for m in lost)
         out[stage] = {
             "cka": sum(ckas) / len(ckas) if ckas else math.nan,
-            "recovered_points": 100.0 * sum(m["reset"][stage] - m["now"] for m in members) / len(members),
-            "recovered_share": sum(m["reset"][stage] - m["now"] for m in lost) / loss if loss > 0 else math.nan,
+            "recovered_points": units.scale * sum(gain(m, stage) for m in members) / len(members),
+            "recovered_share": sum(gain(m, stage) for m in lost) / loss if loss > 0 else math.nan,
         }
     return out
 
 
-def _markdown(stages: dict[str, dict[str, float]], members: int, lost: int) -> str:
-    lines = ["| stage | CKA now | accuracy back by resetting it (points) | share of the loss recovered |",
+def _markdown(stages: dict[str, dict[str, float]], members: int, lost: int, metric: Metric) -> str:
+    units = _UNITS[metric.name]
+    lines = [f"| stage | CKA now | score back by resetting it ({units.unit}) | share of the loss recovered |",
              "|---|---:|---:|---:|"]
     for stage, m in stages.items():
         cka = "—" if math.isnan(m["cka"]) else f"{m['cka']:.3f}"
         share = "n/a" if math.isnan(m["recovered_share"]) else f"{100 * m['recovered_share']:.0f}%"
         lines.append(f"| {stage} | {cka} | {m['recovered_points']:+.2f} | {share} |")
     lines.append(f"\nMeans over {members} pool member(s); the share counts the {lost} that lost at least "
-                 f"{100 * MIN_LOSS:g} points since their training. CKA 1: the stage computes what it did right "
-                 "after the member trained; `all` resets every stage (it must bring back the score at training).")
+                 f"{units.scale * units.min_loss:g} ({units.unit}) since their training. CKA 1: the stage computes "
+                 "what it did right after the member trained; `all` resets every stage (it must bring back the "
+                 "score at training).")
     return "\n".join(lines)
 
 
 def _plot(path: Path, stages: dict[str, dict[str, float]], history: dict[str, dict[str, dict[str, float]]],
-          names: list[str]) -> None:
+          names: list[str], metric: Metric) -> None:
     fig = Figure(figsize=(10, 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2, ax3 = fig.subplots(1, 3)
@@ -97,7 +121,7 @@ def _plot(path: Path, stages: dict[str, dict[str, float]], history: dict[str, di
     ax1.set_ylim(0, 1.05)
     ax1.set_title("CKA now, per stage", fontsize=9)
     ax2.bar(names, [stages[s]["recovered_points"] for s in names])
-    ax2.set_title("accuracy back by resetting (points)", fontsize=9)
+    ax2.set_title(f"score back by resetting ({_UNITS[metric.name].unit})", fontsize=9)
     for member, rows in sorted(history.items(), key=lambda kv: int(kv[0])):
         after = sorted(rows, key=int)
         for stage in names:
@@ -138,21 +162,23 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
         arch = Architecture.parse(snap["arch"])
         trial = int(path.stem.split("_")[1])
         features = stage_features(net, arch, probe[: len(next(iter(snap["features"].values())))])
-        reset = {stage: reset_stage(net, arch, snap["weights"], stage, trainer.eval_x, trainer.eval_y, batch_size=bs)
-                 for stage in names}
-        reset["all"] = reset_stage(net, arch, snap["weights"], None, trainer.eval_x, trainer.eval_y, batch_size=bs)
+        reset = {stage: reset_stage(net, arch, snap["weights"], stage, trainer.eval_x, trainer.eval_y, batch_size=bs,
+                                    score=trainer.metric.compute) for stage in [*names, None]}
+        reset["all"] = reset.pop(None)
         entry = objective.pool.entries.get(trial)
         members.append({"trial": trial, "arch": str(arch),
                         "at_training": entry.score if entry is not None else math.nan,
                         "now": objective.score(arch),
                         "cka": {s: linear_cka(snap["features"][s], features[s]) for s in names}, "reset": reset})
-    stages = _summarise(members, names)
-    lost = sum(m["at_training"] - m["now"] >= MIN_LOSS for m in members)
-    table = _markdown(stages, len(members), lost)
+    metric = trainer.metric
+    stages = _summarise(members, names, metric)
+    lost = sum(metric.quality(m["at_training"]) - metric.quality(m["now"]) >= _UNITS[metric.name].min_loss
+               for m in members)
+    table = _markdown(stages, len(members), lost, metric)
     history_path = run.run_dir / ANATOMY_JSON
     history = json.loads(history_path.read_text()) if history_path.is_file() else {}
     plot = run.run_dir / "anatomy.png"
-    _plot(plot, stages, history, names)
+    _plot(plot, stages, history, names, metric)
     rows = ["| member | architecture | at training | now | all stages reset |", "|---:|---|---:|---:|---:|",
             *(f"| {m['trial']} | {code_cell(m['arch'])} | {m['at_training']:.4f} | {m['now']:.4f} "
               f"| {m['reset']['all']:.4f} |" for m in members)]

@@ -37,10 +37,11 @@ class SearchResult:
     Attributes:
         study: The Optuna study (one trial per candidate).
         best_arch: The best candidate by score at training, or None if no trial completed.
-        best_score: Its validation accuracy at training time.
+        best_score: Its validation score (accuracy, or perplexity for language data) at training time.
         run_dir: The run folder (config, study database, TensorBoard events, checkpoint).
         pool: Summary of the retained pool: mean retained score, mean and max forgetting.
         storage: The storage URL of the study.
+        metric: The score's name: ``accuracy`` or ``perplexity``.
     """
 
     study: optuna.Study
@@ -49,6 +50,7 @@ class SearchResult:
     run_dir: Path
     pool: dict[str, float]
     storage: str
+    metric: str = "accuracy"
 
     def summary(self) -> str:
         """The end-of-search report printed by ``wpl-nas search``."""
@@ -56,12 +58,12 @@ class SearchResult:
         storage = self.storage
         best = (
             [f"best architecture   {self.best_arch}",
-             f"best score          {self.best_score:.4f}  (validation accuracy at training time)"]
+             f"best score          {self.best_score:.4f}  (validation {self.metric} at training time)"]
             if self.best_arch is not None else ["best architecture   none: no trial completed (all pruned?)"]
         )
         lines = [
             *best,
-            f"retained pool       mean accuracy {p['retained_mean']:.4f}, "
+            f"retained pool       mean {self.metric} {p['retained_mean']:.4f}, "
             f"forgetting mean {p['forgetting_mean']:+.4f}, max {p['forgetting_max']:+.4f}, "
             "rank stability τ " + ("n/a" if p["rank_tau"] != p["rank_tau"] else f"{p['rank_tau']:+.3f}"),
             f"run folder          {self.run_dir}  (retention.csv, anatomy.json, ...)",
@@ -71,7 +73,8 @@ class SearchResult:
         ]
         if len(self.study.directions) > 1:
             names = self.study.metric_names or [f"objective {i}" for i in range(len(self.study.directions))]
-            front = sorted(self.study.best_trials, key=lambda t: -t.values[0])
+            sign = -1.0 if self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+            front = sorted(self.study.best_trials, key=lambda t: sign * t.values[0])
             lines += ["", f"Pareto front ({len(front)} trials; {', '.join(names)}):"]
             for t in front[:12]:
                 values = "  ".join(f"{n} {v:,.4g}" for n, v in zip(names, t.values, strict=True))
@@ -146,7 +149,7 @@ class _Search:
             raise ConfigError(f"cannot open storage {config.resolved_storage!r}: {exc}") from None
         with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study.set_metric_names(self.objective.objectives)
+            self.study.set_metric_names(self.objective.metric_names)
         self.objective.reconcile(self.study)  # before any TensorBoard file is written
         self.tensorboard = self.objective.tensorboard_callback()
         self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
@@ -174,7 +177,8 @@ class _Search:
                 done = self._count_finished()
                 bar.update(1)
                 pool = self.objective.pool.summary()
-                best = max((e.score for e in self.objective.pool.entries.values()), default=0.0)
+                quality = self.objective.trainer.metric.quality
+                best = max((e.score for e in self.objective.pool.entries.values()), key=quality, default=0.0)
                 bar.set_postfix(best=f"{best:.3f}", retained=f"{pool['retained_mean']:.3f}",
                                 forget=f"{pool['forgetting_mean']:+.3f}")
         self.tensorboard.close()
@@ -182,7 +186,8 @@ class _Search:
 
     def result(self) -> SearchResult:
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        best = max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
+        quality = self.objective.trainer.metric.quality
+        best = max(complete, key=lambda t: (quality(t.values[0]), -t.number)) if complete else None
         return SearchResult(
             study=self.study,
             best_arch=Architecture.parse(best.user_attrs["arch"]) if best else None,
@@ -190,6 +195,7 @@ class _Search:
             run_dir=self.run_dir,
             pool=self.objective.pool.summary(),
             storage=self.config.resolved_storage,
+            metric=self.objective.trainer.metric.name,
         )
 
 

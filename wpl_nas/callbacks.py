@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
-from wpl_nas.evaluation import MEASURES, RetainedPool
+from wpl_nas.evaluation import MEASURES, METRICS, RetainedPool
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
 from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.tracking import load_checkpoint, save_checkpoint, write_text_atomically
@@ -78,7 +78,8 @@ class RetentionCallback:
         if trial.number in pool.entries:
             rescores[trial.number] = pool.entries[trial.number].score
         pool.record(trial.number, rescores)
-        chance = 1.0 / objective.data.num_classes
+        # Chance accuracy is 1/classes; perplexity has no such floor worth normalising by.
+        chance = 1.0 / objective.data.num_classes if objective.trainer.metric.higher_is_better else None
         study.set_user_attr("latest_rescore", {str(t): e.latest for t, e in pool.entries.items()})
         study.set_user_attr("retention", {str(t): {str(j): s for j, s in rows.items()}
                                           for t, rows in pool.matrix().items()})
@@ -173,7 +174,7 @@ class AnatomyCallback:
 
 
 #: TensorBoard tag of each pool measure (grouped by prefix).
-_POOL_TAGS = {"retained_mean": "retained/mean_acc", "forgetting_mean": "forgetting/mean",
+_POOL_TAGS = {"retained_mean": "retained/mean_{short}", "forgetting_mean": "forgetting/mean",
               "forgetting_max": "forgetting/max", "backward_transfer": "forgetting/backward_transfer",
               "rho": "forgetting/hat_ratio", "rank_tau": "ranking/kendall_tau"}
 
@@ -181,6 +182,7 @@ _POOL_TAGS = {"retained_mean": "retained/mean_acc", "forgetting_mean": "forgetti
 class TensorBoardCallback:
     """Writes each finished trial to TensorBoard; the global step is the trial number.
 
+    Tags name the score by its short name: ``acc`` for accuracy, ``ppl`` for perplexity.
     Per trial (complete or pruned): ``val/acc`` (score at training), ``train/loss``, and the
     strategy's penalty under ``penalty_tag`` (e.g. ``wpl/penalty``) when the trial carries one.
     When a :class:`RetentionCallback` ran for this trial just before: the pool's measures
@@ -197,11 +199,13 @@ class TensorBoardCallback:
         log_dir: The TensorBoard run folder (opened at the first trial).
         penalty_tag: Tag of the strategy's penalty, or None for none.
         space: The search space, to draw each candidate's cell.
+        metric: The score's name (:data:`~wpl_nas.evaluation.scoring.METRICS`).
     """
 
     def __init__(self, log_dir: str | Path, *, penalty_tag: str | None = None,
-                 space: SearchSpace | None = None) -> None:
+                 space: SearchSpace | None = None, metric: str = "accuracy") -> None:
         self.log_dir = Path(log_dir)
+        self.short = METRICS.get(metric).short
         self.penalty_tag = penalty_tag
         self.space = space
         self._writer: SummaryWriter | None = None
@@ -218,7 +222,7 @@ class TensorBoardCallback:
         step, attrs = trial.number, trial.user_attrs
         score = attrs.get("score_at_training")
         if score is not None:
-            self.writer.add_scalar("val/acc", score, step)
+            self.writer.add_scalar(f"val/{self.short}", score, step)
         if "train_loss" in attrs:
             self.writer.add_scalar("train/loss", attrs["train_loss"], step)
         if self.penalty_tag and "penalty" in attrs:
@@ -236,7 +240,7 @@ class TensorBoardCallback:
         if study_attrs.get("pool_after_trial") == step:
             for key in MEASURES:
                 if study_attrs.get(key) == study_attrs.get(key):  # NaN (e.g. τ of one member) is not logged
-                    self.writer.add_scalar(_POOL_TAGS[key], study_attrs[key], step)
+                    self.writer.add_scalar(_POOL_TAGS[key].format(short=self.short), study_attrs[key], step)
             latest = study_attrs["latest_rescore"]
             for member in study_attrs["pool"]:
                 self.writer.add_scalar(f"retained/trial_{member:04d}", latest[str(member)], step)

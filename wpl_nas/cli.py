@@ -222,7 +222,8 @@ def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="k of the top-k overlap.")
 @click.option("--key-column", default="ArchitectureString", show_default=True,
               help="The table's architecture-string column.")
-@click.option("--column", default="accuracy", show_default=True, help="The table's score column (higher is better).")
+@click.option("--column", default="accuracy", show_default=True,
+              help="The table's score column (better in the run's direction: higher accuracy, lower perplexity).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
 def rank(run_dir: str, ground_truth: str, archs: int, epochs: int | None, top_k: int, key_column: str,
          column: str, progress: bool) -> None:
@@ -353,8 +354,8 @@ def retrain(run_dir: str, trial: int | None, best: bool, epochs: int, progress: 
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume from the last epoch", err=True)
         sys.exit(130)
-    click.echo(f"trial {result.trial}: {result.arch}\nvalidation accuracy {result.val_accuracy[-1]:.4f}, "
-               f"test accuracy {result.test_accuracy:.4f} after {len(result.val_accuracy)} epochs\n"
+    click.echo(f"trial {result.trial}: {result.arch}\nvalidation {result.metric} {result.val_scores[-1]:.4f}, "
+               f"test {result.metric} {result.test_score:.4f} after {len(result.val_scores)} epochs\n"
                f"written to {result.folder}")
 
 

@@ -58,8 +58,9 @@ class SearchConfig:
         "distill, synthetic, or two joined by '+' (e.g. hat+distill, wpl+distill).")
     # How Optuna searches.
     objectives: str = _opt(
-        "accuracy", "Comma-separated objectives: accuracy (maximised; always first), then any of params, flops, "
-        "latency (minimised; latency measured on --device). More than one runs a multi-objective study.")
+        "accuracy", "Comma-separated objectives: accuracy (always first: the data's score, maximised accuracy, or "
+        "minimised perplexity for language data such as ptb), then any of params, flops, latency (minimised; "
+        "latency measured on --device). More than one runs a multi-objective study.")
     sampler: str = _opt(
         "auto", "Optuna sampler: auto (tpe for one objective, nsga2 for several), tpe, random, nsga2, grid (spaces "
         "up to 10,000 architectures) or forgetting-aware (TPE steered away from candidates that overlap the best "

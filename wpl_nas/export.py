@@ -5,14 +5,15 @@
     from wpl_nas.export import export_run
     result = export_run("runs/mnist1d-wpl")            # the best trial; or trial=7
     model = torch.export.load(result.folder / "model.pt2").module()   # needs torch only
-    logits = model(x)                                   # (B, classes); any batch size >= 2
+    logits = model(x)                                   # (B, classes), or (B, vocabulary, T) for text; batch >= 2
 
 ``RUN_DIR/export/trial_NNNN/`` holds
 
 * ``model.pt2``: the stand-alone network as a ``torch.export`` program, loadable with torch alone
   (no wpl-nas, no supernet), batch size dynamic;
 * ``weights.pt``: its ``state_dict``, for ``Supernet(space, in_channels=..., num_classes=...,
-  fixed=arch).load_state_dict(...)`` when you want the module itself (to fine-tune it, say);
+  input_shape=..., fixed=arch).load_state_dict(...)`` when you want the module itself (to
+  fine-tune it, say; ``arch.json`` has the input shape and the classes);
 * ``arch.json``: the architecture string, the space (name and its YAML), the input shape, the
   classes, the parameter count, the trial's score at training and the exported weights' score.
 
@@ -62,8 +63,9 @@ def choose_trial(run: Run, trial: int | None) -> optuna.trial.FrozenTrial:
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ConfigError(f"run {run.run_dir} has no complete trial to export")
-    if trial is None:
-        return max(complete, key=lambda t: (t.values[0], -t.number))
+    if trial is None:  # the best by the first objective (perplexity is minimised)
+        sign = 1.0 if run.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        return max(complete, key=lambda t: (sign * t.values[0], -t.number))
     for t in complete:
         if t.number == trial:
             return t

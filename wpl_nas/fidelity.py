@@ -91,17 +91,20 @@ def train_standalone(config: SearchConfig, data: DataBundle, arch: Architecture,
     eval_set = (val.tensors[0][:n_eval].to(device), val.tensors[1][:n_eval].to(device))
     trainer = CandidateTrainer(net, create_strategy("naive", net), train_set=train, held_out=val, eval_set=eval_set,
                                optimizer=optimizer, batch_size=config.batch_size, epochs=epochs,
-                               grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed)
+                               grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed,
+                               metric=data.metric)
     return trainer.train(arch, trial_index=0).score
 
 
-def _choose(study: optuna.Study, count: int) -> list[tuple[int, Architecture, float]]:
-    """Up to ``count`` distinct architectures of complete trials, evenly spread over their ranking."""
+def _choose(study: optuna.Study, count: int,
+            quality: Callable[[float], float]) -> list[tuple[int, Architecture, float]]:
+    """Up to ``count`` distinct architectures of complete trials, evenly spread over their ranking
+    (best first by ``quality`` of the score, which is higher for better scores)."""
     latest: dict[str, tuple[int, float]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         # A repeated architecture: its last trial.
         latest[t.user_attrs["arch"]] = (t.number, float(t.user_attrs["score_at_training"]))
-    ranked = sorted(latest.items(), key=lambda kv: (-kv[1][1], kv[1][0]))
+    ranked = sorted(latest.items(), key=lambda kv: (-quality(kv[1][1]), kv[1][0]))
     if len(ranked) > count:
         picks = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
         ranked = [ranked[i] for i in picks]
@@ -128,23 +131,24 @@ def _read_table(path: Path, *, key: str, column: str) -> dict[str, float]:
         raise ConfigError(f"cannot read ground-truth table {path}: {exc.strerror}") from None
 
 
-def _measures(rows: Sequence[dict[str, Any]], top_k: int) -> dict[str, dict[str, float]]:
-    truth = [r["ground_truth"] for r in rows]
-    return {name: {"kendall_tau": kendall_tau([r[name] for r in rows], truth),
-                   "spearman_rho": spearman_rho([r[name] for r in rows], truth),
-                   "top_k": top_k_overlap([r[name] for r in rows], truth, top_k) if rows else math.nan}
+def _measures(rows: Sequence[dict[str, Any]], top_k: int,
+              quality: Callable[[float], float]) -> dict[str, dict[str, float]]:
+    truth = [quality(r["ground_truth"]) for r in rows]  # rank correlations do not mind the sign; top-k does
+    return {name: {"kendall_tau": kendall_tau([quality(r[name]) for r in rows], truth),
+                   "spearman_rho": spearman_rho([quality(r[name]) for r in rows], truth),
+                   "top_k": top_k_overlap([quality(r[name]) for r in rows], truth, top_k) if rows else math.nan}
             for name in SUPERNET_SCORES}
 
 
 def _markdown(rows: Sequence[dict[str, Any]], measures: dict[str, dict[str, float]], *, top_k: int,
-              truth: str) -> str:
+              truth: str, quality: Callable[[float], float]) -> str:
     lines = [f"| supernet score | Kendall τ | Spearman ρ | top-{top_k} overlap |", "|---|---:|---:|---:|"]
     for name, label in SUPERNET_SCORES.items():
         m = measures[name]
         lines.append(f"| {label} | {m['kendall_tau']:+.3f} | {m['spearman_rho']:+.3f} | {m['top_k']:.2f} |")
     lines += ["", f"| trial | architecture | score at training | final supernet | {truth} |",
               "|---:|---|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: -r["ground_truth"]):
+    for r in sorted(rows, key=lambda r: -quality(r["ground_truth"])):
         lines.append(f"| {r['trial']} | {code_cell(r['arch'])} | {r['at_training']:.4f} | {r['final']:.4f} "
                      f"| {r['ground_truth']:.4f} |")
     return "\n".join(lines)
@@ -162,7 +166,7 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
         epochs: Stand-alone training epochs [default: the run's ``epochs``].
         top_k: The k of the top-k overlap.
         key_column: The table's architecture-string column.
-        column: The table's score column (higher is better).
+        column: The table's score column, in the run's direction (higher is better for accuracy, lower for perplexity).
         progress: Show a progress bar while training stand-alone.
         on_trained: Called with each architecture trained stand-alone now (not the cached ones).
 
@@ -177,10 +181,11 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
         raise ConfigError(f"epochs must be >= 1, but got epochs={epochs}")
     run = load_run(run_dir)
     table = None if ground_truth == "standalone" else _read_table(Path(ground_truth), key=key_column, column=column)
-    chosen = _choose(run.study, archs)
+    objective = SupernetObjective(run.config, run_dir=run.run_dir)  # the supernet's final weights
+    quality = objective.trainer.metric.quality
+    chosen = _choose(run.study, archs, quality)
     if len(chosen) < 2:
         raise ConfigError(f"run {run.run_dir} has {len(chosen)} distinct complete architecture(s); a ranking needs 2")
-    objective = SupernetObjective(run.config, run_dir=run.run_dir)  # the supernet's final weights
     out_dir = run.run_dir / RANK_DIR
     rows = []
     if table is None:
@@ -206,8 +211,8 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
             raise ConfigError(f"ground-truth table {ground_truth} has {len(rows)} of the {len(chosen)} architectures "
                               f"(e.g. {missing[0]!r} is missing from column {key_column!r}); a ranking needs 2")
         truth_label = f"{Path(ground_truth).name}: {column}"
-    measures = _measures(rows, top_k)
-    text = _markdown(rows, measures, top_k=top_k, truth=truth_label)
+    measures = _measures(rows, top_k, quality)
+    text = _markdown(rows, measures, top_k=top_k, truth=truth_label, quality=quality)
     write_text_atomically(out_dir / RANKING_MD, f"# Ranking fidelity of {run.run_dir}\n\n{text}\n")
     lines = ["trial,arch,at_training,final,ground_truth"] + [
         f"{r['trial']},{r['arch']},{r['at_training']!r},{r['final']!r},{r['ground_truth']!r}" for r in rows]

@@ -178,9 +178,11 @@ class SupernetObjective:
         self.trainer = CandidateTrainer(
             self.supernet, self.strategy, train_set=train, held_out=val, eval_set=eval_set,
             optimizer=self.optimizer, batch_size=config.batch_size, epochs=config.epochs,
-            grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed)
+            grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed,
+            metric=self.data.metric)
         self.objectives = config.objective_list
-        self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent)
+        self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent,
+                                 higher_is_better=self.trainer.metric.higher_is_better)
         #: Trials whose training is folded into the supernet state: number -> (state name, value or
         #: values, as told to the study).
         self.finished: dict[int, tuple[str, float | list[float] | None]] = {}
@@ -259,9 +261,15 @@ class SupernetObjective:
     # --- one trial ---------------------------------------------------------------------
     @property
     def directions(self) -> list[StudyDirection]:
-        """The study directions of :attr:`objectives` (maximise accuracy, minimise costs)."""
-        return [StudyDirection.MAXIMIZE if OBJECTIVES[o] == "maximize" else StudyDirection.MINIMIZE
-                for o in self.objectives]
+        """The study directions of :attr:`objectives`: the score's (maximise accuracy, minimise
+        perplexity), then minimise each cost."""
+        directions = [self.trainer.metric.direction, *(OBJECTIVES[o] for o in self.objectives[1:])]
+        return [StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE for d in directions]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The objectives' names as the dashboard shows them (the first is the data's score)."""
+        return [self.trainer.metric.name, *self.objectives[1:]]
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         """Train the candidate ``trial`` suggests; return its validation score, followed by its costs
@@ -370,8 +378,9 @@ class SupernetObjective:
         from wpl_nas.callbacks import TensorBoardCallback
 
         return TensorBoardCallback(log_dir if log_dir is not None else self.run_dir / "tb",
-                                   penalty_tag=self.strategy.penalty_tag, space=self.space)
+                                   penalty_tag=self.strategy.penalty_tag, space=self.space,
+                                   metric=self.trainer.metric.name)
 
     def score(self, arch: Architecture | str) -> float:
-        """``arch``'s accuracy on the fixed evaluation set, with the supernet's current weights."""
+        """``arch``'s score (accuracy, or perplexity) on the fixed evaluation set, with the current weights."""
         return self.trainer.score(Architecture.parse(arch) if isinstance(arch, str) else arch)

@@ -4,7 +4,7 @@
 
     from wpl_nas.retrain import retrain_run
     result = retrain_run("runs/mnist1d-wpl", epochs=30)     # the best trial; or trial=7
-    print(result.test_accuracy)
+    print(result.test_score)
 
 A standard recipe per data set (:data:`RECIPES`): SGD with Nesterov momentum, a cosine learning
 rate schedule stepped every batch, weight decay, and for CIFAR the usual augmentation (4-pixel
@@ -14,8 +14,9 @@ is scored after every epoch), and the **test split is touched only here**, once,
 
 ``RUN_DIR/retrain/trial_NNNN/`` holds ``checkpoint.pt`` (written atomically after every epoch:
 model, optimiser, schedule, RNG states, history; rerunning the same command resumes from it),
-``tb/`` (``train/loss``, ``train/lr``, ``val/acc`` per epoch, ``test/acc`` at the end) and
-``result.json``.
+``tb/`` (``train/loss``, ``train/lr``, ``val/<metric>`` per epoch, ``test/<metric>`` at the end) and
+``result.json``. The metric is the data set's: accuracy, or perplexity for language data (whose
+recipe is plain SGD with gradient clipping, the ENAS/WPL setting).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from wpl_nas.api import load_run
 from wpl_nas.data import iterate_batches, load_dataset
 from wpl_nas.errors import ConfigError
-from wpl_nas.evaluation import accuracy
+from wpl_nas.evaluation import METRICS
 from wpl_nas.export import choose_trial
 from wpl_nas.objective import build_supernet, resolve_device
 from wpl_nas.spaces import Architecture, load_space
@@ -56,12 +57,16 @@ class Recipe:
         weight_decay: SGD weight decay.
         batch_size: Training batch size.
         augment: Random crop (4-pixel zero padding) and horizontal flip of images.
+        momentum: SGD momentum (Nesterov when not 0).
+        grad_clip: Global gradient-norm clip (0: off).
     """
 
     lr: float
     weight_decay: float
     batch_size: int
     augment: bool = False
+    momentum: float = 0.9
+    grad_clip: float = 0.0
 
 
 #: The recipe of each data set (CIFAR's is the usual one of the NAS literature; the others are plain).
@@ -71,6 +76,8 @@ RECIPES = {
     "fashion_mnist": Recipe(lr=0.05, weight_decay=5e-4, batch_size=128),
     "cifar10": Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True),
     "cifar100": Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True),
+    # ENAS's PTB training: plain SGD at a large learning rate with a tight gradient clip.
+    "ptb": Recipe(lr=20.0, weight_decay=1e-6, batch_size=64, momentum=0.0, grad_clip=0.25),
 }
 
 
@@ -82,17 +89,19 @@ class RetrainResult:
         folder: ``RUN_DIR/retrain/trial_NNNN``.
         trial: The trial whose architecture was trained.
         arch: The architecture.
-        test_accuracy: Accuracy on the test split after the last epoch.
-        val_accuracy: Validation accuracy after each epoch.
+        test_score: The metric on the test split after the last epoch.
+        val_scores: The metric on the validation split after each epoch.
         train_loss: Mean training loss of each epoch.
+        metric: The metric's name: ``accuracy``, or ``perplexity`` for language data.
     """
 
     folder: Path
     trial: int
     arch: Architecture
-    test_accuracy: float
-    val_accuracy: list[float]
+    test_score: float
+    val_scores: list[float]
     train_loss: list[float]
+    metric: str = "accuracy"
 
 
 def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4) -> torch.Tensor:
@@ -145,11 +154,14 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
 
     folder = run.run_dir / RETRAIN_DIR / f"trial_{chosen.number:04d}"
     net = build_supernet(space, data, seed=config.seed).standalone(arch).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
-                                weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=recipe.momentum > 0, weight_decay=recipe.weight_decay)
+    metric = METRICS.get(data.metric)
+    short = metric.short
+    val_key = f"val_{short}"
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    history: dict[str, list[float]] = {"train_loss": [], "val_acc": []}
+    history: dict[str, list[float]] = {"train_loss": [], val_key: []}
     start = 0
     path = folder / "checkpoint.pt"
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)  # data order and augmentation
@@ -177,14 +189,16 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(net(x), y)
                 loss.backward()
+                if recipe.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
                 optimizer.step()
                 schedule.step()
                 loss_sum += loss.detach()
                 steps += 1
                 bar.update(1)
             history["train_loss"].append(loss_sum.item() / max(steps, 1))
-            history["val_acc"].append(accuracy(net, arch, val_x, val_y, batch_size=config.eval_batch_size))
-            for tag, key in (("train/loss", "train_loss"), ("val/acc", "val_acc")):
+            history[val_key].append(metric.compute(net, arch, val_x, val_y, batch_size=config.eval_batch_size))
+            for tag, key in (("train/loss", "train_loss"), (f"val/{short}", val_key)):
                 writer.add_scalar(tag, history[key][-1], epoch)
             writer.add_scalar("train/lr", schedule.get_last_lr()[0], epoch)
             writer.flush()
@@ -193,15 +207,16 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
                                    "history": history, "rng": capture_rng(), "generator": gen.get_state(),
                                    "recipe": asdict(recipe), "arch": str(arch)})
             if on_epoch is not None:
-                on_epoch(epoch, {"train_loss": history["train_loss"][-1], "val_acc": history["val_acc"][-1]})
+                on_epoch(epoch, {"train_loss": history["train_loss"][-1], val_key: history[val_key][-1]})
         test_x, test_y = (t.to(device) for t in test.tensors)  # type: ignore[attr-defined]
-        test_acc = accuracy(net, arch, test_x, test_y, batch_size=config.eval_batch_size)  # the only test use
-        writer.add_scalar("test/acc", test_acc, epochs)
+        test_score = metric.compute(net, arch, test_x, test_y, batch_size=config.eval_batch_size)  # the only test use
+        writer.add_scalar(f"test/{short}", test_score, epochs)
     finally:
         bar.close()
         writer.close()
     result: dict[str, Any] = {"trial": chosen.number, "arch": str(arch), "epochs": epochs, "recipe": asdict(recipe),
-                              "test_accuracy": test_acc, "val_accuracy": history["val_acc"],
+                              "metric": metric.name, f"test_{metric.name}": test_score,
+                              f"val_{metric.name}": history[val_key],
                               "train_loss": history["train_loss"], "params": sum(p.numel() for p in net.parameters())}
     write_text_atomically(folder / "result.json", json.dumps(result, indent=1))
-    return RetrainResult(folder, chosen.number, arch, test_acc, history["val_acc"], history["train_loss"])
+    return RetrainResult(folder, chosen.number, arch, test_score, history[val_key], history["train_loss"], metric.name)

@@ -59,9 +59,9 @@ def test_export_round_trips_without_the_supernet(run_dir):
 @pytest.mark.slow
 def test_retrain_resumes_to_the_same_result_and_touches_test_only_at_the_end(run_dir):
     whole = retrain_run(run_dir, trial=0, epochs=2, progress=False)
-    assert len(whole.val_accuracy) == 2 and 0.0 <= whole.test_accuracy <= 1.0
+    assert len(whole.val_scores) == 2 and 0.0 <= whole.test_score <= 1.0
     saved = json.loads((whole.folder / "result.json").read_text())
-    assert saved["test_accuracy"] == whole.test_accuracy and saved["recipe"]["lr"] == 0.05
+    assert saved["test_accuracy"] == whole.test_score and saved["recipe"]["lr"] == 0.05
     weights = torch.load(whole.folder / "checkpoint.pt", weights_only=False)["model"]
 
     # Interrupted after its first epoch, then resumed: the same run as an uninterrupted one.
@@ -75,7 +75,7 @@ def test_retrain_resumes_to_the_same_result_and_touches_test_only_at_the_end(run
         retrain_run(run_dir, trial=0, epochs=2, progress=False, on_epoch=stop)
     assert not (whole.folder / "result.json").exists()
     resumed = retrain_run(run_dir, trial=0, epochs=2, progress=False)
-    assert resumed.val_accuracy == whole.val_accuracy and resumed.test_accuracy == whole.test_accuracy
+    assert resumed.val_scores == whole.val_scores and resumed.test_score == whole.test_score
     again = torch.load(resumed.folder / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 

@@ -162,7 +162,8 @@ def test_spaces_commands(tmp_path):
     shown = invoke(["spaces", "show", "nb201"])
     assert shown.exit_code == 0 and "nor_conv_3x3" in shown.output and "0->1" in shown.output
     bad = CliRunner().invoke(cli, ["spaces", "show", "nope"])
-    assert bad.exit_code == 2 and "valid choices: mnist1d, nb201" in bad.output
+    assert bad.exit_code == 2 and "unknown search space 'nope'; valid choices: " in bad.output
+    assert all(name in bad.output for name in wpl_nas.builtin_spaces())
     drawn = invoke(["spaces", "show", "nb201", "--render", str(tmp_path / "cell.png")])
     assert drawn.exit_code == 0 and (tmp_path / "cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

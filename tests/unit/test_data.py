@@ -46,7 +46,7 @@ def _n(dataset: Dataset[Any]) -> int:
 
 
 def test_registry_names() -> None:
-    assert DATASETS.names() == ["mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100"]
+    assert DATASETS.names() == ["mnist1d", "ptb", "mnist", "fashion_mnist", "cifar10", "cifar100"]
 
 
 def test_unknown_dataset_lists_choices(tmp_path: Path) -> None:

@@ -30,7 +30,10 @@ class DataBundle:
             retained pool, so search decisions never see the test split.
         test: The official test split, only for final reporting.
         num_classes: Number of target classes; labels are ``0 .. num_classes - 1``.
-        input_shape: Shape of one input sample: ``(C, L)`` for 1-D data, ``(C, H, W)`` for images.
+        input_shape: Shape of one input sample: ``(C, L)`` for 1-D data, ``(C, H, W)`` for images,
+            ``(T,)`` for token sequences.
+        metric: How candidates are scored: ``accuracy`` (higher is better) or, for language
+            data, ``perplexity`` (lower is better); see :mod:`wpl_nas.evaluation.scoring`.
     """
 
     name: str
@@ -39,6 +42,7 @@ class DataBundle:
     test: Dataset[Any]
     num_classes: int
     input_shape: tuple[int, ...]
+    metric: str = "accuracy"
 
 
 #: Dataset loaders by name. Each is called as

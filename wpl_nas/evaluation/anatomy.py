@@ -14,7 +14,7 @@ CKA(X, Y) = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on column-centred fe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import torch
@@ -118,11 +118,13 @@ def _swapped(params: dict[str, nn.Parameter], values: dict[str, torch.Tensor]) -
 
 
 def reset_stage(supernet: Supernet, arch: Architecture, snapshot: dict[str, torch.Tensor], stage: str | None,
-                x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> float:
-    """``arch``'s accuracy on ``(x, y)`` with ``stage``'s weights on its path (every stage's if None)
-    restored from ``snapshot`` (``{parameter name: value}``, taken right after its training); the
-    supernet is left unchanged."""
+                x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
+                score: Callable[..., float] = accuracy) -> float:
+    """``arch``'s score (``score``: accuracy unless given, e.g. a
+    :class:`~wpl_nas.evaluation.scoring.Metric`'s ``compute``) on ``(x, y)`` with ``stage``'s
+    weights on its path (every stage's if None) restored from ``snapshot`` (``{parameter name:
+    value}``, taken right after its training); the supernet is left unchanged."""
     params = supernet.parameters_of(arch)
     values = {n: v for n, v in snapshot.items() if n in params and (stage is None or stage_of(n) == stage)}
     with _swapped(params, values):
-        return accuracy(supernet, arch, x, y, batch_size=batch_size)
+        return score(supernet, arch, x, y, batch_size=batch_size)

@@ -13,6 +13,10 @@ re-scores after later candidates, in order; its latest is A_k^now.
 * ``rank_tau``: Kendall's τ between the candidates' scores at training and their latest scores
   (rank stability: 1 when later training has not changed the supernet's ranking of them);
 * ``retained_mean``: mean of the latest scores.
+
+For a score where lower is better (perplexity), ``higher_is_better=False`` measures the same
+things on the negated scores (so forgetting is A_k^now − A_k^k, positive when a candidate got
+worse) and reports ``retained_mean`` in the score's own units.
 """
 
 from __future__ import annotations
@@ -34,13 +38,15 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def retention_measures(histories: Sequence[Sequence[float]], *,
-                       chance: float | Sequence[float] | None = None) -> dict[str, float]:
+                       chance: float | Sequence[float] | None = None,
+                       higher_is_better: bool = True) -> dict[str, float]:
     """Every entry of :data:`MEASURES` (see the module docstring) for ``histories``.
 
     Args:
         histories: One sequence per candidate: its score right after training, then its
             re-scores in order (a candidate not yet re-scored has a history of one score).
         chance: The chance score A_R, one for all or one per candidate; None leaves ``rho`` NaN.
+        higher_is_better: False for scores where lower is better (see the module docstring).
 
     Returns:
         NaN for every measure when there is no candidate.
@@ -54,6 +60,11 @@ def retention_measures(histories: Sequence[Sequence[float]], *,
         raise ValueError(f"chance has {len(chance)} levels for {len(histories)} candidates")
     if not histories:
         return dict.fromkeys(MEASURES, math.nan)
+    if not higher_is_better:
+        flipped = retention_measures([[-v for v in h] for h in histories],
+                                     chance=None if chance is None else (
+                                         [-c for c in chance] if isinstance(chance, Sequence) else -chance))
+        return {**flipped, "retained_mean": -flipped["retained_mean"]}
     first = [h[0] for h in histories]
     latest = [h[-1] for h in histories]
     forgetting = [f - last for f, last in zip(first, latest, strict=True)]

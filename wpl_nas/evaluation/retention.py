@@ -3,7 +3,9 @@
 Definitions (used everywhere): the *score at training* A_k^k of candidate k is its score right
 after its own training; its *latest re-score* A_k^now is its score on the same fixed
 evaluation set after the most recent trial; its *forgetting* is A_k^k − A_k^now (the measures
-are defined in :mod:`wpl_nas.evaluation.metrics`).
+are defined in :mod:`wpl_nas.evaluation.metrics`). For a score where lower is better
+(perplexity) the pool is built with ``higher_is_better=False``: forgetting is then
+A_k^now − A_k^k, still positive when a candidate got worse, and "best" means lowest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class PoolEntry:
     arch: str
     score: float
     rescores: dict[int, float] = field(default_factory=dict)  # after trial j -> score
+    higher_is_better: bool = True
 
     @property
     def latest(self) -> float:
@@ -38,7 +41,9 @@ class PoolEntry:
 
     @property
     def forgetting(self) -> float:
-        return self.score - self.latest
+        """How much worse its latest re-score is than its score at training."""
+        drop = self.score - self.latest
+        return drop if self.higher_is_better else -drop
 
 
 class RetainedPool:
@@ -51,21 +56,24 @@ class RetainedPool:
     Args:
         best: How many of the best candidates (by score at training) to keep.
         recent: How many of the most recent candidates to keep.
+        higher_is_better: False for scores where lower is better (perplexity).
     """
 
-    def __init__(self, *, best: int, recent: int) -> None:
+    def __init__(self, *, best: int, recent: int, higher_is_better: bool = True) -> None:
         if best < 0 or recent < 0:
             raise ValueError(f"pool sizes must be >= 0, but got best={best}, recent={recent}")
         self.best = best
         self.recent = recent
+        self.higher_is_better = higher_is_better
         self.entries: dict[int, PoolEntry] = {}
 
     def add(self, trial: int, arch: str, score: float) -> None:
-        self.entries[trial] = PoolEntry(trial, arch, score)
+        self.entries[trial] = PoolEntry(trial, arch, score, higher_is_better=self.higher_is_better)
 
     def members(self) -> list[int]:
         """Trial numbers currently in the pool, in trial order."""
-        by_score = sorted(self.entries.values(), key=lambda e: (-e.score, e.trial))[: self.best]
+        sign = -1.0 if self.higher_is_better else 1.0
+        by_score = sorted(self.entries.values(), key=lambda e: (sign * e.score, e.trial))[: self.best]
         latest = sorted(self.entries)[-self.recent:] if self.recent else []
         return sorted({e.trial for e in by_score} | set(latest))
 
@@ -76,7 +84,8 @@ class RetainedPool:
     def summary(self, *, chance: float | None = None) -> dict[str, float]:
         """:func:`~wpl_nas.evaluation.metrics.retention_measures` over the current members
         (``rho`` is NaN without the ``chance`` score)."""
-        return retention_measures([self.entries[t].history for t in self.members()], chance=chance)
+        return retention_measures([self.entries[t].history for t in self.members()], chance=chance,
+                                  higher_is_better=self.higher_is_better)
 
     def matrix(self) -> dict[int, dict[int, float]]:
         """The retention matrix: ``{candidate trial: {after trial: score}}``."""
@@ -103,9 +112,10 @@ class RetainedPool:
         return out.getvalue()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "recent": self.recent,
+        return {"best": self.best, "recent": self.recent, "higher_is_better": self.higher_is_better,
                 "entries": [(e.trial, e.arch, e.score, dict(e.rescores)) for e in self.entries.values()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.recent = state["best"], state["recent"]
-        self.entries = {t: PoolEntry(t, a, s, dict(r)) for t, a, s, r in state["entries"]}
+        self.higher_is_better = state.get("higher_is_better", True)  # absent in runs saved before perplexity
+        self.entries = {t: PoolEntry(t, a, s, dict(r), self.higher_is_better) for t, a, s, r in state["entries"]}

@@ -2,7 +2,8 @@
 
 from wpl_nas.spaces._architecture import Architecture, Genotype, edge_label
 from wpl_nas.spaces._cell import CellSpace, StageSpec
+from wpl_nas.spaces._rnn import RNNSpace
 from wpl_nas.spaces._space import SPACE_KINDS, SearchSpace, SpecReader, builtin_spaces, load_space
 
-__all__ = ["SPACE_KINDS", "Architecture", "CellSpace", "Genotype", "SearchSpace", "SpecReader", "StageSpec",
+__all__ = ["SPACE_KINDS", "Architecture", "CellSpace", "Genotype", "RNNSpace", "SearchSpace", "SpecReader", "StageSpec",
            "builtin_spaces", "edge_label", "load_space"]

@@ -185,5 +185,5 @@ class Genotype(Architecture):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Genotype):
-            return self.picks == other.values and self.head == other.head
+            return self.picks == other.picks and self.head == other.head
         return NotImplemented

@@ -158,7 +158,12 @@ class SearchSpace:
 
     def parse(self, text: str) -> Architecture:
         """Parse an architecture string and check it against this space."""
-        return self.validate(Genotype.parse(text))
+        try:
+            arch = Genotype.parse(text)
+        except ConfigError as exc:
+            example = next(self.enumerate())
+            raise ConfigError(f"{exc}; architectures of space {self.name!r} look like {example}") from None
+        return self.validate(arch)
 
     def check_data(self, data_name: str, input_shape: tuple[int, ...]) -> None:
         """Raise :class:`ConfigError` unless data of per-sample ``input_shape`` fits the space."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies._replay import Member, ReplayStrategy, distil_on, kd_loss
 from wpl_nas.strategies.base import Batches, CandidateContext
@@ -101,6 +102,9 @@ class SyntheticStrategy(ReplayStrategy):
     def __init__(self, supernet: Supernet, options: SyntheticOptions | None = None) -> None:
         options = options or SyntheticOptions()
         options.validate()
+        if supernet.space.dims == 0:  # inputs are learnt by gradient descent: token ids cannot be
+            raise ConfigError(f"strategy 'synthetic' learns continuous inputs, but space {supernet.space.name!r} "
+                              "reads token ids; pick another --strategy (wpl, ewc, mas, si, distill, ...)")
         super().__init__(supernet, options, capacity=options.protect)
         first = next(supernet.parameters())
         self.n_syn = options.per_class * supernet.num_classes

@@ -3,5 +3,6 @@
 from wpl_nas.ops import OPS, create_op
 from wpl_nas.supernet._base import SUPERNETS, Supernet
 from wpl_nas.supernet.network import CellSupernet
+from wpl_nas.supernet.rnn import RNNSupernet
 
-__all__ = ["OPS", "SUPERNETS", "CellSupernet", "Supernet", "create_op"]
+__all__ = ["OPS", "SUPERNETS", "CellSupernet", "RNNSupernet", "Supernet", "create_op"]

@@ -47,6 +47,15 @@ def retention_heatmap(matrix: Mapping[int, Mapping[int, float]], *, title: str =
     return fig
 
 
+_ASPECT = 0.8  # display height of a y unit over that of an x unit
+
+
+def _rad(span: float) -> float:
+    """Curvature of the arc of an edge that skips nodes: longer spans arc relatively higher
+    (up to a cap, so that long graphs stay flat enough to read)."""
+    return min(0.25 + 0.1 * span, 0.6)
+
+
 def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
     """Draw a :meth:`SearchSpace.dag` graph: nodes at their ``pos``, one arrow per edge (arcs for
     edges between nodes of one row that skip nodes), ``label`` on live edges, the others faint."""
@@ -58,8 +67,15 @@ def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
         return abs(pos[d][0] - pos[s][0]) if pos[d][1] == pos[s][1] else 1.0
 
     longest = max((span(s, d) for s, d in graph.edges), default=1.0)
-    width, height = max(xs) - min(xs) + 1, max(ys) - min(ys)
-    fig = Figure(figsize=(1.2 + 1.5 * width, 1.2 + 0.55 * longest + 1.2 * height), layout="constrained")
+    # Arcs are drawn in display space, so the axes fix the display scale: an x unit is `scale`
+    # inches and a y unit _ASPECT times that; an arc3 arc of rad r over L x units then peaks
+    # r·L/2 / _ASPECT y units above its ends.
+    top = max(ys) + 0.5 * _rad(longest) * longest / _ASPECT + 0.3
+    bottom = min(ys) - 0.3
+    left, right = min(xs) - 0.5, max(xs) + 0.5
+    scale = min(1.5, 16.0 / (right - left))  # wide graphs shrink to 16 inches
+    fig = Figure(figsize=(scale * (right - left) + 0.4, scale * _ASPECT * (top - bottom) + 0.5),
+                 layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.set_axis_off()
@@ -67,8 +83,8 @@ def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
     nx.draw_networkx_labels(graph, pos, labels={n: graph.nodes[n]["label"] for n in graph.nodes}, ax=ax,
                             font_size=9 if all(len(graph.nodes[n]["label"]) < 4 for n in graph.nodes) else 6)
     for s, d, attrs in graph.edges(data=True):
-        # Longer spans arc higher, so that no two edges (or their labels) lie on top of each other.
-        style = f"arc3,rad={-0.25 - 0.1 * span(s, d) if span(s, d) > 1 else 0.0}"
+        # Edges that skip nodes arc above the row, longer ones higher, so they do not overlap.
+        style = f"arc3,rad={-_rad(span(s, d)) if span(s, d) > 1 else 0.0}"
         on = bool(attrs.get("live", True))
         nx.draw_networkx_edges(graph, pos, edgelist=[(s, d)], ax=ax, node_size=450, connectionstyle=style,
                                edge_color="#333333" if on else "#cccccc", style="solid" if on else "dotted",
@@ -76,9 +92,9 @@ def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
         if on and attrs.get("label"):
             nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): attrs["label"]}, ax=ax, font_size=7,
                                          connectionstyle=style, bbox={"color": "white", "alpha": 0.8, "pad": 0.5})
-    # An arc3 arc of rad r between points L apart peaks about r·L/2 above them.
-    ax.set_ylim(min(ys) - 0.3, max(ys) + 0.5 * (0.25 + 0.1 * longest) * longest + 0.3)
-    ax.set_xlim(min(xs) - 0.4, max(xs) + 0.4)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_aspect(_ASPECT)
     ax.set_title(title, fontsize=7)
     return fig
 

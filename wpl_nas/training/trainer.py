@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from wpl_nas.data import iterate_batches
-from wpl_nas.evaluation import accuracy
+from wpl_nas.evaluation.scoring import METRICS
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import CandidateContext, Strategy
 from wpl_nas.supernet import Supernet
@@ -55,12 +55,13 @@ class CandidateTrainer:
         eval_batch_size: Evaluation batch size.
         seed: Base seed; each candidate's data order is seeded by ``(seed, trial_index)`` so a
             resumed search sees exactly the batches an uninterrupted one would.
+        metric: The score (:data:`~wpl_nas.evaluation.scoring.METRICS`): ``accuracy`` or ``perplexity``.
     """
 
     def __init__(self, supernet: Supernet, strategy: Strategy, *, train_set: TensorDataset,
                  held_out: TensorDataset, eval_set: tuple[torch.Tensor, torch.Tensor],
                  optimizer: torch.optim.Optimizer, batch_size: int, epochs: int, grad_clip: float,
-                 eval_batch_size: int, seed: int) -> None:
+                 eval_batch_size: int, seed: int, metric: str = "accuracy") -> None:
         device = next(supernet.parameters()).device
         self.supernet = supernet
         self.strategy = strategy
@@ -73,6 +74,7 @@ class CandidateTrainer:
         self.grad_clip = grad_clip
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.metric = METRICS.get(metric)
 
     def _generator(self, trial_index: int, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + trial_index) * 2 + salt)
@@ -83,8 +85,8 @@ class CandidateTrainer:
                                 self.optimizer, epochs=self.epochs, steps_per_epoch=steps)
 
     def score(self, arch: Architecture) -> float:
-        """Accuracy of ``arch`` on the fixed evaluation set."""
-        return accuracy(self.supernet, arch, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
+        """The metric (accuracy, or perplexity) of ``arch`` on the fixed evaluation set."""
+        return self.metric.compute(self.supernet, arch, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
 
     def train(self, arch: Architecture, *, trial_index: int, on_epoch: EpochCallback | None = None,
               progress: Callable[[], object] | None = None) -> TrainResult:
@@ -143,7 +145,8 @@ class CandidateTrainer:
         Args:
             arch: The candidate just trained.
             trial_index: Its position in the search.
-            score: Its score right after training (bounded strategies keep the best ones).
+            score: Its score right after training (bounded strategies keep the best ones; they
+                see it as a quality, higher is better, whatever the metric).
         """
         gen = self._generator(trial_index, 1)
 
@@ -152,6 +155,6 @@ class CandidateTrainer:
                                    generator=gen, limit=num_batches)
 
         ctx = self.context(arch, trial_index)
-        ctx.score = score
+        ctx.score = None if score is None else self.metric.quality(score)
         with self.supernet.use(arch):
             self.strategy.after_candidate(ctx, held_out)
