@@ -3,8 +3,10 @@
 
 ``supernet / standalone``: one training step of the supernet on a chosen path (SGD over *all*
 supernet parameters, as the search does) against the same step of ``supernet.standalone(arch)``
-(SGD over its own parameters), on a few fixed architectures of the ``mnist1d`` space with
-MNIST-1D-shaped batches (``(B, 1, 40)``, 10 classes). Target: <= 1.10x.
+(SGD over its own parameters), on a few fixed architectures of each space named by ``--spaces``
+(default ``mnist1d``), with batches shaped for the space: MNIST-1D's ``(B, 1, 40)`` for 1-D and
+MLP spaces, CIFAR's ``(B, 3, 32, 32)`` for 2-D ones, 10 classes; for a recurrent (``rnn``) space,
+windows of 35 tokens over a 10,000-word vocabulary (Penn Treebank's). Target: <= 1.10x.
 
 What the consolidation strategies cost per step (WPL and the rest against ``naive``, and the
 closed-form penalty against an autograd one) is measured by ``bench_strategies.py``, which
@@ -26,6 +28,7 @@ Usage::
     python benchmarks/bench_step.py                      # full run, about 1.5 min on 2 cores
     python benchmarks/bench_step.py --quick              # smoke run, < 15 s
     python benchmarks/bench_step.py --json results.json  # also write the figures as JSON
+    python benchmarks/bench_step.py --spaces mnist1d,mlp,mobilenet,darts,enas-micro,enas-rnn  # every kind
 
 The script reports; it never fails on a slow ratio (exit status 0 unless it crashes).
 """
@@ -59,6 +62,7 @@ except ImportError:  # run from a checkout without an install
     import wpl_nas
 
 from wpl_nas import Architecture, SearchConfig, Supernet, load_space
+from wpl_nas.lab.scenarios import default_arch
 
 SPACE = "mnist1d"
 INPUT_SHAPE = (1, 40)
@@ -68,10 +72,25 @@ Step = Callable[[], Any]
 
 
 # --- data ------------------------------------------------------------------------------------
-def make_batches(args: argparse.Namespace, device: torch.device) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                                        TensorDataset]:
-    """A small fixed pool of training batches, plus a held-out set (for strategies' importance estimates)."""
-    if args.data == "mnist1d":
+def input_spec(space: wpl_nas.SearchSpace) -> tuple[tuple[int, ...], int]:
+    """The per-sample input shape and the classes (vocabulary) of the batches for ``space``."""
+    if space.dims == 0:
+        return (35,), 10_000
+    return ((3, 32, 32) if space.dims == 2 else INPUT_SHAPE), NUM_CLASSES
+
+
+def make_batches(args: argparse.Namespace, device: torch.device, *, shape: tuple[int, ...] = INPUT_SHAPE,
+                 classes: int = NUM_CLASSES) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], TensorDataset]:
+    """A small fixed pool of training batches, plus a held-out set (for strategies' importance estimates).
+    Random inputs of per-sample ``shape`` (token ids when ``shape`` has one dimension, with
+    next-token targets) unless ``args.data`` asks for MNIST-1D."""
+    if len(shape) == 1:
+        gen = torch.Generator().manual_seed(1234)
+        n = args.batch_size * args.pool
+        tokens = torch.randint(0, classes, (n + 512, shape[0] + 1), generator=gen)
+        x, y = tokens[:n, :-1], tokens[:n, 1:]
+        held_out = TensorDataset(tokens[n:, :-1], tokens[n:, 1:])
+    elif args.data == "mnist1d" and shape == INPUT_SHAPE:
         data = wpl_nas.load_dataset("mnist1d", data_dir=args.data_dir)
         assert isinstance(data.train, TensorDataset) and isinstance(data.val, TensorDataset)
         x, y = data.train.tensors
@@ -79,10 +98,10 @@ def make_batches(args: argparse.Namespace, device: torch.device) -> tuple[list[t
     else:
         gen = torch.Generator().manual_seed(1234)
         n = args.batch_size * args.pool
-        x = torch.randn(n, *INPUT_SHAPE, generator=gen)
-        y = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
-        held_out = TensorDataset(torch.randn(512, *INPUT_SHAPE, generator=gen),
-                                 torch.randint(0, NUM_CLASSES, (512,), generator=gen))
+        x = torch.randn(n, *shape, generator=gen)
+        y = torch.randint(0, classes, (n,), generator=gen)
+        held_out = TensorDataset(torch.randn(512, *shape, generator=gen),
+                                 torch.randint(0, classes, (512,), generator=gen))
     batches = [(x[i: i + args.batch_size].to(device), y[i: i + args.batch_size].to(device))
                for i in range(0, args.batch_size * args.pool, args.batch_size)]
     held_out = TensorDataset(*(t.to(device) for t in held_out.tensors))
@@ -90,10 +109,12 @@ def make_batches(args: argparse.Namespace, device: torch.device) -> tuple[list[t
 
 
 def architectures(space: wpl_nas.SearchSpace, count: int) -> list[tuple[str, Architecture]]:
-    """``count - 1`` seeded samples plus the all-``conv_5`` cell (the largest path)."""
+    """``count - 1`` seeded samples plus the largest path: every cell edge on the space's largest
+    convolution (``all-conv_5`` on ``mnist1d``), or the last value of every choice for other kinds."""
     archs = [(f"sample({i})", space.sample(random.Random(i))) for i in range(count - 1)]
-    full = Architecture.from_ops({(s, d): "conv_5" for s, d in space.edges})
-    return [*archs, ("all-conv_5", space.validate(full))]
+    largest = default_arch(space)
+    label = "all-conv_5" if set(largest.values()) == {"conv_5"} else "largest"
+    return [*archs, (label, largest)]
 
 
 # --- one training step -----------------------------------------------------------------------
@@ -189,7 +210,8 @@ def _iqr(xs: list[float]) -> float:
 def bench_supernet(space: wpl_nas.SearchSpace, archs: list[tuple[str, Architecture]], batches: list[Any],
                    cfg: SearchConfig, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     torch.manual_seed(0)
-    supernet = Supernet(space, in_channels=INPUT_SHAPE[0], num_classes=NUM_CLASSES).to(device).train()
+    shape, classes = input_spec(space)
+    supernet = Supernet(space, in_channels=shape[0], num_classes=classes, input_shape=shape).to(device).train()
     opt = sgd(supernet.parameters(), cfg)  # every supernet weight, as the search does
     rows: list[dict[str, Any]] = []
     for label, arch in archs:
@@ -199,7 +221,7 @@ def bench_supernet(space: wpl_nas.SearchSpace, archs: list[tuple[str, Architectu
                     "supernet": make_step(supernet, opt, batches)}
         times = race(variants, rounds=args.repeats, warmup=args.warmup, budget=args.budget)
         row = compare(times, "standalone", "supernet", resamples=args.bootstrap, seed=len(rows))
-        row.update(comparison="supernet/standalone", arch_label=label, arch=str(arch),
+        row.update(comparison="supernet/standalone", space=space.name, arch_label=label, arch=str(arch),
                    path_params=supernet.count_parameters(arch), supernet_params=supernet.count_parameters())
         rows.append(row)
         print(_progress(row), file=sys.stderr, flush=True)
@@ -208,36 +230,38 @@ def bench_supernet(space: wpl_nas.SearchSpace, archs: list[tuple[str, Architectu
 
 # --- reporting ---------------------------------------------------------------------------------
 def _progress(row: dict[str, Any]) -> str:
-    return (f"  {row['comparison']:<30} {row['arch_label']:<11} {row['baseline_ms']:7.3f} ms -> "
+    return (f"  {row['comparison']:<20} {row['space']:<11} {row['arch_label']:<11} {row['baseline_ms']:7.3f} ms -> "
             f"{row['variant_ms']:7.3f} ms  x{row['ratio']:.3f}")
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Geometric mean of each comparison's ratios over the architectures."""
+    """Geometric mean of each comparison's ratios over the architectures, per space."""
     out = []
-    for comp in dict.fromkeys(r["comparison"] for r in rows):
-        ratios = [r["ratio"] for r in rows if r["comparison"] == comp]
+    for comp, space in dict.fromkeys((r["comparison"], r["space"]) for r in rows):
+        ratios = [r["ratio"] for r in rows if r["comparison"] == comp and r["space"] == space]
         gmean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
         target = TARGETS.get(comp)
-        out.append({"comparison": comp, "geomean_ratio": gmean, "worst_ratio": max(ratios), "target": target,
-                    "met": None if target is None else max(ratios) <= target})
+        out.append({"comparison": comp, "space": space, "geomean_ratio": gmean, "worst_ratio": max(ratios),
+                    "target": target, "met": None if target is None else max(ratios) <= target})
     return out
 
 
 def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
-    lines = ["| comparison | arch | baseline ms (IQR) | variant ms (IQR) | ratio | 95% CI | target |",
-             "|---|---|---:|---:|---:|---|---|"]
+    lines = ["| comparison | space | arch | baseline ms (IQR) | variant ms (IQR) | ratio | 95% CI | target |",
+             "|---|---|---|---:|---:|---:|---|---|"]
     for r in rows:
         target = TARGETS.get(r["comparison"])
         verdict = "info" if target is None else f"≤ {target:.2f} {'✓' if r['ratio'] <= target else '✗'}"
-        lines.append(f"| {r['comparison']} | {r['arch_label']} | {r['baseline_ms']:.3f} ({r['baseline_iqr_ms']:.3f}) "
+        lines.append(f"| {r['comparison']} | {r['space']} | {r['arch_label']} "
+                     f"| {r['baseline_ms']:.3f} ({r['baseline_iqr_ms']:.3f}) "
                      f"| {r['variant_ms']:.3f} ({r['variant_iqr_ms']:.3f}) | {r['ratio']:.3f} "
                      f"| {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} | {verdict} |")
-    lines += ["", "| comparison | geomean ratio | worst ratio | target | met |", "|---|---:|---:|---|---|"]
+    lines += ["", "| comparison | space | geomean ratio | worst ratio | target | met |", "|---|---|---:|---:|---|---|"]
     for s in summary:
         goal = "info" if s["target"] is None else f"≤ {s['target']:.2f}"
         met = "—" if s["met"] is None else ("yes" if s["met"] else "no")
-        lines.append(f"| {s['comparison']} | {s['geomean_ratio']:.3f} | {s['worst_ratio']:.3f} | {goal} | {met} |")
+        lines.append(f"| {s['comparison']} | {s['space']} | {s['geomean_ratio']:.3f} | {s['worst_ratio']:.3f} "
+                     f"| {goal} | {met} |")
     return "\n".join(lines)
 
 
@@ -289,6 +313,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", choices=("random", "mnist1d"), default="random",
                    help="random MNIST-1D-shaped tensors, or the real MNIST-1D data (cached under --data-dir)")
     p.add_argument("--data-dir", default="data")
+    p.add_argument("--spaces", default=SPACE,
+                   help="comma-separated spaces (names or .yaml paths) to measure [default: %(default)s]")
     p.add_argument("--pool", type=int, default=8, help="distinct batches cycled through")
     p.add_argument("--bootstrap", type=int, default=None,
                    help="bootstrap resamples for the CI (default 1000; quick 100)")
@@ -317,10 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# bench_step: torch {env['torch']}, {env['num_threads']} threads "
           f"(interop {env['num_interop_threads']}), {env['cpu']}, device {device}", file=sys.stderr)
     cfg = SearchConfig()  # lr, momentum and weight decay: the search's defaults
-    space = load_space(SPACE)
-    archs = architectures(space, args.archs)
-    batches, _ = make_batches(args, device)
-    rows = bench_supernet(space, archs, batches, cfg, args, device)
+    rows, archs = [], []
+    for name in args.spaces.split(","):
+        space = load_space(name.strip())
+        shape, classes = input_spec(space)
+        space_archs = architectures(space, args.archs)
+        batches, _ = make_batches(args, device, shape=shape, classes=classes)
+        rows += bench_supernet(space, space_archs, batches, cfg, args, device)
+        archs += [(f"{space.name} {label}", arch) for label, arch in space_archs]
     summary = summarise(rows)
     env["seconds"] = round(time.perf_counter() - start, 1)
     env["load_average_at_end"] = load_average()

@@ -122,9 +122,12 @@ def spaces(ctx: click.Context) -> None:
         return
     from wpl_nas.spaces import builtin_spaces, load_space
 
-    for name in builtin_spaces():
+    names = list(builtin_spaces())
+    width = max(len(name) for name in names)
+    for name in names:
         space = load_space(name)
-        click.echo(f"{name:<10} {space.size:>10,} architectures   {space.description}")
+        size = f"{space.size:,}" if space.size < 10**9 else f"{space.size:.1e}"  # e.g. 5.8e+22
+        click.echo(f"{name:<{width}}  {space.kind:<9} {size:>11} architectures   {space.description}")
 
 
 @spaces.command("show")

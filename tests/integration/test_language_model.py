@@ -14,9 +14,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import wpl_nas
+from wpl_nas.analysis import anatomy_run
 from wpl_nas.data._text import EOS, SEQUENCE_LENGTH, UNK
 from wpl_nas.errors import ConfigError
-from wpl_nas.analysis import anatomy_run
 from wpl_nas.export import export_run
 from wpl_nas.fidelity import rank_run
 from wpl_nas.retrain import retrain_run

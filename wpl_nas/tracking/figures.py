@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Mapping
 
 import networkx as nx
@@ -95,7 +96,9 @@ def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
     ax.set_aspect(_ASPECT)
-    ax.set_title(title, fontsize=7)
+    # Long architecture strings wrap at their separators rather than run off the figure.
+    per_line = max(40, int(16 * (scale * (right - left) + 0.4)))
+    ax.set_title("\n".join(textwrap.wrap(title.replace(";", "; "), per_line)), fontsize=7)
     return fig
 
 
