@@ -81,3 +81,40 @@ def make_trainer(space: wpl_nas.SearchSpace, data: wpl_nas.DataBundle, strategy:
 @pytest.fixture
 def trainer_factory():
     return make_trainer
+
+
+def assert_standalone_matches(net: wpl_nas.Supernet, arch: wpl_nas.Architecture, x: object) -> wpl_nas.Supernet:
+    """``net.standalone(arch)`` holds exactly the path's parameters and, in evaluation mode,
+    computes what the supernet computes on that path, and so does its ``torch.export`` program.
+    Returns the stand-alone network (in evaluation mode); ``net`` keeps its mode."""
+    import torch
+
+    alone = net.standalone(arch).eval()
+    assert alone.count_parameters() == net.count_parameters(arch)
+    was_training = net.training
+    net.eval()
+    with torch.no_grad(), net.use(arch):
+        expected = net(x)
+    net.train(was_training)
+    torch.testing.assert_close(alone(x), expected)
+    program = torch.export.export(alone, (x,))
+    torch.testing.assert_close(program.module()(x), expected)
+    return alone
+
+
+def search_tiny(space_file: Path, data_dir: Path, runs_dir: Path, **options: object) -> wpl_nas.SearchResult:
+    """A 2-trial WPL search of ``space_file`` on MNIST-1D (1 epoch); every trial completes and its
+    Optuna parameters are its architecture's choices."""
+    import optuna
+
+    settings = {"trials": 2, "epochs": 1, "batch_size": 128, "device": "cpu", "strategy": "wpl",
+                "study_name": space_file.stem, **options}
+    config = wpl_nas.SearchConfig(space=str(space_file), data_dir=str(data_dir), runs_dir=str(runs_dir), **settings)
+    result = wpl_nas.run_search(config, progress=False, command=["test"])
+    space = wpl_nas.load_space(space_file)
+    trials = result.study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * settings["trials"]
+    for t in trials:
+        assert t.params == dict(space.parse(t.user_attrs["arch"])) and 0.0 <= t.value <= 1.0
+    assert result.best_arch is not None
+    return result

@@ -11,6 +11,7 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_standalone_matches
 
 import wpl_nas
 from wpl_nas.spaces import RNNSpace
@@ -75,8 +76,5 @@ def test_a_builtin_supernet_trains_only_the_path_and_its_standalone_network_matc
         if param_name not in path:
             assert param.grad is None, f"{param_name} is off the path but got a gradient"
     assert any(net.is_searchable(n) for n in path)  # every kind has weights only some candidates use
-    alone = net.standalone(arch).eval()
-    net.eval()
-    with torch.no_grad(), net.use(arch):
-        torch.testing.assert_close(alone(x), net(x))
-    assert alone.count_parameters() == net.count_parameters(arch) <= net.count_parameters()
+    assert_standalone_matches(net, arch, x)
+    assert net.count_parameters(arch) <= net.count_parameters()

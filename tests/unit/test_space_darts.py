@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import assert_standalone_matches, search_tiny
 
 import wpl_nas
 from wpl_nas.errors import ConfigError
@@ -220,15 +221,7 @@ def test_only_the_path_is_trained_and_the_standalone_network_matches(output):
         weighted = {(unit, op) for unit, op in units if list(ops[unit][op].parameters())}  # pools have none
         assert {(n.split(".")[4], n.split(".")[5]) for n in used if ".edges." in n} == weighted
 
-        alone = net.standalone(arch).eval()
-        assert isinstance(alone, DartsSupernet)
-        assert alone.count_parameters() == net.count_parameters(arch)
-        net.eval()
-        with net.use(arch):
-            torch.testing.assert_close(alone(X), net(X))
-        program = torch.export.export(alone, (X,))
-        torch.testing.assert_close(program.module()(X), alone(X))
-        net.train()
+        assert isinstance(assert_standalone_matches(net, arch, X), DartsSupernet)
 
 
 def test_stages_start_at_the_reduction_cells_and_feed_the_anatomy():
@@ -308,14 +301,5 @@ cell:
 def test_a_1d_darts_space_searches_mnist1d_with_wpl(tmp_path: Path, mnist1d, data_dir):
     path = tmp_path / "tiny-darts-1d.yaml"
     path.write_text(TINY_1D)
-    config = wpl_nas.SearchConfig(space=str(path), data_dir=str(data_dir), runs_dir=str(tmp_path / "runs"),
-                                  study_name="darts1d", trials=2, epochs=1, batch_size=128, device="cpu",
-                                  strategy="wpl")
-    result = wpl_nas.run_search(config, progress=False, command=["test"])
-    trials = result.study.get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    space = load_space(path)
-    for t in trials:
-        assert t.params == dict(space.parse(t.user_attrs["arch"]))
-        assert 0.0 <= t.value <= 1.0
-    assert result.best_arch is not None and (result.run_dir / "checkpoints" / "last.pt").is_file()
+    result = search_tiny(path, data_dir, tmp_path / "runs")
+    assert (result.run_dir / "checkpoints" / "last.pt").is_file()

@@ -12,6 +12,7 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_standalone_matches, search_tiny
 
 import wpl_nas
 from wpl_nas.errors import ConfigError
@@ -150,16 +151,10 @@ def test_candidates_share_the_top_left_slice_and_the_standalone_network_matches(
             assert lin.bias.grad[rows:].abs().sum() == 0
         assert net.head.weight.grad[:, widths[-1]:].abs().sum() == 0
 
-        alone = net.standalone(arch).eval()
+        alone = assert_standalone_matches(net, arch, x)
         assert [tuple(alone.stages[i][0].linear.weight.shape) for i in range(2)] == [
             (widths[1], widths[0]), (widths[2], widths[1])]
         assert tuple(alone.head.weight.shape) == (CLASSES, widths[-1])
-        net.eval()
-        with net.use(arch):
-            torch.testing.assert_close(alone(x), net(x))
-        program = torch.export.export(alone, (x,))
-        torch.testing.assert_close(program.module()(x), alone(x))
-        net.train()
 
 
 def test_parameter_counts_follow_the_formula(space):
@@ -217,17 +212,10 @@ activations: [relu, tanh]
 def test_a_wpl_search_runs_end_to_end_on_mnist1d(tmp_path: Path, mnist1d, data_dir):
     path = tmp_path / "tiny-mlp.yaml"
     path.write_text(TINY)
-    config = wpl_nas.SearchConfig(space=str(path), data_dir=str(data_dir), runs_dir=str(tmp_path / "runs"),
-                                  study_name="mlp", trials=2, epochs=1, batch_size=128, device="cpu", strategy="wpl")
-    result = wpl_nas.run_search(config, progress=False, command=["test"])
+    result = search_tiny(path, data_dir, tmp_path / "runs")
     space = load_space(path)
-    trials = result.study.get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     inputs = math.prod(mnist1d.input_shape)
-    for t in trials:
+    for t in result.study.get_trials():
         arch = space.parse(t.user_attrs["arch"])
-        assert t.params == dict(arch)
-        assert 0.0 <= t.value <= 1.0
         sizes = [inputs, *(p.width for p in space.picks(arch))]
         assert t.user_attrs["params"] == params_by_formula(sizes, mnist1d.num_classes)
-    assert result.best_arch is not None

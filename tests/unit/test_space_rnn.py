@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_standalone_matches
 
 import wpl_nas
 from wpl_nas.errors import ConfigError
@@ -103,14 +104,7 @@ def test_only_the_path_is_trained_and_the_standalone_network_matches(space):
         edges = {n.split(".")[4] for n in used if ".edges." in n}
         assert edges == {f"{i}->{j}" for j, i in space.inputs(arch).items()}
 
-        alone = net.standalone(arch).eval()
-        assert alone.count_parameters() == net.count_parameters(arch)
-        net.eval()
-        with net.use(arch):
-            torch.testing.assert_close(alone(x), net(x))
-        program = torch.export.export(alone, (x,))
-        torch.testing.assert_close(program.module()(x), alone(x))
-        net.train()
+        assert_standalone_matches(net, arch, x)
 
 
 def test_parameter_count_follows_the_cell_formula(space):
