@@ -90,7 +90,7 @@ def assert_standalone_matches(net: wpl_nas.Supernet, arch: wpl_nas.Architecture,
     import torch
 
     alone = net.standalone(arch).eval()
-    assert alone.count_parameters() == net.count_parameters(arch)
+    assert alone.count_parameters(arch) == net.count_parameters(arch)
     was_training = net.training
     net.eval()
     with torch.no_grad(), net.use(arch):

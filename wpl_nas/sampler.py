@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
@@ -93,8 +94,10 @@ class ForgettingAwareSampler(BaseSampler):
             raise ValueError(f"protect must be >= 1, but got {protect=}")
         self._inner = sampler if sampler is not None else optuna.samplers.TPESampler(seed=seed)
         self._space = load_space(space) if isinstance(space, str) else space
-        # A throwaway supernet, only to know each candidate's path and its parameter counts.
-        net = Supernet(self._space, in_channels=1, num_classes=2)
+        # A throwaway supernet, only to know each candidate's path and its parameter counts: on
+        # the meta device it has shapes but no storage, so even a large space costs nothing.
+        with torch.device("meta"):
+            net = Supernet(self._space, in_channels=1, num_classes=2)
         self._units = net.path_units
         self._weights = op_weights(net)
         self._edges = {label: CategoricalDistribution(list(ops)) for label, ops in self._space.choices.items()}
