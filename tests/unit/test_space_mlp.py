@@ -215,3 +215,28 @@ def test_a_wpl_search_runs_end_to_end_on_mnist1d(tmp_path: Path, mnist1d, data_d
         arch = space.parse(t.user_attrs["arch"])
         sizes = [inputs, *(p.width for p in space.picks(arch))]
         assert t.user_attrs["params"] == params_by_formula(sizes, mnist1d.num_classes)
+
+
+def test_training_a_narrow_candidate_leaves_a_wider_ones_own_weights_alone(space):
+    """Momentum and weight decay included: the blocks only the wide candidate uses have no
+    gradient while the narrow one trains, so SGD skips them."""
+    torch.manual_seed(0)
+    net = Supernet(space, in_channels=SHAPE[0], num_classes=CLASSES, input_shape=SHAPE)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    wide = space.parse("l1/width=8;l1/activation=tanh;l2/width=8;l2/activation=tanh")
+    narrow = space.parse("l1/width=3;l1/activation=relu;l2/width=5;l2/activation=relu")
+    x, y = torch.randn(16, *SHAPE), torch.randint(0, CLASSES, (16,))
+
+    def train(arch: Genotype, steps: int) -> None:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            with net.use(arch):
+                F.cross_entropy(net(x), y).backward()
+            opt.step()
+
+    train(wide, 3)  # the wide candidate's blocks now carry momentum
+    own = set(net.parameter_names_of(wide)) - set(net.parameter_names_of(narrow))
+    params = dict(net.named_parameters())
+    before = {n: params[n].detach().clone() for n in own}
+    train(narrow, 3)
+    assert own and all(torch.equal(params[n], before[n]) for n in own)
