@@ -78,3 +78,16 @@ def test_a_builtin_supernet_trains_only_the_path_and_its_standalone_network_matc
     assert any(net.is_searchable(n) for n in path)  # every kind has weights only some candidates use
     assert_standalone_matches(net, arch, x)
     assert net.count_parameters(arch) <= net.count_parameters()
+
+
+@pytest.mark.parametrize(("arch", "params"), [
+    # NAS-Bench-201's CIFAR-10 table lists these as 0.073306 MB (a cell without weights: the
+    # skeleton alone) and 1.531546 MB (every edge nor_conv_3x3, the largest network).
+    ("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|", 73_306),
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", 1_531_546),
+])
+def test_nb201_parameter_counts_match_the_benchmark(arch, params):
+    space = wpl_nas.load_space("nb201")
+    net = wpl_nas.Supernet(space, in_channels=3, num_classes=10)
+    assert net.count_parameters(space.parse(arch)) == params
+    assert net.standalone(space.parse(arch)).count_parameters() == params
