@@ -94,7 +94,7 @@ class ANPyCStrategy(QuadraticStrategy):
 
     def _prune(self, ctx: CandidateContext, x: torch.Tensor) -> None:
         fraction = self.prune_fraction(int(self.consolidated))
-        names = [n for n, p in ctx.params.items() if ".edges." in n and p.dim() > 1]
+        names = [n for n, p in ctx.params.items() if Supernet.is_searchable(n) and p.dim() > 1]
         params = [ctx.params[n] for n in names]
         if not params:  # a cell of parameter-free ops: nothing to prune
             return

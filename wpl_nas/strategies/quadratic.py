@@ -97,7 +97,7 @@ class QuadraticStrategy(Strategy):
 
     def protectable(self, name: str) -> bool:
         """Whether tensor ``name`` may be protected: cell ops always, the skeleton if asked."""
-        return bool(self.options.include_global) or ".edges." in name
+        return bool(self.options.include_global) or Supernet.is_searchable(name)
 
     # --- hooks -------------------------------------------------------------------------------
     def before_candidate(self, ctx: CandidateContext) -> None:

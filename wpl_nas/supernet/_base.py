@@ -31,8 +31,11 @@ class Supernet(nn.Module):
     place where candidates differ, a variant one of its options), and implements
     :meth:`path_units` (which of those a candidate uses) and :meth:`forward_path`. Every other
     parameter is the skeleton, used by every candidate; strategies protect ``edges`` weights
-    by default (:meth:`is_searchable`). The anatomy (:mod:`wpl_nas.evaluation.anatomy`) reads
-    depth from the module names every kind shares: ``stem``, then ``stages`` (each an
+    by default (:meth:`is_searchable`). Parts of the skeleton that a candidate may use only in
+    part (an MLP head's columns) go in a dict named ``slices`` the same way: on a candidate's
+    path only when :meth:`path_units` names them, and, being skeleton, not protected by default.
+    The anatomy (:mod:`wpl_nas.evaluation.anatomy`) reads depth from the module names every kind
+    shares: ``stem``, then ``stages`` (each an
     ``nn.Sequential`` whose last block's output is the stage's representation), then the head.
 
     Args:
@@ -136,17 +139,19 @@ class Supernet(nn.Module):
     # --- which weights a candidate uses ---------------------------------------------------
     @staticmethod
     def unit_of(name: str) -> tuple[str, str] | None:
-        """``(unit, variant)`` of parameter ``name`` if it lives in an ``edges`` dict, else None."""
+        """``(unit, variant)`` of parameter ``name`` if it lives in an ``edges`` or ``slices``
+        dict, else None (a parameter every candidate uses)."""
         parts = name.split(".")
-        if "edges" not in parts:
-            return None
-        i = parts.index("edges")
-        return parts[i + 1], parts[i + 2]
+        for i, part in enumerate(parts[:-2]):
+            if part in _PATH_DICTS:
+                return parts[i + 1], parts[i + 2]
+        return None
 
-    @classmethod
-    def is_searchable(cls, name: str) -> bool:
-        """Whether parameter ``name`` belongs to some candidates only (not the skeleton)."""
-        return cls.unit_of(name) is not None
+    @staticmethod
+    def is_searchable(name: str) -> bool:
+        """Whether parameter ``name`` is a searchable weight (in an ``edges`` dict): one that only
+        some candidates use, which strategies protect by default (the rest is skeleton)."""
+        return "edges" in name.split(".")
 
     def parameter_names_of(self, arch: Architecture) -> list[str]:
         """Names of the shared tensors ``arch`` uses: the skeleton, its head, and the modules
@@ -190,5 +195,7 @@ class Supernet(nn.Module):
         return net
 
 
+#: The dicts whose ``[unit][variant]`` modules only the candidates that name them use.
+_PATH_DICTS = ("edges", "slices")
 #: Supernet classes by the space kind they build.
 SUPERNETS: Registry[type[Supernet]] = Registry("supernet for space kind")

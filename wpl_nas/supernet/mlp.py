@@ -51,16 +51,17 @@ class BlockLinear(nn.Module):
     """A linear map whose weight is a grid of blocks, cut at the output widths ``rows`` and the
     input widths ``cols`` (each a list of block ends, increasing).
 
-    Block ``(a, b)`` is ``edges[unit]["r<a>c<b>"]``: rows ``rows[a-1]:rows[a]``, columns
-    ``cols[b-1]:cols[b]``; the bias of row block ``a`` sits in its block ``c0`` (every width uses
-    the first columns). With ``corner_of`` = ``(out_width, in_width)``, only that corner's blocks
-    exist (a stand-alone network), initialised as an ``nn.Linear`` of that size would be.
+    Block ``(a, b)`` is ``edges[unit]["r<a>c<b>"]`` (or ``slices[...]``, per ``container``): rows
+    ``rows[a-1]:rows[a]``, columns ``cols[b-1]:cols[b]``; the bias of row block ``a`` sits in its
+    block ``c0`` (every width uses the first columns). With ``corner_of`` = ``(out_width,
+    in_width)``, only that corner's blocks exist (a stand-alone network), initialised as an
+    ``nn.Linear`` of that size would be.
     """
 
     def __init__(self, unit: str, rows: Sequence[int], cols: Sequence[int], *,
-                 corner_of: tuple[int, int] | None = None) -> None:
+                 corner_of: tuple[int, int] | None = None, container: str = "edges") -> None:
         super().__init__()
-        self.unit, self.rows, self.cols = unit, list(rows), list(cols)
+        self.unit, self.rows, self.cols, self.container = unit, list(rows), list(cols), container
         out_width, in_width = corner_of if corner_of is not None else (self.rows[-1], self.cols[-1])
         full = nn.Linear(in_width, out_width)  # PyTorch's initialisation for this size, then cut in blocks
         grid = nn.ModuleDict()
@@ -69,14 +70,15 @@ class BlockLinear(nn.Module):
             c0, c1 = ([0, *self.cols])[b], self.cols[b]
             grid[f"r{a}c{b}"] = _Block(full.weight.detach()[r0:r1, c0:c1].clone(),
                                        full.bias.detach()[r0:r1].clone() if b == 0 else None)
-        self.edges = nn.ModuleDict({unit: grid})
+        # `edges`: searchable weights; `slices`: skeleton used in part (see Supernet).
+        setattr(self, container, nn.ModuleDict({unit: grid}))
 
     def units(self, out_width: int, in_width: int) -> set[tuple[str, str]]:
         """The ``(unit, block)`` keys of the ``out_width x in_width`` corner (:meth:`Supernet.path_units`)."""
         return {(self.unit, f"r{a}c{b}") for a, b in corner(self.rows, self.cols, out_width, in_width)}
 
     def forward(self, x: torch.Tensor, out_width: int) -> torch.Tensor:
-        grid = cast(dict[str, _Block], self.edges[self.unit])
+        grid = cast(dict[str, _Block], getattr(self, self.container)[self.unit])
         n_rows, n_cols = _used(self.rows, out_width), _used(self.cols, x.shape[-1])
         weight = torch.cat([torch.cat([grid[f"r{a}c{b}"].weight for b in range(n_cols)], dim=1)
                             for a in range(n_rows)])
@@ -96,7 +98,11 @@ class MLPLayer(nn.Module):
 
 
 class _Head(BlockLinear):
-    """The head: all the classes, from as many columns as the last hidden layer is wide."""
+    """The head: all the classes, from as many columns as the last hidden layer is wide. It is
+    skeleton, as every kind's head is (``slices``: not protected by default)."""
+
+    def __init__(self, cols: Sequence[int], classes: int, *, corner_of: tuple[int, int] | None) -> None:
+        super().__init__("head", [classes], cols, corner_of=corner_of, container="slices")
 
     def forward(self, x: torch.Tensor, out_width: int | None = None) -> torch.Tensor:
         return super().forward(x, self.rows[-1])
@@ -106,10 +112,10 @@ class _Head(BlockLinear):
 class MLPSupernet(Supernet):
     """Flatten (``stem``) -> one stage per hidden layer (an :class:`MLPLayer`) -> linear head.
 
-    The input size is ``prod(input_shape)``. Every weight is a block of a layer's matrix
-    (``stages.<i>.0.linear.edges.l<i+1>.r<a>c<b>.weight``; the head's ``head.edges.head.r0c<b>``),
-    so consolidation strategies protect all of them, the head's included: each candidate uses a
-    different part. A stand-alone network (``fixed=arch``) holds just its corner's blocks, under
+    The input size is ``prod(input_shape)``. Every weight is a block of a layer's matrix:
+    ``stages.<i>.0.linear.edges.l<i+1>.r<a>c<b>.weight``, searchable (strategies protect them),
+    and the head's ``head.slices.head.r0c<b>``, skeleton like every kind's head (protected only
+    with ``include_global``). A stand-alone network (``fixed=arch``) holds just its corner's blocks, under
     the same names. Build it as ``Supernet(space, ...)``; see :class:`Supernet`.
     """
 
@@ -125,7 +131,7 @@ class MLPSupernet(Supernet):
             nn.Sequential(MLPLayer(BlockLinear(mlp.layer_label(i), bounds[i + 1], bounds[i], corner_of=(
                 None if widths is None else (widths[i + 1], widths[i])))))
             for i in range(len(mlp.layers)))
-        self.make_heads(lambda: _Head("head", [self.num_classes], bounds[-1], corner_of=(
+        self.make_heads(lambda: _Head(bounds[-1], self.num_classes, corner_of=(
             None if widths is None else (self.num_classes, widths[-1]))))
 
     def _widths(self, arch: Architecture) -> list[int]:
