@@ -172,6 +172,8 @@ class _Search:
                     frozen = study.tell(trial, self.objective(trial))
                 except optuna.TrialPruned:
                     frozen = study.tell(trial, state=TrialState.PRUNED)
+                if frozen.state == TrialState.FAIL:  # Optuna fails a NaN value; asking again would loop forever
+                    raise RuntimeError(f"trial {frozen.number} failed: its score is not a number; stopping the search")
                 for callback in self.callbacks:
                     callback(study, frozen)
                 done = self._count_finished()

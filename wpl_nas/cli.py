@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from wpl_nas.config import SECTIONS, SearchConfig, field_type, load_config
-from wpl_nas.errors import ConfigError
+from wpl_nas.errors import ConfigError, TrainingDiverged
 
 __all__ = ["cli", "main"]
 
@@ -107,6 +107,9 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
         result = run_search(config, progress=progress, command=["wpl-nas", *sys.argv[1:]])
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    except TrainingDiverged as exc:
+        click.echo(f"\nerror: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume (the trial in flight is lost)", err=True)
         sys.exit(130)

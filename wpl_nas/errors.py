@@ -1,8 +1,8 @@
-"""Errors raised for bad user input."""
+"""Errors raised for bad user input, and for training that cannot go on."""
 
 from __future__ import annotations
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "TrainingDiverged"]
 
 
 class ConfigError(ValueError):
@@ -10,4 +10,13 @@ class ConfigError(ValueError):
 
     The message always names the offending value and, where there is a closed set, the
     valid choices. The CLI turns it into a usage error (exit code 2, no traceback).
+    """
+
+
+class TrainingDiverged(RuntimeError):
+    """A candidate's training loss became NaN or infinite.
+
+    Raised before the run's checkpoint is rewritten, so the last saved state (the supernet after
+    the previous trial) stays intact: rerunning resumes from it, and the diverged trial counts
+    as lost. The message names the candidate, the epoch and the usual remedies.
     """

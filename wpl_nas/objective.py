@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from wpl_nas.config import OBJECTIVES, SearchConfig
 from wpl_nas.data import DATASETS, load_dataset
-from wpl_nas.errors import ConfigError
+from wpl_nas.errors import ConfigError, TrainingDiverged
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.evaluation.cost import count_flops, measure_latency
 from wpl_nas.spaces import Architecture, SearchSpace, load_space
@@ -190,6 +190,7 @@ class SupernetObjective:
         self.command = list(command) if command is not None else None
         self._reconciled: str | None = None  # name of the study reconciled with the checkpoint
         self._busy = threading.Lock()
+        self._diverged: str | None = None  # why this objective's in-memory supernet is unusable
         self._restore()
         # Everything is valid: the folder may exist now (e.g. for an SQLite study file inside it).
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,8 +278,15 @@ class SupernetObjective:
 
         Raises:
             optuna.TrialPruned: the study's pruner stopped the candidate after an epoch.
-            RuntimeError: another trial is being trained by this objective at the same time.
+            TrainingDiverged: the candidate's training loss became NaN or infinite; the checkpoint
+                is left as it was after the previous trial, and this objective refuses further
+                trials (build a new one on the run folder to go on from the checkpoint).
+            RuntimeError: another trial is being trained by this objective at the same time, or
+                an earlier trial diverged.
         """
+        if self._diverged is not None:
+            raise RuntimeError(f"{self._diverged}; this SupernetObjective's supernet is no longer usable: create a "
+                               f"new one on {self.run_dir} to continue from its checkpoint")
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(
                 "SupernetObjective trains every trial on one shared supernet, so trials cannot run "
@@ -308,7 +316,11 @@ class SupernetObjective:
         steps = config.epochs * math.ceil(len(self.trainer.train_set) / config.batch_size)
         with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
                   desc=f"trial {trial.number}", dynamic_ncols=True) as bar:
-            result = self.trainer.train(arch, trial_index=trial.number, on_epoch=on_epoch, progress=bar.update)
+            try:
+                result = self.trainer.train(arch, trial_index=trial.number, on_epoch=on_epoch, progress=bar.update)
+            except TrainingDiverged as exc:
+                self._diverged = f"trial {trial.number} diverged"
+                raise exc from None
         values = [result.score, *costs]
         if result.pruned:
             self.finished[trial.number] = ("PRUNED", None)

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import wpl_nas
 from wpl_nas import ConfigError, SupernetObjective
+from wpl_nas.errors import TrainingDiverged
 from wpl_nas.tracking.markdown import code_cell
 
 
@@ -114,6 +115,26 @@ def test_ask_and_tell_and_a_trial_lost_in_flight(make_objective, tmp_path):
     study = optuna.load_study(study_name="s", storage=url)
     study.optimize(reopened, n_trials=1)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_diverged_trial_leaves_the_checkpoint_intact_and_resumes_from_it(make_objective, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    objective = make_objective()
+    study = optuna.create_study(direction="maximize", storage=url, study_name="s")
+    study.optimize(objective, n_trials=1)
+    saved = objective.checkpoint_path.read_bytes()
+    for group in objective.optimizer.param_groups:  # a learning rate no network survives
+        group["lr"] = 1e12
+    with pytest.raises(TrainingDiverged, match=r"\(trial 1\) diverged in epoch 0: its mean training loss is"):
+        study.optimize(objective, n_trials=1)
+    assert objective.checkpoint_path.read_bytes() == saved  # nothing of the diverged trial was written
+    with pytest.raises(RuntimeError, match=r"trial 1 diverged; .* create a new one"):
+        objective(study.ask())
+    resumed = make_objective()  # from the checkpoint: the supernet after trial 0
+    study.optimize(resumed, n_trials=1)
+    states = [t.state for t in study.get_trials()]
+    assert states[:2] == [TrialState.COMPLETE, TrialState.FAIL] and states[-1] == TrialState.COMPLETE
+    assert all(torch.isfinite(p).all() for p in resumed.supernet.parameters())
 
 
 @pytest.mark.slow

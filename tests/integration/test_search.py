@@ -155,6 +155,13 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_diverging_search_stops_with_a_clear_message_and_exit_code_1(base_args):
+    result = CliRunner().invoke(cli, [*base_args, "--trials", "2", "--lr", "1e12"])
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert "diverged in epoch 0" in result.output and "lower --lr" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_spaces_commands(tmp_path):
     result = invoke(["spaces"])
     assert result.exit_code == 0

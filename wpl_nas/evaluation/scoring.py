@@ -46,7 +46,8 @@ def perplexity(supernet: Supernet, arch: Architecture, x: torch.Tensor, y: torch
             logits = supernet(x[start: start + batch_size])
             total += F.cross_entropy(logits, y[start: start + batch_size], reduction="sum").double()
     supernet.train(was_training)
-    return math.exp(total.item() / max(y.numel(), 1))
+    mean = total.item() / max(y.numel(), 1)
+    return math.exp(mean) if mean < 709.0 else math.inf  # exp overflows a float past ~709.78
 
 
 @dataclass(frozen=True)

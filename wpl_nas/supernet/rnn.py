@@ -13,7 +13,11 @@ from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.spaces._rnn import RNNSpace
 from wpl_nas.supernet._base import SUPERNETS, Supernet
 
-__all__ = ["RNNSupernet"]
+__all__ = ["MAX_HIDDEN_NORM", "RNNSupernet"]
+
+#: The hidden state's norm is capped at this after every step (per sequence), as ENAS's PyTorch
+#: port does: a cell of identity or relu nodes can otherwise blow its state up over a window.
+MAX_HIDDEN_NORM = 25.0
 
 _ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh, "relu": torch.relu, "identity": lambda t: t, "sigmoid": torch.sigmoid,
@@ -56,7 +60,9 @@ class RecurrentCell(nn.Module):
             a, g = cast(nn.Linear, cast(nn.ModuleDict, self.edges[f"{i}->{j}"])["w"])(out[i]).chunk(2, dim=-1)
             c = torch.sigmoid(g)
             out[j] = c * act(a) + (1 - c) * out[i]
-        return torch.stack([out[j] for j in path.loose]).mean(0)
+        h_new = torch.stack([out[j] for j in path.loose]).mean(0)
+        # Rescale only the rows whose norm exceeds the cap (a no-op factor of 1 elsewhere).
+        return h_new * (MAX_HIDDEN_NORM / h_new.norm(dim=-1, keepdim=True).clamp_min(MAX_HIDDEN_NORM))
 
 
 class _Stage(nn.Sequential):
@@ -70,7 +76,8 @@ class RNNSupernet(Supernet):
     Input ``(B, T)`` token ids; output ``(B, V, T)`` logits, so that ``F.cross_entropy(out, y)``
     with targets ``(B, T)`` is the mean per-token loss (V = ``num_classes``, the vocabulary).
     Each batch row is an independent window that starts from a zero hidden state (no state is
-    carried between batches: the candidate's score does not depend on batch order).
+    carried between batches: the candidate's score does not depend on batch order); the hidden
+    state's norm is capped at :data:`MAX_HIDDEN_NORM`.
     Build it as ``Supernet(space, ...)``; see :class:`Supernet` for the arguments.
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from wpl_nas.data import iterate_batches
+from wpl_nas.errors import TrainingDiverged
 from wpl_nas.evaluation.scoring import METRICS
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import CandidateContext, Strategy
@@ -92,6 +94,9 @@ class CandidateTrainer:
               progress: Callable[[], object] | None = None) -> TrainResult:
         """Train ``arch`` for ``epochs`` epochs; score it after each epoch.
 
+        Raises:
+            TrainingDiverged: the training loss of an epoch is NaN or infinite.
+
         Args:
             arch: The candidate.
             trial_index: Its position in the search (seeds its data order).
@@ -127,6 +132,12 @@ class CandidateTrainer:
                 if progress is not None:
                     progress()
             result.loss = loss_sum.item() / max(steps, 1)
+            if not math.isfinite(result.loss):
+                # NaN weights would poison every later candidate: stop before anything is saved.
+                raise TrainingDiverged(
+                    f"candidate {arch} (trial {trial_index}) diverged in epoch {epoch}: its mean training loss "
+                    f"is {result.loss}; lower --lr, or clip gradients harder with --grad-clip (the run's "
+                    "checkpoint still holds the supernet from before this trial)")
             result.penalty = strategy.penalty(ctx) or 0.0
             result.steps += steps
             result.score = self.score(arch)
