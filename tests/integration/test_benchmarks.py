@@ -122,3 +122,13 @@ def test_bench_sampler_quick_compares_both_samplers(tmp_path):
         assert 0.0 <= r["best_standalone"] <= 1.0 and 0.0 <= r["retained_mean"] <= 1.0
         assert r["distinct"] >= 1 and r["mean_params"] > 0
     assert "| forgetting-aware |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_language_quick_reports_naive_and_wpl_per_seed(tmp_path):
+    out = tmp_path / "language.json"
+    proc = _run("bench_language.py", json_out=out)
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["seed"], r["strategy"]) for r in rows] == [(0, "naive"), (0, "wpl")]
+    assert all(r["best"] > 1.0 and math.isfinite(r["forgetting_mean"]) for r in rows)
+    assert "| 0 | wpl |" in proc.stdout
