@@ -18,12 +18,12 @@ from wpl_nas.api import Run, SearchResult, build_supernet, load_run, resolve_dev
 from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
 from wpl_nas.config import SearchConfig, WPLOptions, load_config
 from wpl_nas.data import DATASETS, DataBundle, load_dataset
-from wpl_nas.errors import ConfigError
+from wpl_nas.errors import ConfigError, TrainingDiverged
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.lab import LabConfig, LabResult, run_lab
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.sampler import ForgettingAwareSampler
-from wpl_nas.spaces import Architecture, SearchSpace, builtin_spaces, load_space
+from wpl_nas.spaces import Architecture, Genotype, SearchSpace, builtin_spaces, load_space
 from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.training import CandidateTrainer
@@ -38,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DataBundle",
     "ForgettingAwareSampler",
+    "Genotype",
     "LabConfig",
     "LabResult",
     "RetainedPool",
@@ -50,6 +51,7 @@ __all__ = [
     "Supernet",
     "SupernetObjective",
     "TensorBoardCallback",
+    "TrainingDiverged",
     "WPLOptions",
     "build_supernet",
     "builtin_spaces",
