@@ -118,3 +118,21 @@ def search_tiny(space_file: Path, data_dir: Path, runs_dir: Path, **options: obj
         assert t.params == dict(space.parse(t.user_attrs["arch"])) and 0.0 <= t.value <= 1.0
     assert result.best_arch is not None
     return result
+
+
+def assert_round_trips(space: wpl_nas.SearchSpace, *, trials: int = 5) -> list[wpl_nas.Architecture]:
+    """Architectures a real Optuna study suggests: one parameter per choice, equal to the
+    architecture's values, and each printed string parses back (through the space and through
+    ``Architecture.parse``) to the same architecture. Returns them."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    archs = []
+    for _ in range(trials):
+        trial = study.ask()
+        arch = space.suggest(trial)
+        assert trial.params == {label: arch[label] for label in space.choices}
+        assert space.parse(str(arch)) == arch == wpl_nas.Architecture.parse(str(arch)) == space.validate(arch)
+        study.tell(trial, 0.0)
+        archs.append(arch)
+    return archs

@@ -8,13 +8,11 @@ import math
 import random
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_standalone_matches, search_tiny
+from conftest import assert_round_trips, assert_standalone_matches, search_tiny
 
-import wpl_nas
 from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import Genotype, MLPSpace, SearchSpace, load_space
 from wpl_nas.spaces._mlp import ACTIVATIONS
@@ -72,13 +70,7 @@ def test_the_activation_registry():
 
 
 def test_suggest_parse_and_string_round_trip(space):
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(5):
-        trial = study.ask()
-        arch = space.suggest(trial)
-        assert isinstance(arch, Genotype) and trial.params == dict(arch)
-        assert space.parse(str(arch)) == arch and wpl_nas.Architecture.parse(str(arch)) == arch
-        study.tell(trial, 1.0)
+    assert all(isinstance(arch, Genotype) for arch in assert_round_trips(space))
     assert len(set(space.enumerate())) == space.size == 9 ** 2
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import random
 
-import optuna
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_standalone_matches
+from conftest import assert_round_trips, assert_standalone_matches
 
-import wpl_nas
 from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import Genotype, RNNSpace, SearchSpace, load_space
 from wpl_nas.supernet import RNNSupernet, Supernet
@@ -49,13 +47,7 @@ def test_choices_inputs_and_loose_ends(space):
 
 
 def test_suggest_parse_and_string_round_trip(space):
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(5):
-        trial = study.ask()
-        arch = space.suggest(trial)
-        assert isinstance(arch, Genotype) and set(trial.params) == set(space.choices)
-        assert space.parse(str(arch)) == arch and wpl_nas.Architecture.parse(str(arch)) == arch
-        study.tell(trial, 1.0)
+    assert all(isinstance(arch, Genotype) for arch in assert_round_trips(space))
     assert len(set(space.enumerate())) == space.size
 
 
