@@ -24,7 +24,7 @@ from torch import nn
 
 from wpl_nas.registry import Registry
 
-__all__ = ["OPS", "DilConv", "FactorizedReduce", "SepConv", "batch_norm", "conv", "create_op"]
+__all__ = ["OPS", "DilConv", "FactorizedReduce", "SepConv", "batch_norm", "conv", "create_op", "global_pool"]
 
 #: Builds an operation as ``builder(channels, dims, stride)``.
 OpBuilder = Callable[[int, int, int], nn.Module]
@@ -38,6 +38,11 @@ def conv(dims: int, c_in: int, c_out: int, kernel: int, stride: int = 1, *,
     cls = nn.Conv1d if dims == 1 else nn.Conv2d
     return cls(c_in, c_out, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
                groups=groups, bias=False)
+
+
+def global_pool(dims: int) -> nn.Module:
+    """Average over every position: ``(B, C, *spatial)`` -> ``(B, C)``."""
+    return nn.Sequential(nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def batch_norm(dims: int, channels: int) -> nn.Module:

@@ -148,10 +148,6 @@ def _model(label: str, arch: Architecture, train: tuple[Tensor, Tensor], val: tu
                  (val[0][:n_eval], val[1][:n_eval]), epochs, 1.0 / classes)
 
 
-def _check_dims(space: SearchSpace, data: DataBundle) -> None:
-    space.check_data(data.name, data.input_shape)
-
-
 def _kernel(op: str) -> int:
     digits = re.findall(r"\d+", op)
     return int(digits[0]) if digits else 0
@@ -263,7 +259,7 @@ class Sequence(Scenario):
         config = super().resolve(config, data)
         assert config.space is not None and config.candidates is not None
         space = load_space(config.space)
-        _check_dims(space, data)
+        space.check_data(data.name, data.input_shape)
         if config.candidates > space.size:
             raise ConfigError(f"candidates={config.candidates} exceeds the {space.size} architectures of "
                               f"space {space.name!r}")
@@ -297,7 +293,7 @@ class _TaskIncremental(Scenario):
         config = super().resolve(config, data)
         assert config.space is not None
         space = load_space(config.space)
-        _check_dims(space, data)
+        space.check_data(data.name, data.input_shape)
         if config.arch is not None:
             space.parse(config.arch)
         return config

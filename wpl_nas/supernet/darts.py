@@ -20,7 +20,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from wpl_nas.ops import FactorizedReduce, ReLUConvBN, batch_norm, conv, create_op
+from wpl_nas.ops import FactorizedReduce, ReLUConvBN, batch_norm, conv, create_op, global_pool
 from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.spaces._darts import CELL_TYPES, DartsSpace
 from wpl_nas.supernet._base import SUPERNETS, Supernet
@@ -139,11 +139,7 @@ class DartsSupernet(Supernet):
             reduction_prev = reduction
         self.stages = nn.ModuleList(nn.Sequential(*cells) for cells in stages)
 
-        def make_head() -> nn.Module:
-            pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
-            return nn.Sequential(pool, nn.Flatten(), nn.Linear(c_p, self.num_classes))
-
-        self.make_heads(make_head)
+        self.make_heads(lambda: nn.Sequential(global_pool(dims), nn.Linear(c_p, self.num_classes)))
 
     def path_units(self, arch: Architecture) -> set[tuple[str, str]]:
         ds = cast(DartsSpace, self.space)

@@ -13,7 +13,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from wpl_nas.ops import batch_norm, conv
+from wpl_nas.ops import batch_norm, conv, global_pool
 from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.spaces._mobilenet import MobileNetSpace, StagePick
 from wpl_nas.supernet._base import SUPERNETS, Supernet
@@ -103,11 +103,7 @@ class MobileNetSupernet(Supernet):
             children["out"] = StageOutput()
             self.stages.append(nn.Sequential(children))
 
-        def make_head() -> nn.Module:
-            pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
-            return nn.Sequential(pool, nn.Flatten(), nn.Linear(c_prev, self.num_classes))
-
-        self.make_heads(make_head)
+        self.make_heads(lambda: nn.Sequential(global_pool(dims), nn.Linear(c_prev, self.num_classes)))
 
     def path_units(self, arch: Architecture) -> set[tuple[str, str]]:
         mb = cast(MobileNetSpace, self.space)

@@ -26,10 +26,11 @@ _ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class _Path:
-    """One architecture's cell, ready to run: node 1's activation, then (node, input, activation)."""
+    """One architecture's cell, ready to run: node 1's activation, then per later node
+    ``(node, input, activation, the edge's weights)``, looked up once, not at every time step."""
 
     first: Callable[[torch.Tensor], torch.Tensor]
-    nodes: tuple[tuple[int, int, Callable[[torch.Tensor], torch.Tensor]], ...]
+    nodes: tuple[tuple[int, int, Callable[[torch.Tensor], torch.Tensor], nn.Linear], ...]
     loose: tuple[int, ...]
 
 
@@ -52,12 +53,18 @@ class RecurrentCell(nn.Module):
         for unit, variant in edges:
             self.edges[unit] = nn.ModuleDict({variant: nn.Linear(h, 2 * h, bias=False)})
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, path: _Path) -> torch.Tensor:
-        act_in, gate_in = (self.x_proj(x) + self.h_proj(h)).chunk(2, dim=-1)
+    def edge(self, i: int, j: int) -> nn.Linear:
+        """The weights ``[V, V_c]`` of edge ``i -> j``."""
+        return cast(nn.Linear, cast(nn.ModuleDict, self.edges[f"{i}->{j}"])["w"])
+
+    def forward(self, xw: torch.Tensor, h: torch.Tensor, path: _Path) -> torch.Tensor:
+        """One step; ``xw`` is the step's input already through ``x_proj`` (done for the whole
+        sequence at once by the supernet: one matrix product instead of one per step)."""
+        act_in, gate_in = (xw + self.h_proj(h)).chunk(2, dim=-1)
         c = torch.sigmoid(gate_in)
         out = {1: c * path.first(act_in) + (1 - c) * h}
-        for j, i, act in path.nodes:
-            a, g = cast(nn.Linear, cast(nn.ModuleDict, self.edges[f"{i}->{j}"])["w"])(out[i]).chunk(2, dim=-1)
+        for j, i, act, linear in path.nodes:
+            a, g = linear(out[i]).chunk(2, dim=-1)
             c = torch.sigmoid(g)
             out[j] = c * act(a) + (1 - c) * out[i]
         h_new = torch.stack([out[j] for j in path.loose]).mean(0)
@@ -94,17 +101,22 @@ class RNNSupernet(Supernet):
 
     def plan(self, arch: Architecture) -> _Path:
         rnn = cast(RNNSpace, self.space)
+        cell = self._cell()
         return _Path(_ACT[arch["n1/act"]],
-                     tuple((j, i, _ACT[arch[f"n{j}/act"]]) for j, i in rnn.inputs(arch).items()),
+                     tuple((j, i, _ACT[arch[f"n{j}/act"]], cell.edge(i, j)) for j, i in rnn.inputs(arch).items()),
                      tuple(rnn.loose_ends(arch)))
+
+    def _cell(self) -> RecurrentCell:
+        return cast(RecurrentCell, cast(nn.Sequential, self.stages[0])[-1])
 
     def forward_path(self, x: torch.Tensor, plan: _Path) -> torch.Tensor:
         emb = self.stem(x)  # (B, T, E)
-        cell = cast(nn.Sequential, self.stages[0])[-1]
+        cell = self._cell()
+        xw = cell.x_proj(emb)  # (B, T, 2H): every step's input projection in one product
         h = emb.new_zeros(emb.shape[0], cast(RNNSpace, self.space).hidden)
         outputs = []
         for t in range(emb.shape[1]):
-            h = cell(emb[:, t], h, plan)
+            h = cell(xw[:, t], h, plan)
             outputs.append(h)
         assert self._arch is not None
         logits = self.head_of(self._arch)(torch.stack(outputs, dim=1))  # (B, T, V)
