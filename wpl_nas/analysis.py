@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import csv
 import html as html_lib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wpl_nas.api import load_run
-from wpl_nas.callbacks import ANATOMY_DIR, ANATOMY_JSON, RETENTION_JSON
+from wpl_nas.callbacks import ANATOMY_DIR, ANATOMY_JSON, RETENTION_JSON, SNAPSHOT_KEYS
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, stage_names
 from wpl_nas.evaluation.scoring import Metric
 from wpl_nas.fidelity import RANK_DIR, RANKING_CSV, RANKING_MD
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.spaces import Architecture
-from wpl_nas.tracking import load_checkpoint, write_text_atomically
+from wpl_nas.tracking import load_checkpoint, read_json, write_text_atomically
 from wpl_nas.tracking.markdown import code_cell
 
 __all__ = ["AnatomyResult", "ReportResult", "anatomy_run", "report_run"]
@@ -158,7 +157,13 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
     bs = batch_size or run.config.eval_batch_size
     members: list[dict[str, Any]] = []
     for path in snapshots:
-        snap = load_checkpoint(path, map_location=objective.device)
+        try:
+            snap = load_checkpoint(path, map_location=objective.device, required=SNAPSHOT_KEYS,
+                                   what="anatomy snapshot")
+        except ConfigError:
+            if not path.exists():  # a running search replaced or dropped it since the listing
+                continue
+            raise
         arch = Architecture.parse(snap["arch"])
         trial = int(path.stem.split("_")[1])
         features = stage_features(net, arch, probe[: len(next(iter(snap["features"].values())))])
@@ -176,7 +181,7 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
                for m in members)
     table = _markdown(stages, len(members), lost, metric)
     history_path = run.run_dir / ANATOMY_JSON
-    history = json.loads(history_path.read_text()) if history_path.is_file() else {}
+    history = read_json(history_path, what="anatomy record") if history_path.is_file() else {}
     plot = run.run_dir / "anatomy.png"
     _plot(plot, stages, history, names, metric)
     rows = ["| member | architecture | at training | now | all stages reset |", "|---:|---|---:|---:|---:|",
@@ -248,7 +253,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     if not retention_path.is_file():
         raise ConfigError(f"run {run.run_dir} has no retention.json: no trial has finished yet, or the run was made "
                           "by a wpl-nas that did not write it; run a new search")
-    pool = json.loads(retention_path.read_text())
+    pool = read_json(retention_path, what="retention record")
     out = run.run_dir / "report"
     out.mkdir(exist_ok=True)
     figures = [out / "retention.png"]

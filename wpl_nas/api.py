@@ -139,21 +139,25 @@ class _Search:
         self.objective = SupernetObjective(config, progress=progress, command=command)
         self.progress = progress
         self.run_dir = self.objective.run_dir
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.objective.lock()  # before the study is touched: a second search is refused at once
         try:
-            self.study = optuna.create_study(
-                study_name=config.resolved_study_name, storage=config.resolved_storage,
-                directions=self.objective.directions, load_if_exists=True, pruner=create_pruner(config.pruner),
-                sampler=sampler)
-        except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
-            raise ConfigError(f"cannot open storage {config.resolved_storage!r}: {exc}") from None
-        with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study.set_metric_names(self.objective.metric_names)
-        self.objective.reconcile(self.study)  # before any TensorBoard file is written
-        self.tensorboard = self.objective.tensorboard_callback()
-        self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
-            self.objective.retention_callback(), self.objective.anatomy_callback(), self.tensorboard]
+            try:
+                self.study = optuna.create_study(
+                    study_name=config.resolved_study_name, storage=config.resolved_storage,
+                    directions=self.objective.directions, load_if_exists=True, pruner=create_pruner(config.pruner),
+                    sampler=sampler)
+            except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+                raise ConfigError(f"cannot open storage {config.resolved_storage!r}: {exc}") from None
+            with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(self.objective.metric_names)
+            self.objective.reconcile(self.study)  # before any TensorBoard file is written
+            self.tensorboard = self.objective.tensorboard_callback()
+            self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+                self.objective.retention_callback(), self.objective.anatomy_callback(), self.tensorboard]
+        except BaseException:
+            self.objective.close()
+            raise
 
     def _count_finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -185,6 +189,11 @@ class _Search:
                                 forget=f"{pool['forgetting_mean']:+.3f}")
         self.tensorboard.close()
         return self.result()
+
+    def close(self) -> None:
+        """Close the event file and release the run folder's lock."""
+        self.tensorboard.close()
+        self.objective.close()
 
     def result(self) -> SearchResult:
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -221,4 +230,8 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
     config = config or SearchConfig()
     if overrides:
         config = config.replace(**overrides)
-    return _Search(config, progress=progress, command=command if command is not None else sys.argv).run()
+    search = _Search(config, progress=progress, command=command if command is not None else sys.argv)
+    try:
+        return search.run()
+    finally:
+        search.close()

@@ -25,6 +25,7 @@ read while the search runs.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,18 +33,19 @@ import optuna
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
+from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import MEASURES, METRICS, RetainedPool
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
 from wpl_nas.spaces import Architecture, SearchSpace
-from wpl_nas.tracking import load_checkpoint, save_checkpoint, write_text_atomically
+from wpl_nas.tracking import load_checkpoint, read_json, save_checkpoint, write_text_atomically
 from wpl_nas.tracking.figures import cell_figure, retention_heatmap
 from wpl_nas.tracking.markdown import code_cell
 
 if TYPE_CHECKING:
     from wpl_nas.objective import SupernetObjective
 
-__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "RETENTION_CSV", "RETENTION_JSON", "AnatomyCallback", "RetentionCallback",
-           "TensorBoardCallback"]
+__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "RETENTION_CSV", "RETENTION_JSON", "SNAPSHOT_KEYS", "AnatomyCallback",
+           "RetentionCallback", "TensorBoardCallback"]
 
 #: The retention matrix in the run folder, rewritten after every trial.
 RETENTION_JSON = "retention.json"
@@ -51,6 +53,7 @@ RETENTION_CSV = "retention.csv"
 #: Per-stage CKA of the pool members, and their snapshots (AnatomyCallback).
 ANATOMY_JSON = "anatomy.json"
 ANATOMY_DIR = "anatomy"
+SNAPSHOT_KEYS = ("arch", "features", "weights")
 
 
 
@@ -152,14 +155,25 @@ class AnatomyCallback:
                 "arch": str(arch), "features": stage_features(supernet, arch, probe),
                 "weights": {n: p.detach().clone() for n, p in supernet.parameters_of(arch).items()}})
         record_path = objective.run_dir / ANATOMY_JSON
-        record: dict[str, dict[str, dict[str, float]]] = (
-            json.loads(record_path.read_text()) if record_path.is_file() else {})
+        record: dict[str, dict[str, dict[str, float]]] = {}
+        if record_path.is_file():
+            try:
+                record = read_json(record_path, what="anatomy record")
+            except ConfigError as exc:  # derived data: start it again rather than stop the search
+                warnings.warn(f"{exc}; starting it afresh", RuntimeWarning, stacklevel=2)
+            if not isinstance(record, dict):
+                record = {}
         now: dict[str, list[float]] = {}
         for member in members:
             path = self.snapshot_path(member)
             if member == trial.number or not path.is_file():
                 continue
-            snapshot = load_checkpoint(path, map_location=objective.device)
+            try:
+                snapshot = load_checkpoint(path, map_location=objective.device, required=SNAPSHOT_KEYS,
+                                           what="anatomy snapshot")
+            except ConfigError as exc:  # derived data: this member's CKA is skipped, the search goes on
+                warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+                continue
             features = stage_features(supernet, Architecture.parse(snapshot["arch"]), probe)
             cka = {stage: linear_cka(snapshot["features"][stage], features[stage]) for stage in features}
             record.setdefault(str(member), {})[str(trial.number)] = cka

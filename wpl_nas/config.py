@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from wpl_nas.strategy_options import (
     SyntheticOptions,
     WPLOptions,
     opt,
+    require_finite,
 )
 
 __all__ = ["OBJECTIVES", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions", "load_config"]
@@ -100,8 +102,9 @@ class SearchConfig:
     distill: DistillOptions = field(default_factory=DistillOptions)
     synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
 
-    # Fields that may change between runs of the same study (everything else must match).
-    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage")
+    # Fields that may change between runs of the same study (everything else must match). A run
+    # folder may move: runs_dir says where it is, not what it holds.
+    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage", "runs_dir")
 
     @property
     def objective_list(self) -> list[str]:
@@ -133,7 +136,12 @@ class SearchConfig:
         Names (space, dataset, strategy, sampler, pruner) are checked against their
         registries by :func:`wpl_nas.api.run_search` before anything is written.
         """
+        require_finite(self)
         _positive(self, "trials", "epochs", "batch_size", "eval_batch_size", "pool_best")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in [0, {MAX_SEED}] (NumPy takes 32-bit seeds), but got seed={self.seed}")
+        if self.study_name is not None:
+            check_study_name(self.study_name)
         _non_negative(self, "lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent",
                       "threads")
         if not 0.0 < self.val_fraction < 1.0:
@@ -211,6 +219,24 @@ def read_yaml_mapping(path: str | Path) -> Mapping[str, Any]:
 
 
 # --- helpers -------------------------------------------------------------------------------
+#: The largest seed: NumPy's legacy generator takes 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
+def check_study_name(name: str) -> str:
+    """``name`` if it can name a study and its run folder: one path component, not ``.``/``..``.
+
+    Raises:
+        ConfigError: an empty name, or one that would put the run folder outside ``runs_dir``.
+    """
+    bad = ("/" in name or "\\" in name or "\0" in name or name.strip() in ("", ".", "..")
+           or Path(name).is_absolute() or Path(name).name != name)
+    if bad:
+        raise ConfigError(f"study_name must be one folder name (not empty, no '/', '\\', '.' or '..'), so that the "
+                          f"run stays inside runs_dir, but got study_name={name!r}")
+    return name
+
+
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -241,7 +267,9 @@ def field_type(cls: type, name: str) -> Any:
     return hint
 
 
-def _coerce(value: Any, cls: type, name: str, where: str) -> Any:
+def coerce_field(value: Any, cls: type, name: str, where: str) -> Any:
+    """``value`` as the type of field ``name`` of dataclass ``cls`` (ints pass as floats; NaN and
+    infinity do not), or a ConfigError naming ``where`` and the key."""
     kind = field_type(cls, name)
     optional = typing.get_type_hints(cls)[name] != kind
     if value is None and optional:
@@ -253,6 +281,8 @@ def _coerce(value: Any, cls: type, name: str, where: str) -> Any:
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # NaN slips through every range check (nan <= 0 is False)
+            raise ConfigError(f"{where}: key {name!r} must be a finite number, but got {value!r}")
     else:
         ok = isinstance(value, kind)
     if not ok:
@@ -273,5 +303,5 @@ def _build(cls: type, data: Mapping[str, Any], *, where: str) -> Any:
                 raise ConfigError(f"{where}: key {key!r} must be a mapping of options, but got {value!r}")
             kwargs[key] = _build(SECTIONS[key], value, where=f"{where}: {key}")
         else:
-            kwargs[key] = _coerce(value, cls, key, where)
+            kwargs[key] = coerce_field(value, cls, key, where)
     return cls(**kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "TrainingDiverged"]
+__all__ = ["ConfigError", "RunLocked", "TrainingDiverged"]
 
 
 class ConfigError(ValueError):
@@ -10,6 +10,13 @@ class ConfigError(ValueError):
 
     The message always names the offending value and, where there is a closed set, the
     valid choices. The CLI turns it into a usage error (exit code 2, no traceback).
+    """
+
+
+class RunLocked(ConfigError):
+    """Another process is writing the run folder (one writer per run: see :mod:`wpl_nas.tracking.lock`).
+
+    The message names the holder's process id and host.
     """
 
 

@@ -45,7 +45,7 @@ from wpl_nas.evaluation import kendall_tau, spearman_rho, top_k_overlap
 from wpl_nas.objective import SupernetObjective, build_supernet
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import create_strategy
-from wpl_nas.tracking import write_text_atomically
+from wpl_nas.tracking import read_json, write_text_atomically
 from wpl_nas.tracking.markdown import code_cell
 from wpl_nas.training import CandidateTrainer
 
@@ -190,7 +190,7 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
     rows = []
     if table is None:
         cache_path = out_dir / "standalone.json"
-        cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        cache: dict[str, Any] = read_json(cache_path, what="stand-alone cache") if cache_path.is_file() else {}
         budget = epochs or run.config.epochs
         for trial, arch, score in tqdm(chosen, desc="stand-alone", unit="arch", disable=not progress):
             entry = cache.get(str(arch))

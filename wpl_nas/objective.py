@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import tempfile
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from wpl_nas.strategies import Strategy, create_strategy, resolve_strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from wpl_nas.tracking.figures import cell_figure, png_bytes
+from wpl_nas.tracking.lock import RunLock
 from wpl_nas.training import CandidateTrainer, TrainResult
 
 if TYPE_CHECKING:
@@ -63,6 +65,10 @@ __all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "SupernetObjective", "build
            "saved_config"]
 
 CHECKPOINT = "checkpoints/last.pt"
+_CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rng")
+#: The study user attribute that ties a study to its run's checkpoint (a random id made when the
+#: study's first trial is checkpointed), so another run's checkpoint or study.db is recognised.
+RUN_ID_ATTR = "wpl_nas_run_id"
 CONFIG_FILE = "config.yaml"
 #: Optuna artifacts of the run (each trial's cell image), served by ``wpl-nas dashboard``.
 ARTIFACTS = "artifacts"
@@ -191,6 +197,9 @@ class SupernetObjective:
         self._reconciled: str | None = None  # name of the study reconciled with the checkpoint
         self._busy = threading.Lock()
         self._diverged: str | None = None  # why this objective's in-memory supernet is unusable
+        #: Which study the checkpoint belongs to: its name, its run id (RUN_ID_ATTR) and the seed.
+        self._identity: dict[str, Any] = {}
+        self._lock = RunLock(self.run_dir)
         self._restore()
         # Everything is valid: the folder may exist now (e.g. for an SQLite study file inside it).
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,16 +212,29 @@ class SupernetObjective:
     def _restore(self) -> None:
         if not self.checkpoint_path.is_file():
             return
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        self.supernet.load_state_dict(state["supernet"])
-        self.strategy.load_state_dict(state["strategy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.pool.load_state_dict(state["pool"])
-        self.finished = {int(k): (v[0], v[1]) for k, v in state["finished"].items()}
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device, required=_CHECKPOINT_KEYS)
+        identity = state.get("identity", {})
+        if identity.get("seed", self.config.seed) != self.config.seed:
+            raise ConfigError(f"checkpoint {self.checkpoint_path} was written by a search with seed "
+                              f"{identity['seed']!r}, not {self.config.seed}: it belongs to another run; restore this "
+                              "run's checkpoint or use a new --study-name")
+        try:
+            self.supernet.load_state_dict(state["supernet"])
+            self.strategy.load_state_dict(state["strategy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.pool.load_state_dict(state["pool"])
+            self.finished = {int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()}
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"checkpoint {self.checkpoint_path} does not fit this run ({reason}): it was written "
+                              "for another space, strategy or data set, or it is damaged; restore this run's "
+                              "checkpoint or use a new --study-name") from None
         restore_rng(state["rng"])
+        self._identity = identity
 
     def save(self) -> None:
-        """Write the checkpoint atomically: supernet, strategy, optimiser, pool, finished trials, RNG."""
+        """Write the checkpoint atomically: supernet, strategy, optimiser, pool, finished trials, RNG,
+        and the identity of the study it belongs to."""
         save_checkpoint(self.checkpoint_path, {
             "supernet": self.supernet.state_dict(),
             "strategy": self.strategy.state_dict(),
@@ -220,10 +242,24 @@ class SupernetObjective:
             "pool": self.pool.state_dict(),
             "finished": dict(self.finished),
             "rng": capture_rng(),
+            "identity": self._identity,
         })
 
+    def lock(self) -> None:
+        """Take the run folder's write lock (idempotent; :meth:`reconcile` takes it too).
+
+        Raises:
+            RunLocked: another process is searching this run folder.
+        """
+        self._lock.acquire()
+
+    def close(self) -> None:
+        """Release the run folder's write lock (the end of the process releases it too)."""
+        self._lock.release()
+
     def reconcile(self, study: optuna.Study, *, running: int | None = None) -> None:
-        """Bring ``study`` and the checkpoint into agreement, then record the config.
+        """Take the run folder's write lock, bring ``study`` and the checkpoint into agreement,
+        then record the config.
 
         A trial the checkpoint holds but the study still shows as running (the process stopped
         between the two) is told its result; any other running trial (but ``running``, the one
@@ -231,9 +267,12 @@ class SupernetObjective:
         calls this; call it yourself to do it before asking for a trial.
 
         Raises:
+            RunLocked: another process is searching this run folder (the message names it).
             ConfigError: the study and the checkpoint disagree about what has finished (a
                 checkpoint from another study, or a study whose checkpoint is missing).
         """
+        self.lock()
+        self._check_identity(study)
         trials = study.get_trials(deepcopy=False)
         stray = sorted(set(self.finished) - {t.number for t in trials})
         if stray or running in self.finished:
@@ -258,6 +297,26 @@ class SupernetObjective:
         if not (self.run_dir / CONFIG_FILE).is_file():
             self.config.dump(self.run_dir / CONFIG_FILE, extra={"command": self.command})
         self._reconciled = study.study_name
+
+    def _check_identity(self, study: optuna.Study) -> None:
+        """Refuse a study and checkpoint that belong to different runs; tie them together if new."""
+        run_id = study.user_attrs.get(RUN_ID_ATTR)
+        saved = self._identity
+        if saved:
+            if saved.get("run_id") != run_id or saved.get("study") != study.study_name:
+                raise ConfigError(
+                    f"checkpoint {self.checkpoint_path} belongs to study {saved.get('study')!r} (run id "
+                    f"{saved.get('run_id')}), but the study is {study.study_name!r} (run id {run_id}): a checkpoint "
+                    "or study.db of another run was put in this run folder; restore the matching pair or use a "
+                    "new --study-name")
+            return
+        if run_id is not None and self.finished:
+            raise ConfigError(f"checkpoint {self.checkpoint_path} does not record which study it belongs to; "
+                              f"study {study.study_name!r} is run {run_id}: restore this run's checkpoint")
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+            study.set_user_attr(RUN_ID_ATTR, run_id)
+        self._identity = {"study": study.study_name, "run_id": run_id, "seed": self.config.seed}
 
     # --- one trial ---------------------------------------------------------------------
     @property

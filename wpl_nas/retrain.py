@@ -166,16 +166,21 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
     path = folder / "checkpoint.pt"
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)  # data order and augmentation
     if path.is_file():
-        state = load_checkpoint(path, map_location=device)
+        state = load_checkpoint(path, map_location=device, what="retraining checkpoint", required=(
+            "model", "optimizer", "schedule", "epoch", "epochs", "history", "rng", "generator"))
         if state["epochs"] != epochs:
             raise ConfigError(f"{path} is a retraining of {state['epochs']} epochs, not {epochs}; rerun with "
                               f"--epochs {state['epochs']} to resume it, or delete {folder} to start again")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        history, start = state["history"], state["epoch"]
+        try:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            history, start = dict(state["history"]), int(state["epoch"])
+            gen.set_state(state["generator"].cpu())
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise ConfigError(f"retraining checkpoint {path} does not fit trial {chosen.number}'s network ({exc}); "
+                              f"delete {folder} to start the retraining again") from None
         restore_rng(state["rng"])
-        gen.set_state(state["generator"])
     writer = SummaryWriter(log_dir=str(folder / "tb"))
     bar = tqdm(total=epochs * steps_per_epoch, initial=start * steps_per_epoch, disable=not progress,
                desc=f"retrain trial {chosen.number}", unit="step", dynamic_ncols=True)

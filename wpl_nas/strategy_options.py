@@ -13,6 +13,7 @@ doubles it, so each paper's published value means what it meant there.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,12 +31,25 @@ __all__ = [
     "SyntheticOptions",
     "WPLOptions",
     "opt",
+    "require_finite",
 ]
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a default and its help text (shown by ``--help``)."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+def require_finite(obj: Any, prefix: str = "") -> None:
+    """Every float field of dataclass ``obj`` is finite (range checks let NaN through: nan <= 0 is False).
+
+    Raises:
+        ConfigError: naming the first field that is NaN or infinite.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, but got {f.name}={value!r}")
 
 
 class _Options:
@@ -49,6 +63,7 @@ class _Options:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the section, key and value of the first bad option."""
+        require_finite(self, prefix=f"{self.section}.")
         for name in self.positive:
             self._require(name, getattr(self, name) > 0, "> 0")
         for name in self.non_negative:

@@ -62,7 +62,7 @@ def test_retrain_resumes_to_the_same_result_and_touches_test_only_at_the_end(run
     assert len(whole.val_scores) == 2 and 0.0 <= whole.test_score <= 1.0
     saved = json.loads((whole.folder / "result.json").read_text())
     assert saved["test_accuracy"] == whole.test_score and saved["recipe"]["lr"] == 0.05
-    weights = torch.load(whole.folder / "checkpoint.pt", weights_only=False)["model"]
+    weights = torch.load(whole.folder / "checkpoint.pt", weights_only=True)["model"]
 
     # Interrupted after its first epoch, then resumed: the same run as an uninterrupted one.
     shutil.rmtree(whole.folder)
@@ -76,7 +76,7 @@ def test_retrain_resumes_to_the_same_result_and_touches_test_only_at_the_end(run
     assert not (whole.folder / "result.json").exists()
     resumed = retrain_run(run_dir, trial=0, epochs=2, progress=False)
     assert resumed.val_scores == whole.val_scores and resumed.test_score == whole.test_score
-    again = torch.load(resumed.folder / "checkpoint.pt", weights_only=False)["model"]
+    again = torch.load(resumed.folder / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
     result = CliRunner().invoke(cli, ["retrain", str(run_dir), "--trial", "0", "--epochs", "3", "--no-progress"])

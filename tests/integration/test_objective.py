@@ -181,7 +181,7 @@ def test_changed_configuration_on_an_existing_run_folder_is_refused(make_objecti
 def test_checkpoint_of_another_study_is_refused(make_objective):
     objective = make_objective()
     optuna.create_study(direction="maximize").optimize(objective, n_trials=1)
-    with pytest.raises(ConfigError, match="another study"):
+    with pytest.raises(ConfigError, match="another run"):
         make_objective().reconcile(optuna.create_study(direction="maximize"))
 
 

@@ -77,7 +77,7 @@ def search(tmp_path: Path, name: str, trials: int, tiny_space_file, data_dir, **
 
 def snapshot(result: wpl_nas.SearchResult) -> tuple[list[tuple[str, float]], dict[str, torch.Tensor]]:
     trials = [(t.user_attrs["arch"], t.value) for t in result.study.get_trials()]
-    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
     return trials, {**{f"s.{k}": v for k, v in state["strategy"].items()},
                     **{f"n.{k}": v for k, v in state["supernet"].items()}}
 
@@ -188,6 +188,6 @@ def test_pruned_candidates_are_neither_consolidated_nor_pooled(tmp_path, tiny_sp
     trials = result.study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert all(t.intermediate_values.keys() == {0} for t in trials)  # stopped after the first epoch
-    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert int(state["strategy"]["consolidated"]) == 0 and state["pool"]["entries"] == []
     assert result.best_arch is None and "no trial completed" in result.summary()

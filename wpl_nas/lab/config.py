@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from wpl_nas.config import field_type, read_yaml_mapping
+from wpl_nas.config import coerce_field, read_yaml_mapping
 from wpl_nas.errors import ConfigError
 from wpl_nas.strategy_options import STRATEGY_SECTIONS, opt
 
@@ -259,28 +258,13 @@ def _require(config: LabConfig, names: tuple[str, ...], ok: Any, what: str) -> N
 
 def _coerce(owner: type, name: str, value: Any, where: str) -> Any:
     """``value`` as the type of field ``name`` of ``owner``, or a ConfigError naming the key."""
-    kind = field_type(owner, name)
-    optional = typing.get_type_hints(owner)[name] != kind
-    if value is None and optional:
-        return None
     if owner is LabConfig and name in LabConfig.LIST_FIELDS:
         # YAML may spell a list field as a list or as a single number.
         if isinstance(value, list) and value and all(_is_number(v) for v in value):
             value = ",".join(str(v) for v in value)
         elif _is_number(value):
             value = str(value)
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = _is_number(value)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ConfigError(f"{where}: key {name!r} must be of type {kind.__name__}, but got {value!r}")
-    return value
+    return coerce_field(value, owner, name, where)
 
 
 def _is_number(value: Any) -> bool:

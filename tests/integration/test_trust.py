@@ -1,0 +1,227 @@
+"""Runs you can trust: files read back never run code, names stay inside their folder, another
+run's files are refused, and bad numbers are answered with exit code 2."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import wpl_nas
+from wpl_nas.cli import cli
+from wpl_nas.errors import ConfigError, RunLocked
+from wpl_nas.tracking.lock import LOCK_FILE
+
+
+class _RunsCode:
+    """Unpickling this runs ``exec``: what a crafted file in a shared run folder would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def _search_flags(space_file: Path, data_dir: Path, runs_dir: Path, name: str, *, trials: int = 3,
+                  seed: int = 0) -> list[str]:
+    return ["--space", str(space_file), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
+            "--study-name", name, "--trials", str(trials), "--epochs", "1", "--batch-size", "256",
+            "--eval-samples", "200", "--device", "cpu", "--seed", str(seed), "--threads", "1"]
+
+
+def _search(space_file: Path, data_dir: Path, runs_dir: Path, name: str, **kw: int) -> Path:
+    result = CliRunner().invoke(cli, ["search", "--no-progress", *_search_flags(space_file, data_dir, runs_dir,
+                                                                                name, **kw)])
+    assert result.exit_code == 0, result.output
+    return runs_dir / name
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Every file's hash but the lock's (which names whoever last opened the folder to write)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_space_file, data_dir, tmp_path_factory) -> Path:
+    """A finished 3-trial search, retrained one epoch (so every kind of file a run reads back exists)."""
+    run_dir = _search(tiny_space_file, data_dir, tmp_path_factory.mktemp("runs"), "x")
+    result = CliRunner().invoke(cli, ["retrain", str(run_dir), "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+@pytest.fixture
+def copy_of(finished, tmp_path) -> Path:
+    """A private copy of the finished run, in a runs folder of its own."""
+    return Path(shutil.copytree(finished, tmp_path / "runs" / finished.name))
+
+
+def _plant(path: Path, marker: Path, how: str) -> None:
+    if how == "torch":  # a torch.save zip, as wpl-nas writes
+        torch.save({"supernet": _RunsCode(marker)}, path)
+    elif how == "pickle":  # a bare pickle (torch's legacy format)
+        path.write_bytes(pickle.dumps(_RunsCode(marker)))
+    else:  # a doctored copy of the real file: one value replaced by the payload
+        state = torch.load(path, weights_only=True)
+        state[next(iter(state))] = _RunsCode(marker)
+        torch.save(state, path)
+
+
+def _retrain_checkpoint(run: Path) -> Path:
+    return next((run / "retrain").glob("trial_*/checkpoint.pt"))
+
+
+# (file, command): every file the project reads back, and each command that reads it.
+_READERS = [
+    ("checkpoints/last.pt", "search"),
+    ("checkpoints/last.pt", "export"),
+    ("checkpoints/last.pt", "anatomy"),
+    ("checkpoints/last.pt", "rank"),
+    ("anatomy/*.pt", "anatomy"),
+    ("retrain/trial_*/checkpoint.pt", "retrain"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the bare pickle
+@pytest.mark.parametrize("how", ["torch", "pickle", "doctored"])
+@pytest.mark.parametrize(("pattern", "command"), _READERS)
+def test_a_crafted_file_never_runs_code_and_is_refused_with_exit_2(
+        copy_of, tiny_space_file, data_dir, tmp_path, pattern, command, how):
+    target = next(copy_of.glob(pattern))
+    marker = tmp_path / "code-ran"
+    _plant(target, marker, how)
+    before = _digest(copy_of)
+    if command == "search":
+        args = ["search", "--no-progress", *_search_flags(tiny_space_file, data_dir, copy_of.parent, copy_of.name,
+                                                          trials=4)]
+    elif command == "rank":
+        args = ["rank", str(copy_of), "--archs", "2", "--epochs", "1", "--no-progress"]
+    elif command == "retrain":
+        args = ["retrain", str(copy_of), "--epochs", "1", "--no-progress"]
+    else:
+        args = [command, str(copy_of)]
+    result = CliRunner().invoke(cli, args)
+    assert not marker.exists(), "loading a run file ran code from it"
+    assert result.exit_code == 2, result.output
+    assert "cannot be read safely" in result.output and target.name in result.output
+    assert "Traceback" not in result.output
+    assert _digest(copy_of) == before  # nothing saved was changed
+
+
+@pytest.mark.slow
+def test_a_search_resumes_from_a_checkpoint_that_loads_as_weights_only(finished):
+    state = torch.load(finished / "checkpoints" / "last.pt", weights_only=True)
+    assert state["identity"]["study"] == "x" and state["identity"]["seed"] == 0
+    assert isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
+
+
+@pytest.mark.slow
+def test_a_corrupt_anatomy_snapshot_or_record_does_not_stop_a_search(copy_of, tiny_space_file, data_dir):
+    for snapshot in (copy_of / "anatomy").glob("*.pt"):
+        snapshot.write_bytes(b"\x00garbage")
+    (copy_of / "anatomy.json").write_bytes(b"\xff\xfe not json")
+    flags = _search_flags(tiny_space_file, data_dir, copy_of.parent, copy_of.name, trials=4)
+    with pytest.warns(RuntimeWarning, match="cannot be read safely|not valid JSON"):
+        result = CliRunner().invoke(cli, ["search", "--no-progress", *flags])
+    assert result.exit_code == 0, result.output
+    assert wpl_nas.load_run(copy_of).study.trials[-1].state.name == "COMPLETE"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["checkpoint", "study"])
+def test_another_runs_checkpoint_or_study_is_refused(finished, copy_of, tiny_space_file, data_dir, tmp_path, what):
+    """Two runs of the same name: moving one's checkpoint (or study.db) into the other is detected."""
+    other = _search(tiny_space_file, data_dir, tmp_path / "elsewhere", "x", trials=2)
+    name = "checkpoints/last.pt" if what == "checkpoint" else "study.db"
+    shutil.copyfile(other / name, copy_of / name)
+    before = _digest(copy_of)
+    result = CliRunner().invoke(cli, ["search", "--no-progress",
+                                      *_search_flags(tiny_space_file, data_dir, copy_of.parent, "x", trials=4)])
+    assert result.exit_code == 2, result.output
+    assert "another run" in result.output and "Traceback" not in result.output
+    assert _digest(copy_of) == before
+
+
+@pytest.mark.parametrize("name", ["../outside", "..", ".", "", "a/b", "/abs/path", "a\\b"])
+def test_a_study_name_stays_a_folder_inside_runs_dir(tmp_path, name):
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(cli, ["search", "--runs-dir", str(runs), "--study-name", name, "--trials", "1"])
+    assert result.exit_code == 2, result.output
+    assert "study_name must be one folder name" in result.output and repr(name) in result.output
+    assert not runs.exists() and not any(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="study_name"):
+        wpl_nas.SearchConfig(study_name=name).validate()
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--momentum", "--weight-decay", "--grad-clip", "--wpl-alpha",
+                                  "--ewc-lam", "--distill-temperature", "--val-fraction"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused_everywhere(tmp_path, flag, value):
+    result = CliRunner().invoke(cli, ["search", "--runs-dir", str(tmp_path / "runs"), flag, value])
+    assert result.exit_code == 2, result.output
+    assert "finite" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+    # The same value from a YAML file (.nan / .inf) and from the API keyword.
+    key = flag[2:].replace("-", "_")
+    section, _, field = key.partition("_") if key.split("_")[0] in ("wpl", "ewc", "distill") else ("", "", key)
+    yaml_value = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[value]
+    text = f"{section}:\n  {field}: {yaml_value}\n" if section else f"{field}: {yaml_value}\n"
+    (tmp_path / "c.yaml").write_text(text)
+    assert yaml.safe_load(text)  # the file holds what the test means
+    result = CliRunner().invoke(cli, ["search", "--config", str(tmp_path / "c.yaml"),
+                                      "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "finite" in result.output, result.output
+    override = {section: {field: float(value)}} if section else {field: float(value)}
+    with pytest.raises(ConfigError, match="finite"):
+        wpl_nas.run_search(runs_dir=str(tmp_path / "runs"), progress=False, **override)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**70)])
+def test_seeds_outside_what_numpy_accepts_are_refused(tmp_path, seed):
+    result = CliRunner().invoke(cli, ["search", "--runs-dir", str(tmp_path / "runs"), "--seed", seed])
+    assert result.exit_code == 2, result.output
+    assert f"seed={seed}" in result.output and "Traceback" not in result.output
+
+
+_HOLD = ("import sys, time; from wpl_nas.tracking.lock import RunLock; lock = RunLock(sys.argv[1]); "
+         "lock.acquire(); print('locked', flush=True); time.sleep(120)")
+
+
+@pytest.mark.slow
+def test_one_writer_per_run_readers_meanwhile_and_a_killed_holder_frees_it(copy_of, tiny_space_file, data_dir):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(copy_of)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = _digest(copy_of)
+        flags = _search_flags(tiny_space_file, data_dir, copy_of.parent, copy_of.name, trials=4)
+        refused = CliRunner().invoke(cli, ["search", "--no-progress", *flags])
+        assert refused.exit_code == 2, refused.output
+        assert f"process {holder.pid} on" in refused.output and "Traceback" not in refused.output
+        assert _digest(copy_of) == before  # the second search wrote nothing, failed no trial
+        # Readers take no lock.
+        assert CliRunner().invoke(cli, ["report", str(copy_of)]).exit_code == 0
+        assert len(wpl_nas.load_run(copy_of).study.trials) == 3
+        with pytest.raises(RunLocked, match=f"process {holder.pid}"):
+            objective = wpl_nas.SupernetObjective(wpl_nas.load_run(copy_of).config, run_dir=copy_of)
+            objective.reconcile(wpl_nas.load_run(copy_of).study)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the way a crashed or killed search ends
+        holder.wait()
+    resumed = CliRunner().invoke(cli, ["search", "--no-progress", *flags])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(wpl_nas.load_run(copy_of).study.trials) == 4
+    assert f"process {os.getpid()} on" in (copy_of / LOCK_FILE).read_text()
