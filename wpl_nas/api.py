@@ -21,9 +21,11 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from wpl_nas.callbacks import final_note
 from wpl_nas.config import SearchConfig
 from wpl_nas.errors import ConfigError
 from wpl_nas.objective import CONFIG_FILE, SupernetObjective, build_supernet, resolve_device, saved_config
+from wpl_nas.selection import FinalScores, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.study import PRUNERS, check_storage_url, create_pruner, create_sampler
 
@@ -36,12 +38,15 @@ class SearchResult:
 
     Attributes:
         study: The Optuna study (one trial per candidate).
-        best_arch: The best candidate by score at training, or None if no trial completed.
-        best_score: Its validation score (accuracy, or perplexity for language data) at training time.
+        best_arch: The best candidate (by ``choose_by``: its score on the final supernet, or at
+            training), or None if no trial completed.
+        best_score: Its validation score (accuracy, or perplexity for language data) by that measure.
         run_dir: The run folder (config, study database, TensorBoard events, checkpoint).
         pool: Summary of the retained pool: mean retained score, mean and max forgetting.
         storage: The storage URL of the study.
         metric: The score's name: ``accuracy`` or ``perplexity``.
+        final: Every candidate re-scored on the final supernet (:mod:`wpl_nas.selection`).
+        choose_by: Which score chose ``best_arch``: ``final`` or ``training``.
     """
 
     study: optuna.Study
@@ -51,16 +56,25 @@ class SearchResult:
     pool: dict[str, float]
     storage: str
     metric: str = "accuracy"
+    final: FinalScores | None = None
+    choose_by: str = "final"
 
     def summary(self) -> str:
         """The end-of-search report printed by ``wpl-nas search``."""
         p = self.pool
         storage = self.storage
+        how = "on the final supernet" if self.choose_by == "final" else "at training time"
         best = (
             [f"best architecture   {self.best_arch}",
-             f"best score          {self.best_score:.4f}  (validation {self.metric} at training time)"]
+             f"best score          {self.best_score:.4f}  (validation {self.metric} {how})"]
             if self.best_arch is not None else ["best architecture   none: no trial completed (all pruned?)"]
         )
+        if self.final is not None:
+            m = self.final.measures()
+            tau = "n/a" if m["stability_tau"] != m["stability_tau"] else f"{m['stability_tau']:+.3f}"
+            best.append(f"all candidates      {len(self.final.rows)} re-scored on the final supernet: forgetting "
+                        f"mean {m['forgetting_mean']:+.4f}, max {m['forgetting_max']:+.4f}; rank stability τ {tau} "
+                        "(final.csv)")
         lines = [
             *best,
             f"retained pool       mean {self.metric} {p['retained_mean']:.4f}, "
@@ -138,6 +152,7 @@ class _Search:
         check_storage_url(config.resolved_storage)
         self.objective = SupernetObjective(config, progress=progress, command=command)
         self.progress = progress
+        self.final: FinalScores | None = None  # set when the search ends
         self.run_dir = self.objective.run_dir
         self.objective.lock()  # before the study is touched: a second search is refused at once
         try:
@@ -187,8 +202,25 @@ class _Search:
                 best = max((e.score for e in self.objective.pool.entries.values()), key=quality, default=0.0)
                 bar.set_postfix(best=f"{best:.3f}", retained=f"{pool['retained_mean']:.3f}",
                                 forget=f"{pool['forgetting_mean']:+.3f}")
+        self.final = self._final_selection()
         self.tensorboard.close()
         return self.result()
+
+    def _final_selection(self) -> FinalScores | None:
+        """Every candidate re-scored on the final supernet, recorded everywhere (wpl_nas.selection); taken
+        again only when the supernet has moved since the run folder's ``final.json``."""
+        recorded = load_final(self.run_dir)
+        if recorded is not None and recorded.after_trial == latest_finished(self.study) \
+                and recorded.metric == self.objective.trainer.metric.name:
+            return recorded
+        final = rescore_final(self.study, self.objective.score, metric=self.objective.trainer.metric.name,
+                              top_k=self.config.final_top_k)
+        if final is not None:
+            final.write(self.run_dir)
+            final.publish(self.study)
+            self.tensorboard.log_final(final)
+            final_note(self.study, final)
+        return final
 
     def close(self) -> None:
         """Close the event file and release the run folder's lock."""
@@ -198,15 +230,24 @@ class _Search:
     def result(self) -> SearchResult:
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         quality = self.objective.trainer.metric.quality
-        best = max(complete, key=lambda t: (quality(t.values[0]), -t.number)) if complete else None
+        best_arch, best_score = None, float("nan")
+        by = self.config.choose_by if self.final is not None else "training"
+        if self.final is not None and by == "final":
+            row = self.final.best("final")
+            best_arch, best_score = Architecture.parse(row["arch"]), float(row["final"])
+        elif complete:
+            best = max(complete, key=lambda t: (quality(t.values[0]), -t.number))
+            best_arch, best_score = Architecture.parse(best.user_attrs["arch"]), float(best.values[0])
         return SearchResult(
             study=self.study,
-            best_arch=Architecture.parse(best.user_attrs["arch"]) if best else None,
-            best_score=float(best.values[0]) if best else float("nan"),
+            best_arch=best_arch,
+            best_score=best_score,
             run_dir=self.run_dir,
             pool=self.objective.pool.summary(),
             storage=self.config.resolved_storage,
             metric=self.objective.trainer.metric.name,
+            final=self.final,
+            choose_by=by,
         )
 
 

@@ -43,9 +43,10 @@ from wpl_nas.tracking.markdown import code_cell
 
 if TYPE_CHECKING:
     from wpl_nas.objective import SupernetObjective
+    from wpl_nas.selection import FinalScores
 
 __all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "RETENTION_CSV", "RETENTION_JSON", "SNAPSHOT_KEYS", "AnatomyCallback",
-           "RetentionCallback", "TensorBoardCallback"]
+           "RetentionCallback", "TensorBoardCallback", "final_note"]
 
 #: The retention matrix in the run folder, rewritten after every trial.
 RETENTION_JSON = "retention.json"
@@ -97,22 +98,45 @@ class RetentionCallback:
         _dashboard_note(study, pool, trial.number)
 
 
-def _dashboard_note(study: optuna.Study, pool: RetainedPool, after: int) -> None:
-    """The pool as the study's note in optuna-dashboard (a finished trial's attributes cannot change,
-    a note can): each member's architecture, score at training, latest re-score and forgetting."""
+def _save_note(study: optuna.Study, text: str) -> None:
+    """``text`` as the study's note in optuna-dashboard (a finished trial's attributes cannot change,
+    a note can)."""
     try:
         from optuna_dashboard import save_note
     except ImportError:  # optuna-dashboard is optional (the `dashboard` extra)
         return
+    save_note(study, text)
+
+
+def _dashboard_note(study: optuna.Study, pool: RetainedPool, after: int) -> None:
+    """The pool as the study's note: each member's architecture, score at training, latest re-score
+    and forgetting."""
     entries = [pool.entries[t] for t in pool.members()]
     rows = [f"| {e.trial} | {code_cell(e.arch)} | {e.score:.4f} | {e.latest:.4f} | {e.forgetting:+.4f} |"
             for e in entries]
     m = pool.summary()
-    save_note(study, "\n".join([
+    _save_note(study, "\n".join([
         f"## Retained pool after trial {after}", "",
         f"Mean retained score {m['retained_mean']:.4f}, forgetting mean {m['forgetting_mean']:+.4f}, "
         f"max {m['forgetting_max']:+.4f}, rank stability (Kendall τ) {m['rank_tau']:+.3f}.", "",
         "| trial | architecture | score at training | latest re-score | forgetting |", "|---:|---|---:|---:|---:|",
+        *rows]))
+
+
+def final_note(study: optuna.Study, final: FinalScores, *, shown: int = 20) -> None:
+    """The end of the search as the study's note: the candidates ranked by their score on the final
+    supernet (the best ``shown``), with their scores at training and forgetting."""
+    quality = METRICS.get(final.metric).quality
+    ranked = sorted(final.rows, key=lambda r: (-quality(r["final"]), r["trial"]))
+    m = final.measures()
+    rows = [f"| {r['trial']} | {code_cell(r['arch'])} | {r['final']:.4f} | {r['at_training']:.4f} "
+            f"| {r['forgetting']:+.4f} |" for r in ranked[:shown]]
+    _save_note(study, "\n".join([
+        f"## Final selection after trial {final.after_trial}", "",
+        f"{len(final.rows)} candidates re-scored on the final supernet; chosen: trial {ranked[0]['trial']}. "
+        f"Forgetting over all of them: mean {m['forgetting_mean']:+.4f}, max {m['forgetting_max']:+.4f}; "
+        f"rank stability (Kendall τ, training vs final) {m['stability_tau']:+.3f}.", "",
+        "| trial | architecture | final score | score at training | forgetting |", "|---:|---|---:|---:|---:|",
         *rows]))
 
 
@@ -265,6 +289,20 @@ class TensorBoardCallback:
             for stage, value in study_attrs["anatomy_cka"].items():
                 if value == value:
                     self.writer.add_scalar(f"anatomy/cka_{stage}", value, step)
+        self.writer.flush()
+
+    def log_final(self, final: FinalScores) -> None:
+        """The final selection: ``final/<score>`` at each re-scored candidate's trial number (beside
+        ``val/<score>``, its score at training), and the forgetting over all of them at the last trial
+        (``final/forgetting_mean``, ``final/forgetting_max``, ``final/stability_tau``)."""
+        for row in final.rows:
+            self.writer.add_scalar(f"final/{self.short}", row["final"], row["trial"])
+        for key, value in final.measures().items():
+            if value == value:
+                self.writer.add_scalar(f"final/{key}", value, final.after_trial)
+        best = final.best("final")
+        self.writer.add_text("final/chosen", f"trial {best['trial']}: `{best['arch']}` ({best['final']:.4f} on the "
+                             "final supernet)", final.after_trial)
         self.writer.flush()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from wpl_nas.config import SECTIONS, SearchConfig, field_type, load_config
+from wpl_nas.config import CHOOSE_BY, SECTIONS, SearchConfig, field_type, load_config
 from wpl_nas.errors import ConfigError, TrainingDiverged
 
 __all__ = ["cli", "main"]
@@ -222,8 +222,12 @@ def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
 @click.option("--ground-truth", default="standalone", show_default=True,
               help="'standalone' (train each architecture from scratch) or a CSV table keyed by architecture "
                    "string, e.g. NAS-Bench-201's with its ArchitectureString column.")
-@click.option("--archs", default=30, show_default=True, type=click.IntRange(min=2),
-              help="Architectures compared, spread evenly over the search's ranking.")
+@click.option("--archs", type=click.IntRange(min=2), metavar="N",
+              help="Compare a uniform random subset of N of the distinct complete architectures, drawn with the "
+                   "run's seed (a rerun draws the same). [default: all of them]")
+@click.option("--seeds", default=2, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="Stand-alone trainings per architecture (seeds: the run's seed, +1, ...); the ground truth is "
+                   "their mean, and with 2 or more the noise ceiling (mean τ and ρ between seeds) is reported.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Stand-alone training epochs [default: the run's].")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="k of the top-k overlap.")
 @click.option("--key-column", default="ArchitectureString", show_default=True,
@@ -231,19 +235,29 @@ def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
 @click.option("--column", default="accuracy", show_default=True,
               help="The table's score column (better in the run's direction: higher accuracy, lower perplexity).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
-def rank(run_dir: str, ground_truth: str, archs: int, epochs: int | None, top_k: int, key_column: str,
-         column: str, progress: bool) -> None:
+def rank(run_dir: str, ground_truth: str, archs: int | None, seeds: int, epochs: int | None, top_k: int,
+         key_column: str, column: str, progress: bool) -> None:
     """Ranking fidelity of a search: Kendall τ, Spearman ρ, top-k overlap against the ground truth.
 
-    The supernet's scores of up to --archs architectures of RUN_DIR (at training, and with its final
-    weights) are compared with their stand-alone scores (trained from scratch, cached in
-    RUN_DIR/rank/ so a rerun resumes) or with a benchmark table. Writes RUN_DIR/rank/ranking.md and .csv.
+    The supernet's scores of RUN_DIR's distinct complete architectures (all, or a random --archs of
+    them; at training, and with its final weights) are compared with their stand-alone scores
+    (each trained from scratch --seeds times, ground truth the mean) or with a benchmark table.
+    With 2 or more seeds each τ and ρ is printed beside its noise ceiling: the mean τ (ρ) between
+    two seeds' stand-alone scores, i.e. how well the ground truth agrees with itself. Every
+    (architecture, epochs, seed) score is cached in RUN_DIR/rank/standalone.json, so a rerun
+    resumes and more seeds or architectures train only what is missing. Writes
+    RUN_DIR/rank/ranking.md and ranking.csv (one truth_seed_<seed> column per seed).
     """
     from wpl_nas.fidelity import rank_run
 
-    with _usage_errors():
-        result = rank_run(run_dir, ground_truth=ground_truth, archs=archs, epochs=epochs, top_k=top_k,
-                          key_column=key_column, column=column, progress=progress)
+    try:
+        with _usage_errors():
+            result = rank_run(run_dir, ground_truth=ground_truth, archs=archs, seeds=seeds, epochs=epochs,
+                              top_k=top_k, key_column=key_column, column=column, progress=progress)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the stand-alone scores trained so far are cached in RUN_DIR/rank/standalone.json; "
+                   "rerun to resume", err=True)
+        sys.exit(130)
     click.echo(result.table)
     click.echo(f"\nwritten to {result.out_dir / 'ranking.md'} and ranking.csv")
 
@@ -313,15 +327,49 @@ def dashboard(run_dir: str, host: str, port: int) -> None:
 
 
 def _trial_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--choose-by", type=click.Choice(CHOOSE_BY),
+                           help="What the best trial is: final (the best score on the final supernet; "
+                                "`wpl-nas select`) or training (the best score at training) [default: the "
+                                "run's --choose-by, final unless set].")(command)
     command = click.option("--best", "best", is_flag=True,
                            help="The best complete trial (the default).")(command)
     return click.option("--trial", type=click.IntRange(min=0), help="The trial whose architecture to take.")(command)
 
 
+@cli.command("select")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--top-k", type=click.IntRange(min=0),
+              help="Re-score only the best K candidates by score at training (0: all) [default: the run's].")
+@click.option("--show", default=10, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
+def select_command(run_dir: str, top_k: int | None, show: int) -> None:
+    """Re-score every candidate on the run's final supernet and choose by it.
+
+    Weight-sharing NAS chooses its architecture by scoring the candidates on the final supernet,
+    where all are judged by the same weights; a search does this when it ends, and this command
+    does it again (e.g. after extending a study in your own script). Writes RUN_DIR/final.json and
+    final.csv and the study's user attributes; `export` and `retrain` take the chosen trial.
+    """
+    from wpl_nas.evaluation import METRICS
+    from wpl_nas.selection import select_run
+
+    with _usage_errors():
+        final = select_run(run_dir, top_k=top_k)
+    quality = METRICS.get(final.metric).quality
+    ranked = sorted(final.rows, key=lambda r: (-quality(r["final"]), r["trial"]))
+    m = final.measures()
+    click.echo(f"{len(final.rows)} candidates re-scored on the supernet after trial {final.after_trial} "
+               f"({final.metric}); forgetting mean {m['forgetting_mean']:+.4f}, max {m['forgetting_max']:+.4f}; "
+               f"rank stability τ {m['stability_tau']:+.3f}")
+    click.echo(f"{'trial':>6}  {'final':>8}  {'training':>8}  architecture")
+    for r in ranked[:show]:
+        click.echo(f"{r['trial']:>6}  {r['final']:>8.4f}  {r['at_training']:>8.4f}  {r['arch']}")
+    click.echo(f"chosen: trial {ranked[0]['trial']} (written to {Path(run_dir) / 'final.json'})")
+
+
 @cli.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @_trial_option
-def export_command(run_dir: str, trial: int | None, best: bool) -> None:
+def export_command(run_dir: str, trial: int | None, best: bool, choose_by: str | None) -> None:
     """Export a trial's architecture with the supernet's weights as a stand-alone PyTorch model.
 
     Writes RUN_DIR/export/trial_NNNN/: model.pt2 (load it with torch alone:
@@ -332,7 +380,7 @@ def export_command(run_dir: str, trial: int | None, best: bool) -> None:
     if best and trial is not None:
         raise click.UsageError("give --trial N or --best, not both")
     with _usage_errors():
-        result = export_run(run_dir, trial=trial)
+        result = export_run(run_dir, trial=trial, choose_by=choose_by)
     click.echo(f"trial {result.trial}: {result.arch}\nscore with the exported weights {result.score:.4f}\n"
                f"written to {result.folder} (model.pt2, weights.pt, arch.json)")
 
@@ -342,7 +390,7 @@ def export_command(run_dir: str, trial: int | None, best: bool) -> None:
 @_trial_option
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
-def retrain(run_dir: str, trial: int | None, best: bool, epochs: int, progress: bool) -> None:
+def retrain(run_dir: str, trial: int | None, best: bool, choose_by: str | None, epochs: int, progress: bool) -> None:
     """Train a trial's architecture from scratch with its data set's standard recipe.
 
     SGD with Nesterov momentum and a cosine schedule (CIFAR: random crops and flips); the
@@ -354,7 +402,7 @@ def retrain(run_dir: str, trial: int | None, best: bool, epochs: int, progress: 
     if best and trial is not None:
         raise click.UsageError("give --trial N or --best, not both")
     try:
-        result = retrain_run(run_dir, trial=trial, epochs=epochs, progress=progress)
+        result = retrain_run(run_dir, trial=trial, epochs=epochs, progress=progress, choose_by=choose_by)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except KeyboardInterrupt:

@@ -36,7 +36,10 @@ from wpl_nas.strategy_options import (
     require_finite,
 )
 
-__all__ = ["OBJECTIVES", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions", "load_config"]
+__all__ = ["CHOOSE_BY", "OBJECTIVES", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions", "load_config"]
+
+#: How the best architecture is chosen: by its score on the final supernet, or at its own training.
+CHOOSE_BY = ("final", "training")
 
 #: The objectives a search can optimise, with their Optuna directions.
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "flops": "minimize", "latency": "minimize"}
@@ -85,6 +88,12 @@ class SearchConfig:
     eval_batch_size: int = _opt(256, "Evaluation batch size (batch norm uses batch statistics, so keep it fixed).")
     pool_best: int = _opt(5, "Retained pool: the best candidates kept and re-scored after every trial.")
     pool_recent: int = _opt(3, "Retained pool: the most recent candidates kept and re-scored.")
+    # How the search ends: every candidate re-scored on the final supernet (wpl_nas.selection).
+    final_top_k: int = _opt(0, "At the end, re-score on the final supernet only the best K candidates by score at "
+                               "training (0: every candidate).")
+    choose_by: str = _opt("final", "Which score picks the best architecture (the summary, export, retrain): final "
+                                   "(on the final supernet, as weight-sharing NAS chooses) or training (the "
+                                   "candidate's score right after its own training).", choices=CHOOSE_BY)
     # Reproducibility and hardware.
     seed: int = _opt(0, "Seed for weights, data order, splits and the sampler.")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps.")
@@ -104,7 +113,7 @@ class SearchConfig:
 
     # Fields that may change between runs of the same study (everything else must match). A run
     # folder may move: runs_dir says where it is, not what it holds.
-    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage", "runs_dir")
+    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by")
 
     @property
     def objective_list(self) -> list[str]:
@@ -143,7 +152,7 @@ class SearchConfig:
         if self.study_name is not None:
             check_study_name(self.study_name)
         _non_negative(self, "lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent",
-                      "threads")
+                      "threads", "final_top_k")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), but got val_fraction={self.val_fraction}")
         objectives = self.objective_list

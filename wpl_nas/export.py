@@ -33,8 +33,10 @@ import optuna
 import torch
 
 from wpl_nas.api import Run, load_run
+from wpl_nas.config import CHOOSE_BY
 from wpl_nas.errors import ConfigError
 from wpl_nas.objective import SupernetObjective
+from wpl_nas.selection import current_final
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import save_checkpoint, write_text_atomically
 
@@ -54,16 +56,28 @@ class ExportResult:
     score: float
 
 
-def choose_trial(run: Run, trial: int | None) -> optuna.trial.FrozenTrial:
+def choose_trial(run: Run, trial: int | None, *, by: str | None = None) -> optuna.trial.FrozenTrial:
     """Trial number ``trial`` of the run (it must be complete), or the best complete one if None.
 
+    Args:
+        run: The run.
+        trial: The trial number, or None for the best.
+        by: What "best" means: ``final`` (the best score on the final supernet, see
+            :mod:`wpl_nas.selection`; taken now if the run has not recorded it for its latest
+            weights) or ``training`` (the best score at training) [default: the run's ``choose_by``].
+
     Raises:
-        ConfigError: no such complete trial.
+        ConfigError: no such complete trial, or an unknown ``by``.
     """
+    by = by or run.config.choose_by
+    if by not in CHOOSE_BY:
+        raise ConfigError(f"unknown choose_by {by!r}; valid choices: {', '.join(CHOOSE_BY)}")
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise ConfigError(f"run {run.run_dir} has no complete trial to export")
-    if trial is None:  # the best by the first objective (perplexity is minimised)
+    if trial is None and by == "final":
+        trial = current_final(run.run_dir, run.study).best("final")["trial"]
+    elif trial is None:  # the best by the first objective (perplexity is minimised)
         sign = 1.0 if run.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
         return max(complete, key=lambda t: (sign * t.values[0], -t.number))
     for t in complete:
@@ -73,18 +87,19 @@ def choose_trial(run: Run, trial: int | None) -> optuna.trial.FrozenTrial:
                       f"{', '.join(str(t.number) for t in complete)}")
 
 
-def export_run(run_dir: str | Path, *, trial: int | None = None) -> ExportResult:
+def export_run(run_dir: str | Path, *, trial: int | None = None, choose_by: str | None = None) -> ExportResult:
     """Export a trial's architecture with the supernet's latest weights (see the module docstring).
 
     Args:
         run_dir: A search's run folder.
         trial: The trial number [default: the best complete trial].
+        choose_by: What "best" means (see :func:`choose_trial`) [default: the run's ``choose_by``].
 
     Raises:
         ConfigError: not a run folder, or no such complete trial.
     """
     run = load_run(run_dir)
-    chosen = choose_trial(run, trial)
+    chosen = choose_trial(run, trial, by=choose_by)
     objective = SupernetObjective(run.config, run_dir=run.run_dir)
     arch = objective.space.parse(chosen.user_attrs["arch"])
     net = objective.supernet.standalone(arch).eval()

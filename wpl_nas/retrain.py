@@ -119,7 +119,8 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, *, pad: int =
 
 
 def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 30, progress: bool = True,
-                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> RetrainResult:
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                choose_by: str | None = None) -> RetrainResult:
     """Train a trial's architecture from scratch with its data set's recipe (see the module docstring).
 
     Args:
@@ -128,6 +129,8 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
         epochs: Training epochs (the cosine schedule spans them).
         progress: Show a progress bar.
         on_epoch: Called after each epoch (and its checkpoint) with the epoch and its measures.
+        choose_by: What "best" means when ``trial`` is None (see :func:`wpl_nas.export.choose_trial`)
+            [default: the run's ``choose_by``].
 
     Raises:
         ConfigError: not a run folder, no such trial, a data set without a recipe, a bad
@@ -140,7 +143,7 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
     recipe = RECIPES.get(config.dataset)
     if recipe is None:
         raise ConfigError(f"no retraining recipe for dataset {config.dataset!r}; recipes: {', '.join(RECIPES)}")
-    chosen = choose_trial(run, trial)
+    chosen = choose_trial(run, trial, by=choose_by)
     space = load_space(config.space)
     arch = space.parse(chosen.user_attrs["arch"])
     device = resolve_device(config.device)
