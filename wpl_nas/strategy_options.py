@@ -96,7 +96,7 @@ class WPLOptions(_Options):
 
     section: ClassVar[str] = "wpl"
     positive = ("fisher_batches", "fisher_batch_size", "normalize_norm")
-    non_negative = ("alpha", "alpha_decay", "start_trial", "alpha_decay_after")
+    non_negative = ("alpha", "alpha_decay", "start_trial", "alpha_decay_after", "protect")
     unit = ("decay",)
 
     alpha: float = opt(
@@ -117,6 +117,10 @@ class WPLOptions(_Options):
     alpha_decay: float = opt(0.0, "Linear decay of α per trial after --wpl-alpha-decay-after (0: constant α).")
     alpha_decay_after: int = opt(0, "Trial after which α starts to decay.")
     include_global: bool = opt(True, _GLOBAL + " The reference code protects only the cell ops.")
+    protect: int = opt(
+        0, "Protect only the best K candidates by score at training (the paper's 'preserve the best models'); "
+        "Ω and θ* are rebuilt from their own Fisher and anchors whenever the set changes, so a candidate that "
+        "leaves it stops pulling (memory: 2K copies of the weights). 0: every candidate, folded by --wpl-accumulate.")
 
 
 @dataclass

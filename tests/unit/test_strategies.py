@@ -320,3 +320,74 @@ def test_wpl_retains_more_than_naive(seed, tiny_space, mnist1d):
         drops[name] = before - tr.score(a)
     assert drops["naive"] > 0.02, drops  # the scenario does forget without protection
     assert drops["wpl"] < drops["naive"] - 0.02, drops
+
+
+# --- WPL with a protected set (protect=K) ---------------------------------------------------------
+
+C = "|skip_connect~0|+|conv_5~0|conv_5~1|+|conv_5~0|conv_5~1|none~2|"
+
+
+def _protecting(tiny_space, mnist1d, k: int, scores: dict[str, float]) -> wpl_nas.CandidateTrainer:
+    """A WPL trainer protecting the best ``k``, after training the candidates of ``scores`` in order
+    (each consolidated with the given score, so the test decides who is best)."""
+    tr = make_trainer(tiny_space, mnist1d, "wpl", options=wpl_nas.SearchConfig(wpl=WPLOptions(protect=k)),
+                      train_samples=256)
+    for i, (arch, score) in enumerate(scores.items()):
+        tr.train(tiny_space.parse(arch), trial_index=i)
+        tr.consolidate(tiny_space.parse(arch), trial_index=i, score=score)
+    return tr
+
+
+def test_wpl_protected_set_pulls_towards_the_best_k_only(tiny_space, mnist1d):
+    tr = _protecting(tiny_space, mnist1d, 2, {A: 0.5, B: 0.9, C: 0.7})
+    strategy = tr.strategy
+    assert isinstance(strategy, WPLStrategy) and strategy.protected is not None
+    assert [str(a) for a in strategy.protected.members] == [B, C]  # A, the worst, was released
+    rows = {key: i for i, key in enumerate(strategy._slots) if key is not None}
+    assert set(rows) == {B, C}
+    # Ω and θ* are rebuilt so that Ω ⊙ (θ − θ*) = Σ_k F_k ⊙ (θ − θ*_k): the sum of the members' own pulls.
+    theta = torch.randn_like(strategy.omega)
+    members = [(strategy.member_omega[i], strategy.member_anchor[i]) for i in rows.values()]
+    expected = sum(f * (theta - anchor) for f, anchor in members)
+    torch.testing.assert_close(strategy.omega * (theta - strategy.anchor), expected)
+    # A's own weights (on its path, on no member's) pull no more.
+    own = set(tr.supernet.parameters_of(tiny_space.parse(A))) - {
+        n for arch in (B, C) for n in tr.supernet.parameters_of(tiny_space.parse(arch))}
+    assert own and all(not strategy.importance(n).any() for n in own)
+    assert all(strategy.importance(n).any() for n in tr.supernet.parameters_of(tiny_space.parse(B))
+               if strategy.protectable(n) and "weight" in n)
+
+
+def test_wpl_protected_set_round_trips_and_goes_on_identically(tiny_space, mnist1d):
+    tr = _protecting(tiny_space, mnist1d, 2, {A: 0.5, B: 0.9})
+    fresh = wpl_nas.create_strategy("wpl", tr.supernet, wpl_nas.SearchConfig(wpl=WPLOptions(protect=2)))
+    fresh.load_state_dict(copy.deepcopy(tr.strategy.state_dict()))
+    assert [str(a) for a in fresh.protected.members] == [A, B] and fresh._slots == tr.strategy._slots
+    original, state = tr.strategy, weights(tr.supernet)
+    tr.consolidate(tiny_space.parse(C), trial_index=2, score=0.7)  # C displaces A
+    tr.supernet.load_state_dict(state)
+    tr.strategy = fresh
+    tr.consolidate(tiny_space.parse(C), trial_index=2, score=0.7)  # the same, on the restored strategy
+    assert [str(a) for a in fresh.protected.members] == [B, C]
+    for name, value in original.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_wpl_protecting_the_first_candidate_retains_more_than_naive(seed, tiny_space, mnist1d):
+    """The two-model scenario with a protected set of one: A is protected, so B's training moves it less."""
+    a, b = archs(tiny_space)
+    drops = {}
+    for name, options in (("naive", CHEAP), ("wpl", wpl_nas.SearchConfig(wpl=WPLOptions(protect=1)))):
+        tr = make_trainer(tiny_space, mnist1d, name, options=options, epochs=2, train_samples=3200, seed=seed)
+        tr.train(a, trial_index=0)
+        tr.consolidate(a, trial_index=0, score=0.9)
+        before = tr.score(a)
+        tr.train(b, trial_index=1)
+        drops[name] = before - tr.score(a)
+    assert drops["wpl"] < drops["naive"] - 0.02, drops
+
+
+def test_wpl_protect_must_be_a_count(tiny_space, mnist1d):
+    with pytest.raises(wpl_nas.ConfigError, match="protect"):
+        WPLOptions(protect=-1).validate()

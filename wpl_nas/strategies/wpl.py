@@ -10,14 +10,24 @@ folded into Ω (so Ω does not compound); Ω and θ* live in registered, preallo
 (saved with the run, moved by ``.to``); the Fisher comes from the held-out split of the
 *training* data; the per-tensor normalisation that the reference's norm clip amounts to is an
 explicit option.
+
+``protect=K`` keeps the paper's promise to "preserve the best models" literally: only the best K
+candidates by score at training are protected, each with its own Fisher F_k and anchor θ*_k, and
+Ω, θ* are rebuilt from them whenever the set changes: Ω = Σ_k F_k and θ* the F-weighted mean of
+the anchors, the exact minimiser-form of Σ_k F_k (θ − θ*_k)². A candidate that drops out of the
+set stops pulling, so the supernet is not frozen by the Fisher of every mediocre candidate seen.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from wpl_nas.strategies._replay import decode_state, encode_state
 from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.importance import empirical_fisher
+from wpl_nas.strategies.protected import ProtectedSet
 from wpl_nas.strategies.quadratic import QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
 from wpl_nas.strategy_options import WPLOptions
@@ -30,8 +40,12 @@ __all__ = ["WPLStrategy"]
 class WPLStrategy(QuadraticStrategy):
     """Weight plasticity loss on the shared weights of the current candidate's path.
 
-    Ω accumulates by ``--wpl-accumulate`` (sum, decay or max); α may decay linearly over the
-    search; candidates before ``start_trial`` are not consolidated (a warm-up).
+    Ω accumulates by ``--wpl-accumulate`` (sum, decay or max), or, with ``protect=K``, is rebuilt
+    from the best K candidates only (module docstring); α may decay linearly over the search;
+    candidates before ``start_trial`` are not consolidated (a warm-up).
+
+    Buffers with ``protect=K``: ``member_omega`` and ``member_anchor`` (K × parameters: each
+    protected candidate's Fisher and anchor, zero where it has none).
 
     Args:
         supernet: The supernet to protect.
@@ -41,8 +55,18 @@ class WPLStrategy(QuadraticStrategy):
     Options = WPLOptions
     options: WPLOptions
 
+    member_omega: torch.Tensor
+    member_anchor: torch.Tensor
+
     def __init__(self, supernet: Supernet, options: WPLOptions | None = None) -> None:
         super().__init__(supernet, options or WPLOptions())
+        k = self.options.protect
+        self.protected = ProtectedSet(k) if k else None
+        self._slots: list[str | None] = [None] * k  # which candidate each member row holds
+        if k:
+            self.register_buffer("member_omega", torch.zeros(k, self.layout.numel, dtype=self.omega.dtype,
+                                                             device=self.omega.device))
+            self.register_buffer("member_anchor", torch.zeros_like(self.member_omega))
 
     def fold(self) -> str:
         return self.options.accumulate
@@ -71,3 +95,53 @@ class WPLStrategy(QuadraticStrategy):
                     if norm > 0:
                         f.mul_(o.normalize_norm / norm)
         return fisher
+
+    def after_candidate(self, ctx: CandidateContext, held_out: Batches) -> None:
+        if self.protected is None:
+            super().after_candidate(ctx, held_out)
+            return
+        self._pull = None
+        if not self.consolidates(ctx):
+            return
+        admitted, released = self.protected.offer(ctx.arch, ctx.score)
+        with torch.no_grad():
+            for arch in released:
+                self._clear(self._slots.index(str(arch)))
+            if admitted:
+                key = str(ctx.arch)
+                slot = self._slots.index(key) if key in self._slots else self._slots.index(None)
+                self._clear(slot)
+                self._slots[slot] = key
+                names = [n for n in ctx.params if self.protectable(n)]
+                estimates = self.estimate(ctx, names, held_out) if names else []
+                omega, anchor = self.member_omega[slot], self.member_anchor[slot]
+                for name, fisher in zip(names, estimates, strict=True):
+                    self.layout.view(omega, name).copy_(fisher)
+                    self.layout.view(anchor, name).copy_(ctx.params[name])
+                self.consolidated += 1
+            if admitted or released:
+                self._rebuild()
+
+    def _clear(self, slot: int) -> None:
+        self._slots[slot] = None
+        self.member_omega[slot].zero_()
+        self.member_anchor[slot].zero_()
+
+    def _rebuild(self) -> None:
+        """Ω = Σ_k F_k and θ* = Σ_k F_k θ*_k / Ω over the protected members (0 where Ω is 0)."""
+        torch.sum(self.member_omega, dim=0, out=self.omega)
+        weighted = (self.member_omega * self.member_anchor).sum(dim=0)
+        self.anchor.copy_(torch.where(self.omega > 0, weighted / self.omega.clamp_min(1e-30),
+                                      torch.zeros_like(weighted)))
+
+    # --- state (the protected set's membership; Ω, θ* and the members' rows are buffers) ---------
+    def get_extra_state(self) -> torch.Tensor:
+        if self.protected is None:
+            return encode_state({})
+        return encode_state({"protected": self.protected.state_dict(), "slots": self._slots})
+
+    def set_extra_state(self, state: Any) -> None:
+        decoded = decode_state(state)
+        if self.protected is not None and decoded:
+            self.protected.load_state_dict(decoded["protected"])
+            self._slots = list(decoded["slots"])
