@@ -28,6 +28,7 @@ from wpl_nas.objective import CONFIG_FILE, SupernetObjective, build_supernet, re
 from wpl_nas.selection import FinalScores, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.study import PRUNERS, check_storage_url, create_pruner, create_sampler
+from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
 
 __all__ = ["Run", "SearchResult", "build_supernet", "load_run", "resolve_device", "run_search"]
 
@@ -139,8 +140,13 @@ class _Search:
     """One search: a study driven by ask-and-tell around a :class:`SupernetObjective` and its callbacks.
 
     Set-up validates everything before writing anything; the loop reseeds the sampler for each
-    trial from ``(seed, trial number)`` so that a resumed search proposes exactly what an
-    uninterrupted one would (samplers read the history from the storage).
+    trial from ``(seed, position)``, the position being the number of trials finished before it,
+    so that a resumed search proposes exactly what an uninterrupted one would (samplers read the
+    history from the storage and pass over failed trials), even when a trial was lost in flight.
+
+    A trial that does not finish (Ctrl-C, SIGTERM, a diverged candidate, any error) is marked
+    ``FAIL`` at once and its candidate enqueued to be trained again at the same position; the
+    checkpoint keeps the last finished trial's state.
     """
 
     def __init__(self, config: SearchConfig, *, progress: bool, command: Sequence[str] | None) -> None:
@@ -183,18 +189,17 @@ class _Search:
         with tqdm(total=config.trials, initial=min(done, config.trials), disable=not self.progress,
                   desc=f"search {config.resolved_study_name}", unit="trial", dynamic_ncols=True) as bar:
             while done < config.trials:
-                number = len(study.get_trials(deepcopy=False))
-                study.sampler = create_sampler(config.resolved_sampler, self.objective.space,
-                                               seed=config.seed * 100_003 + number)
-                trial = study.ask()
+                with deferred():  # a trial asked for is always a trial this loop settles
+                    study.sampler = create_sampler(config.resolved_sampler, self.objective.space,
+                                                   seed=config.seed * 100_003 + self.objective.position)
+                    trial = study.ask()
                 try:
-                    frozen = study.tell(trial, self.objective(trial))
-                except optuna.TrialPruned:
-                    frozen = study.tell(trial, state=TrialState.PRUNED)
-                if frozen.state == TrialState.FAIL:  # Optuna fails a NaN value; asking again would loop forever
-                    raise RuntimeError(f"trial {frozen.number} failed: its score is not a number; stopping the search")
-                for callback in self.callbacks:
-                    callback(study, frozen)
+                    self._trial(trial)
+                except BaseException as exc:
+                    lost = self._settle(trial.number)
+                    if isinstance(exc, SearchInterrupted):
+                        exc.lost_trial, exc.finished = lost, self._count_finished()
+                    raise
                 done = self._count_finished()
                 bar.update(1)
                 pool = self.objective.pool.summary()
@@ -205,6 +210,45 @@ class _Search:
         self.final = self._final_selection()
         self.tensorboard.close()
         return self.result()
+
+    def _trial(self, trial: optuna.Trial) -> None:
+        """Train ``trial``'s candidate, tell the study and run the callbacks."""
+        try:
+            values: Any = self.objective(trial)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            values, state = None, TrialState.PRUNED
+        self._tell(trial.number, values, state)
+
+    def _tell(self, number: int, values: Any, state: TrialState) -> None:
+        # The checkpoint already holds the trial: telling the study and updating the pool, the
+        # anatomy and TensorBoard go together, a signal waits for them (a few seconds at most).
+        with deferred():
+            frozen = self.study.tell(number, values, state=state)
+            if frozen.state == TrialState.FAIL:  # Optuna fails a NaN value; asking again would loop forever
+                raise RuntimeError(f"trial {frozen.number} failed: its score is not a number; stopping the search")
+            for callback in self.callbacks:
+                callback(self.study, frozen)
+
+    def _settle(self, number: int) -> int | None:
+        """After trial ``number`` was cut short: tell it its result if the checkpoint already holds it
+        (the interruption fell between the checkpoint and the study), else mark it ``FAIL`` and
+        enqueue its candidate again. Returns ``number`` when it was marked ``FAIL``."""
+        try:
+            with deferred():
+                (frozen,) = (t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+                if frozen.state != TrialState.RUNNING:
+                    return None
+                if number in self.objective.finished:
+                    state, value = self.objective.finished[number]
+                    self._tell(number, value if state == "COMPLETE" else None, TrialState[state])
+                    return None
+                self.objective.mark_lost(self.study, number)
+                return number
+        except Exception as exc:  # the storage may be what failed: the next run's reconcile settles it
+            warnings.warn(f"trial {number} could not be settled ({exc}); the next run marks it FAIL",
+                          RuntimeWarning, stacklevel=2)
+            return None
 
     def _final_selection(self) -> FinalScores | None:
         """Every candidate re-scored on the final supernet, recorded everywhere (wpl_nas.selection); taken
@@ -257,7 +301,17 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
 
     Re-running with the same config resumes: the study from its storage, and the supernet,
     strategy, optimiser, retained pool and RNG states from the run's checkpoint; at most the
-    trial in flight is lost. ``trials`` is the study's *total*, so a larger value extends it.
+    trial in flight is lost, and its candidate is trained again first, so the completed candidates,
+    their scores and the final supernet equal an uninterrupted run's. ``trials`` is the number of
+    finished (complete or pruned) trials the study ends with, so a larger value extends it.
+    Options of ``SearchConfig.RESUMABLE_CHANGES`` may differ from the run's (e.g. a lower ``lr``
+    after a divergence): they apply to the candidates still to come and are recorded in the run
+    folder's config.yaml (``history``).
+
+    While it runs, SIGINT (Ctrl-C) and SIGTERM raise :class:`~wpl_nas.tracking.signals.SearchInterrupted`
+    (a ``KeyboardInterrupt``) at the next point where no file or study record is half written: the
+    trial in flight is marked ``FAIL``, the checkpoint keeps the last finished trial's state. The
+    previous signal handlers are restored when it returns.
 
     Args:
         config: The search configuration (defaults: a small MNIST-1D search with WPL).
@@ -266,13 +320,17 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
         **overrides: Fields of ``config`` to replace, e.g. ``trials=5`` or ``wpl={"alpha": 10}``.
 
     Raises:
-        ConfigError: any invalid value or name, before anything is written.
+        ConfigError: any invalid value or name, or a change of an option that may not change on
+            resume, before anything is written.
+        SearchInterrupted: SIGINT or SIGTERM stopped the search (its ``exit_code``: 130 or 143).
+        TrainingDiverged: a candidate's loss became NaN or infinite (its trial is marked ``FAIL``).
     """
     config = config or SearchConfig()
     if overrides:
         config = config.replace(**overrides)
-    search = _Search(config, progress=progress, command=command if command is not None else sys.argv)
-    try:
-        return search.run()
-    finally:
-        search.close()
+    with interrupts_handled():
+        search = _Search(config, progress=progress, command=command if command is not None else sys.argv)
+        try:
+            return search.run()
+        finally:
+            search.close()

@@ -15,7 +15,16 @@ from typing import Any
 
 import click
 
-from wpl_nas.config import CHOOSE_BY, SECTIONS, SearchConfig, field_type, load_config
+from wpl_nas.config import (
+    CHOOSE_BY,
+    SECTIONS,
+    SearchConfig,
+    field_type,
+    keep_saved,
+    load_config,
+    read_yaml_mapping,
+    resume_changes,
+)
 from wpl_nas.errors import ConfigError, TrainingDiverged
 
 __all__ = ["cli", "main"]
@@ -97,24 +106,78 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     the chosen consolidation strategy, then re-scores a pool of earlier candidates to measure
     forgetting. Outputs go to RUNS_DIR/STUDY_NAME/: config.yaml, study.db, tb/, checkpoints/.
     Running the same command again resumes the study, the supernet and the strategy state;
-    a larger --trials extends the study.
+    a larger --trials extends the study. On resume, options not given keep the run's values;
+    the training options of later candidates (--lr, --momentum, --weight-decay, --grad-clip,
+    --epochs, --batch-size, a strategy's strength such as --wpl-alpha) may change, and each
+    change is recorded in config.yaml; other changes are refused. Ctrl-C or SIGTERM stops it
+    cleanly (exit code 130 or 143): the trial in flight is marked FAIL and trained again on resume.
     """
     from wpl_nas.api import run_search  # heavy imports (torch) only when searching
+    from wpl_nas.tracking.signals import SearchInterrupted
 
+    command = ["wpl-nas", *sys.argv[1:]]
     try:
         base = load_config(config_file) if config_file else SearchConfig()
-        config = base.replace(**_overrides(flags)).validate()
-        result = run_search(config, progress=progress, command=["wpl-nas", *sys.argv[1:]])
+        overrides = _overrides(flags)
+        config = base.replace(**overrides).validate()
+        config = _resume_options(config, given=_given(overrides, config_file))
+        result = run_search(config, progress=progress, command=command)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except TrainingDiverged as exc:
-        click.echo(f"\nerror: {exc}", err=True)
+        click.echo(f"\nerror: {exc}. Both may change on resume: rerun with them and this candidate is trained "
+                   "again from the checkpoint", err=True)
         sys.exit(1)
+    except SearchInterrupted as exc:
+        lost = f"trial {exc.lost_trial} was in flight: marked FAIL, it trains again on resume; " \
+            if exc.lost_trial is not None else ""
+        saved = f"the checkpoint holds the {exc.finished} finished trial(s); " if exc.finished is not None else ""
+        click.echo(f"\ninterrupted by {exc.name}: {lost}{saved}rerun the same command to resume", err=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume (the trial in flight is lost)", err=True)
         sys.exit(130)
     click.echo("")
     click.echo(result.summary())
+
+
+def _given(overrides: dict[str, Any], config_file: str | None) -> set[str]:
+    """The options (dotted names) given on the command line or in the --config file."""
+    layers = [overrides, read_yaml_mapping(config_file) if config_file else {}]
+    given = set()
+    for layer in layers:
+        for key, value in layer.items():
+            if key in SECTIONS and isinstance(value, dict):
+                given |= {f"{key}.{name}" for name in value}
+            else:
+                given.add(str(key))
+    return given
+
+
+def _resume_options(config: SearchConfig, *, given: set[str]) -> SearchConfig:
+    """On an existing run folder: the resumable options not ``given`` keep the run's values (so
+    a short resume command does not put defaults back), and the changes left are announced.
+
+    Raises:
+        ConfigError: the run's config.yaml cannot be read.
+    """
+    from wpl_nas.objective import CONFIG_FILE, saved_config
+
+    path = config.run_dir / CONFIG_FILE
+    if not path.is_file():
+        return config
+    saved = saved_config(path)
+    config = keep_saved(config, saved, given=given).validate()
+    try:
+        changes = resume_changes(saved, config, run_dir=config.run_dir)
+    except ConfigError:  # refused by run_search, after the names are checked: one order of errors
+        return config
+    shown = {k: v for k, v in changes.items() if k not in SearchConfig.MACHINE_OPTIONS and k != "trials"}
+    if shown:
+        text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in shown.items())
+        click.echo(f"resuming with changed options for the candidates still to come: {text} (recorded in {path})",
+                   err=True)
+    return config
 
 
 @cli.group(invoke_without_command=True)
@@ -140,13 +203,18 @@ def spaces_show(name: str, render: str | None) -> None:
     """Show space NAME (a built-in name or a .yaml path): skeleton, cell DAG, op choices, size."""
     from wpl_nas.spaces import load_space
 
+    if render and not Path(render).parent.is_dir():
+        raise click.UsageError(f"--render {render!r}: folder {str(Path(render).parent)!r} does not exist")
     with _usage_errors():
         space = load_space(name)
     click.echo(space.describe())
     if render:
         from wpl_nas.tracking.figures import png_bytes, space_figure
 
-        Path(render).write_bytes(png_bytes(space_figure(space), dpi=110))
+        try:
+            Path(render).write_bytes(png_bytes(space_figure(space), dpi=110))
+        except OSError as exc:
+            raise click.UsageError(f"--render {render!r}: cannot write it ({exc.strerror})") from None
         click.echo(f"cell DAG drawn to {render}")
 
 

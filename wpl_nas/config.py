@@ -36,7 +36,8 @@ from wpl_nas.strategy_options import (
     require_finite,
 )
 
-__all__ = ["CHOOSE_BY", "OBJECTIVES", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions", "load_config"]
+__all__ = ["CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions",
+           "keep_saved", "load_config", "resume_changes"]
 
 #: How the best architecture is chosen: by its score on the final supernet, or at its own training.
 CHOOSE_BY = ("final", "training")
@@ -71,7 +72,8 @@ class SearchConfig:
         "up to 10,000 architectures) or forgetting-aware (TPE steered away from candidates that overlap the best "
         "ones harmfully; see wpl_nas.ForgettingAwareSampler).")
     pruner: str = _opt("none", "Optuna pruner on per-epoch scores: none, median or halving.")
-    trials: int = _opt(24, "Total trials (candidates) in the study; rerunning with a larger number extends it.")
+    trials: int = _opt(24, "Finished trials (candidates) the study ends with, failed ones aside; rerunning with a "
+                           "larger number extends it.")
     study_name: str | None = _opt(None, "Study name and run folder name (default: <space>-<strategy>).")
     storage: str | None = _opt(
         None, "Optuna storage URL (default sqlite:///runs/<study>/study.db); any RDB URL, e.g. postgresql://...")
@@ -111,9 +113,22 @@ class SearchConfig:
     distill: DistillOptions = field(default_factory=DistillOptions)
     synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
 
-    # Fields that may change between runs of the same study (everything else must match). A run
-    # folder may move: runs_dir says where it is, not what it holds.
-    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by")
+    # Options that may change when a run is resumed (everything else must match; section options
+    # are named ``section.key``). Three kinds: where and on what the run goes on (device, threads,
+    # storage, runs_dir: a run folder may move); how far it goes and how it chooses at the end
+    # (trials, final_top_k, choose_by); how *later* candidates train (the SGD hyper-parameters,
+    # epochs, batch size and the strategies' strengths), which is how a diverged run is rescued
+    # with a lower lr. Not the space, data, seed, sampler, pruner, objectives, strategy kind or any
+    # option that shapes saved state (pool sizes, Fisher estimates, folds, protected sets): the
+    # checkpoint and the study would no longer mean what they say. Every change is recorded in
+    # the run folder's config.yaml (``history``).
+    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by",
+                         "lr", "momentum", "weight_decay", "grad_clip", "epochs", "batch_size",
+                         "wpl.alpha", "ewc.lam", "online_ewc.lam", "si.c", "mas.lam", "anpyc.lam", "hat.c",
+                         "distill.lam", "synthetic.lam")
+    # Of those, the ones that describe this machine rather than the run: a resumed search on the
+    # command line takes them from the defaults or flags, not from the run's config.yaml.
+    MACHINE_OPTIONS = ("device", "threads", "runs_dir")
 
     @property
     def objective_list(self) -> list[str]:
@@ -151,6 +166,10 @@ class SearchConfig:
             raise ConfigError(f"seed must be in [0, {MAX_SEED}] (NumPy takes 32-bit seeds), but got seed={self.seed}")
         if self.study_name is not None:
             check_study_name(self.study_name)
+        for name, path in (("runs_dir", Path(self.runs_dir)), ("run folder", self.run_dir)):
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"{name} {str(path)!r} is a file, not a folder; give another --runs-dir or "
+                                  "--study-name")
         _non_negative(self, "lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent",
                       "threads", "final_top_k")
         if not 0.0 < self.val_fraction < 1.0:
@@ -172,10 +191,24 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """Every option by its dotted name: top-level fields as they are, section options as
+        ``section.key`` (``wpl.alpha``), the names :attr:`RESUMABLE_CHANGES` uses."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if key in SECTIONS:
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
     def dump(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> None:
-        """Write the config (plus ``extra`` keys such as the command line) as YAML."""
+        """Write the config (plus ``extra`` keys such as the command line) as YAML, atomically (a
+        reader, or an interruption, sees the old file or the new one)."""
+        from wpl_nas.tracking.checkpoint import write_text_atomically  # torch: only when writing a run
+
         data = {**self.to_dict(), **(extra or {})}
-        Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+        write_text_atomically(path, yaml.safe_dump(data, sort_keys=False))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> SearchConfig:
@@ -197,14 +230,65 @@ class SearchConfig:
 SECTIONS: dict[str, type] = STRATEGY_SECTIONS
 
 
+#: Keys a run folder's config.yaml holds beside the options: the command that started the run and
+#: the history of the options changed on resume (see :func:`resume_changes`).
+RUN_RECORD_KEYS = ("command", "history")
+
+
 def load_config(path: str | Path) -> SearchConfig:
-    """Read a YAML config file (any subset of the keys of :class:`SearchConfig`).
+    """Read a YAML config file (any subset of the keys of :class:`SearchConfig`; a run folder's
+    ``config.yaml`` too: its record of commands and changes is skipped).
 
     Raises:
         ConfigError: missing file, malformed YAML, not a mapping, unknown key or wrong type;
             the message names the file and the key.
     """
-    return _build(SearchConfig, read_yaml_mapping(path), where=str(path))
+    data = {k: v for k, v in read_yaml_mapping(path).items() if k not in RUN_RECORD_KEYS}
+    return _build(SearchConfig, data, where=str(path))
+
+
+def resume_changes(saved: SearchConfig, config: SearchConfig, *, run_dir: str | Path) -> dict[str, list[Any]]:
+    """The options ``config`` changes in the run ``saved`` describes, as ``{dotted name: [old, new]}``.
+
+    Args:
+        saved: The run's recorded configuration (its config.yaml).
+        config: The configuration it is resumed with.
+        run_dir: The run folder, for the message.
+
+    Raises:
+        ConfigError: an option outside :attr:`SearchConfig.RESUMABLE_CHANGES` differs; the message
+            names each one with both values.
+    """
+    old, new = saved.flat(), config.flat()
+    # Compared with ``auto`` resolved: a run saved with sampler 'tpe' before 'auto' existed resumes.
+    old["sampler"], new["sampler"] = saved.resolved_sampler, config.resolved_sampler
+    changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
+    forbidden = [k for k in changed if k not in SearchConfig.RESUMABLE_CHANGES]
+    if forbidden:
+        diffs = "; ".join(f"{k}: saved {changed[k][0]!r}, now {changed[k][1]!r}" for k in forbidden)
+        raise ConfigError(
+            f"run folder {run_dir} holds a study with a different configuration ({diffs}). "
+            f"Only {', '.join(SearchConfig.RESUMABLE_CHANGES)} may change when resuming; "
+            "pass a new --study-name to start another study")
+    return changed
+
+
+def keep_saved(config: SearchConfig, saved: SearchConfig, *, given: set[str]) -> SearchConfig:
+    """``config`` with every resumable option that was not ``given`` (dotted names) taken from ``saved``.
+
+    A resumed command line then changes only what it names: ``wpl-nas search --lr 0.01`` on a run
+    started with ``--epochs 5`` keeps 5 epochs instead of going back to the default. Options of
+    :attr:`SearchConfig.MACHINE_OPTIONS` are left as they are (they describe where this process runs).
+    """
+    keep = {k: v for k, v in saved.flat().items() if k in SearchConfig.RESUMABLE_CHANGES
+            and k not in SearchConfig.MACHINE_OPTIONS and k not in given}
+    top = {k: v for k, v in keep.items() if "." not in k}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in keep.items():
+        if "." in key:
+            section, _, name = key.partition(".")
+            sections.setdefault(section, {})[name] = value
+    return config.replace(**top, **sections)
 
 
 def read_yaml_mapping(path: str | Path) -> Mapping[str, Any]:
@@ -215,9 +299,11 @@ def read_yaml_mapping(path: str | Path) -> Mapping[str, Any]:
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (a binary file?)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from None
     if data is None:

@@ -200,7 +200,7 @@ def _write_cache(path: Path, cache: dict[CacheKey, float]) -> None:
 
 def _read_table(path: Path, *, key: str, column: str) -> dict[str, float]:
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             fields = reader.fieldnames or []
             for name in (key, column):
@@ -210,12 +210,17 @@ def _read_table(path: Path, *, key: str, column: str) -> dict[str, float]:
             table = {}
             for line, row in enumerate(reader, start=2):
                 try:
-                    table[row[key].strip()] = float(row[column])
-                except ValueError:
-                    raise ConfigError(f"{path}, line {line}: {column}={row[column]!r} is not a number") from None
+                    value = float(row[column])
+                except (TypeError, ValueError):
+                    value = math.nan
+                if not math.isfinite(value) or row[key] is None:
+                    raise ConfigError(f"{path}, line {line}: {column}={row[column]!r} is not a finite number")
+                table[row[key].strip()] = value
             return table
     except OSError as exc:
         raise ConfigError(f"cannot read ground-truth table {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"ground-truth table {path} is not a UTF-8 CSV file ({exc})") from None
 
 
 def _measures(rows: Sequence[dict[str, Any]], top_k: int,

@@ -13,10 +13,14 @@ it. Call order for one trial (``objective(trial)``):
 
 1. on the first call, :meth:`SupernetObjective.reconcile` with ``trial.study`` (also callable
    beforehand): trials a previous process checkpointed but never told are told, trials it lost in
-   flight are marked ``FAIL``, and the run folder's ``config.yaml`` is written;
+   flight are marked ``FAIL`` (and their candidates enqueued to be trained again), and the run
+   folder's ``config.yaml`` is written (or the options changed on resume added to its history);
 2. the candidate is suggested (one categorical per edge), its cell drawn and attached to the
    trial as an artifact, and it is trained on the shared weights, its score reported after each
-   epoch (``optuna.TrialPruned`` is raised when the pruner says so);
+   epoch (``optuna.TrialPruned`` is raised when the pruner says so). Its data order (and any
+   seed or schedule of the strategy) derives from its *position*: the number of trials finished
+   before it (:attr:`SupernetObjective.position`, also its user attribute ``position``), not
+   from its trial number, so a trial lost in flight does not shift the candidates after it;
 3. the strategy consolidates it; its user attributes are set; the checkpoint is written
    atomically; the score is returned.
 
@@ -45,7 +49,7 @@ from optuna.trial import TrialState
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from wpl_nas.config import OBJECTIVES, SearchConfig
+from wpl_nas.config import OBJECTIVES, RUN_RECORD_KEYS, SearchConfig, resume_changes
 from wpl_nas.data import DATASETS, load_dataset
 from wpl_nas.errors import ConfigError, TrainingDiverged
 from wpl_nas.evaluation import RetainedPool
@@ -56,13 +60,14 @@ from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from wpl_nas.tracking.figures import cell_figure, png_bytes
 from wpl_nas.tracking.lock import RunLock
+from wpl_nas.tracking.signals import deferred
 from wpl_nas.training import CandidateTrainer, TrainResult
 
 if TYPE_CHECKING:
     from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 
-__all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "SupernetObjective", "build_supernet", "resolve_device",
-           "saved_config"]
+__all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "RETRY_ATTR", "SupernetObjective", "build_supernet",
+           "resolve_device", "saved_config", "saved_history"]
 
 CHECKPOINT = "checkpoints/last.pt"
 _CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rng")
@@ -70,6 +75,9 @@ _CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rn
 #: study's first trial is checkpointed), so another run's checkpoint or study.db is recognised.
 RUN_ID_ATTR = "wpl_nas_run_id"
 CONFIG_FILE = "config.yaml"
+#: The user attribute of a trial enqueued to train again the candidate of a trial lost in flight
+#: (its value: the lost trial's number).
+RETRY_ATTR = "retry_of"
 #: Optuna artifacts of the run (each trial's cell image), served by ``wpl-nas dashboard``.
 ARTIFACTS = "artifacts"
 
@@ -106,26 +114,30 @@ def build_supernet(space: SearchSpace | str, data: Any, *, seed: int = 0) -> Sup
                     input_shape=tuple(data.input_shape))
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the run's configuration {path} ({exc}); restore it from a copy") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run's configuration must be a mapping of keys to values, but got {data!r}")
+    return data
+
+
 def saved_config(path: Path) -> SearchConfig:
-    """The :class:`SearchConfig` recorded in a run folder's ``config.yaml``."""
-    data = yaml.safe_load(path.read_text()) or {}
-    data.pop("command", None)
+    """The :class:`SearchConfig` in force in a run folder's ``config.yaml`` (its top-level keys; the
+    ``command`` and the ``history`` of changes beside them are not options)."""
+    data = {k: v for k, v in _read_record(path).items() if k not in RUN_RECORD_KEYS}
     return SearchConfig.from_dict(data, where=str(path))
 
 
-def _check_resumable(saved_path: Path, config: SearchConfig) -> None:
-    # Compared with ``auto`` resolved: a run saved with sampler 'tpe' before 'auto' existed resumes.
-    saved_cfg = saved_config(saved_path)
-    saved = {**saved_cfg.to_dict(), "sampler": saved_cfg.resolved_sampler}
-    new = {**config.to_dict(), "sampler": config.resolved_sampler}
-    changed = [k for k in new if k not in SearchConfig.RESUMABLE_CHANGES and saved.get(k) != new[k]]
-    if changed:
-        diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new[k]!r}" for k in changed)
-        raise ConfigError(
-            f"run folder {saved_path.parent} holds a study with a different configuration ({diffs}). "
-            f"Only {', '.join(SearchConfig.RESUMABLE_CHANGES)} may change when resuming; "
-            "pass a new --study-name to start another study"
-        )
+def saved_history(path: Path) -> list[dict[str, Any]]:
+    """The options changed when the run in ``path`` (a ``config.yaml``) was resumed, oldest first:
+    ``{"at_trial": position, "changed": {option: [old, new]}, "command": [...]}`` each, where
+    ``at_trial`` is the position (finished trials before it) of the first candidate that used the new
+    values. Empty for a run never changed."""
+    history = _read_record(path).get("history") or []
+    return list(history) if isinstance(history, list) else []
 
 
 class SupernetObjective:
@@ -136,8 +148,9 @@ class SupernetObjective:
     explanation. The objective checkpoints itself into ``run_dir`` after every trial; a new
     objective on the same ``run_dir`` restores the supernet, strategy, optimiser, retained pool and
     RNG states, so a second ``study.optimize`` on the reopened study continues where the first
-    stopped. Changing anything but ``device``/``threads`` (and the study-level ``trials``/``storage``)
-    on an existing run folder is refused.
+    stopped. On an existing run folder only the options of ``SearchConfig.RESUMABLE_CHANGES`` may
+    differ from its ``config.yaml`` (e.g. ``lr`` for the candidates still to come); each change is
+    recorded there by :meth:`reconcile`. Any other difference is refused.
 
     Args:
         config: The options (defaults: :class:`SearchConfig`'s); ``sampler``, ``pruner``,
@@ -168,8 +181,11 @@ class SupernetObjective:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+        #: Options that differ from the run folder's config.yaml: ``{name: [old, new]}`` (see
+        #: ``SearchConfig.RESUMABLE_CHANGES``); recorded in its history by :meth:`reconcile`.
+        self.changes: dict[str, list[Any]] = {}
         if (self.run_dir / CONFIG_FILE).is_file():
-            _check_resumable(self.run_dir / CONFIG_FILE, config)
+            self.changes = resume_changes(saved_config(self.run_dir / CONFIG_FILE), config, run_dir=self.run_dir)
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                                  val_fraction=config.val_fraction, seed=config.seed)
         self.supernet = build_supernet(self.space, self.data, seed=config.seed).to(self.device)
@@ -196,7 +212,7 @@ class SupernetObjective:
         self.command = list(command) if command is not None else None
         self._reconciled: str | None = None  # name of the study reconciled with the checkpoint
         self._busy = threading.Lock()
-        self._diverged: str | None = None  # why this objective's in-memory supernet is unusable
+        self._unusable: str | None = None  # why this objective's in-memory supernet is unusable
         #: Which study the checkpoint belongs to: its name, its run id (RUN_ID_ATTR) and the seed.
         self._identity: dict[str, Any] = {}
         self._lock = RunLock(self.run_dir)
@@ -222,6 +238,11 @@ class SupernetObjective:
             self.supernet.load_state_dict(state["supernet"])
             self.strategy.load_state_dict(state["strategy"])
             self.optimizer.load_state_dict(state["optimizer"])
+            # load_state_dict puts the saved hyper-parameters back; those of this config rule the
+            # candidates still to come (they may change on resume: SearchConfig.RESUMABLE_CHANGES).
+            for group in self.optimizer.param_groups:
+                group.update(lr=self.config.lr, momentum=self.config.momentum,
+                             weight_decay=self.config.weight_decay)
             self.pool.load_state_dict(state["pool"])
             self.finished = {int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()}
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
@@ -232,9 +253,21 @@ class SupernetObjective:
         restore_rng(state["rng"])
         self._identity = identity
 
+    @property
+    def position(self) -> int:
+        """The position of the next candidate in the search: how many trials (complete or pruned)
+        this supernet has been trained with. It seeds the candidate's data order and is what
+        strategies see as ``trial_index``; ``wpl-nas search`` seeds the sampler with it too."""
+        return len(self.finished)
+
     def save(self) -> None:
         """Write the checkpoint atomically: supernet, strategy, optimiser, pool, finished trials, RNG,
-        and the identity of the study it belongs to."""
+        and the identity of the study it belongs to. A signal (Ctrl-C, SIGTERM) during a search waits
+        until the write is done."""
+        with deferred():
+            self._save()
+
+    def _save(self) -> None:
         save_checkpoint(self.checkpoint_path, {
             "supernet": self.supernet.state_dict(),
             "strategy": self.strategy.state_dict(),
@@ -263,8 +296,11 @@ class SupernetObjective:
 
         A trial the checkpoint holds but the study still shows as running (the process stopped
         between the two) is told its result; any other running trial (but ``running``, the one
-        being trained now) was lost in flight and is marked ``FAIL``. The first ``objective(trial)``
-        calls this; call it yourself to do it before asking for a trial.
+        being trained now) was lost in flight and is marked ``FAIL``, and its candidate is enqueued
+        to be trained again (:meth:`mark_lost`). Then ``config.yaml`` is written, or, when options
+        changed since it was (``SearchConfig.RESUMABLE_CHANGES``), rewritten with the options in
+        force and one more ``history`` entry. The first ``objective(trial)`` calls this; call it
+        yourself to do it before asking for a trial.
 
         Raises:
             RunLocked: another process is searching this run folder (the message names it).
@@ -281,22 +317,54 @@ class SupernetObjective:
                 f"{study.study_name!r} has not finished (a checkpoint of another study?); use another run "
                 "folder or restore the study")
         for trial in trials:
-            done = self.finished.get(trial.number)
-            if trial.state == TrialState.RUNNING and trial.number != running:
-                if done is None:
-                    study.tell(trial.number, state=TrialState.FAIL)
-                else:
-                    state, value = done
-                    study.tell(trial.number, value if state == "COMPLETE" else None, state=TrialState[state])
-            elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and done is None:
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and trial.number not in self.finished:
                 raise ConfigError(
                     f"study {study.study_name!r} has finished trial {trial.number}, but the run's "
                     f"checkpoint {self.checkpoint_path} does not include it (missing or from another study); "
                     "use a new --study-name or restore the run folder")
+        for trial in trials:
+            if trial.state == TrialState.RUNNING and trial.number != running:
+                with deferred():  # a signal now must not leave the trial half settled
+                    if trial.number in self.finished:
+                        self.tell_checkpointed(study, trial.number)
+                    else:
+                        self.mark_lost(study, trial.number)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.run_dir / CONFIG_FILE).is_file():
-            self.config.dump(self.run_dir / CONFIG_FILE, extra={"command": self.command})
+        self._record_config()
         self._reconciled = study.study_name
+
+    def tell_checkpointed(self, study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+        """Tell ``study`` the result the checkpoint holds for trial ``number`` (a trial finished and
+        checkpointed, but not yet told when its process stopped)."""
+        state, value = self.finished[number]
+        return study.tell(number, value if state == "COMPLETE" else None, state=TrialState[state])
+
+    def mark_lost(self, study: optuna.Study, number: int) -> None:
+        """Mark running trial ``number`` ``FAIL`` (lost in flight, interrupted, or diverged: the
+        checkpoint does not hold it) and enqueue its candidate, when it had been suggested, to be
+        trained again by the next trial (user attribute ``retry_of``): with the same position, so
+        with the same data order, as an uninterrupted search would have trained it."""
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        study.tell(number, state=TrialState.FAIL)
+        # A grid sampler counts a failed trial as visited, so re-proposing it is left to the queue;
+        # a candidate whose suggestion was cut short is proposed again by the position-seeded sampler.
+        if set(frozen.params) == set(self.space.choices):
+            study.enqueue_trial(dict(frozen.params), user_attrs={RETRY_ATTR: number})
+
+    def _record_config(self) -> None:
+        """Write config.yaml for a new run, or add the options changed on resume to its history."""
+        path = self.run_dir / CONFIG_FILE
+        if not path.is_file():
+            self.config.dump(path, extra={"command": self.command})
+            return
+        changes = resume_changes(saved_config(path), self.config, run_dir=self.run_dir)
+        if not changes:
+            return
+        record = _read_record(path)
+        history = saved_history(path)
+        history.append({"at_trial": self.position, "changed": changes, "command": self.command})
+        with deferred():
+            self.config.dump(path, extra={"command": record.get("command"), "history": history})
 
     def _check_identity(self, study: optuna.Study) -> None:
         """Refuse a study and checkpoint that belong to different runs; tie them together if new."""
@@ -341,10 +409,11 @@ class SupernetObjective:
                 is left as it was after the previous trial, and this objective refuses further
                 trials (build a new one on the run folder to go on from the checkpoint).
             RuntimeError: another trial is being trained by this objective at the same time, or
-                an earlier trial diverged.
+                an earlier trial diverged or was interrupted part way (its weights in memory are
+                neither the checkpoint's nor a finished candidate's).
         """
-        if self._diverged is not None:
-            raise RuntimeError(f"{self._diverged}; this SupernetObjective's supernet is no longer usable: create a "
+        if self._unusable is not None:
+            raise RuntimeError(f"{self._unusable}; this SupernetObjective's supernet is no longer usable: create a "
                                f"new one on {self.run_dir} to continue from its checkpoint")
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(
@@ -359,10 +428,13 @@ class SupernetObjective:
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         config = self.config
+        position = self.position
         arch = self.space.suggest(trial)
         trial.set_user_attr("arch", str(arch))
         trial.set_user_attr("params", self.supernet.count_parameters(arch))
-        self._upload_cell(trial, arch)
+        trial.set_user_attr("position", position)
+        with deferred():  # a copy cut short would leave a partial artifact file
+            self._upload_cell(trial, arch)
         costs = self._costs(trial, arch)
         single = len(self.objectives) == 1
 
@@ -373,23 +445,33 @@ class SupernetObjective:
             return trial.should_prune()
 
         steps = config.epochs * math.ceil(len(self.trainer.train_set) / config.batch_size)
-        with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
-                  desc=f"trial {trial.number}", dynamic_ncols=True) as bar:
-            try:
-                result = self.trainer.train(arch, trial_index=trial.number, on_epoch=on_epoch, progress=bar.update)
-            except TrainingDiverged as exc:
-                self._diverged = f"trial {trial.number} diverged"
-                raise exc from None
-        values = [result.score, *costs]
-        if result.pruned:
-            self.finished[trial.number] = ("PRUNED", None)
-        else:
-            self.trainer.consolidate(arch, trial_index=trial.number, score=result.score)
-            self.finished[trial.number] = ("COMPLETE", result.score if single else values)
-        # Attributes go in before the checkpoint, so a trial that is checkpointed but not yet
-        # told (an interruption in between) still carries them when it is told on resume.
-        self._annotate(trial, result)
-        self.save()
+        try:
+            with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
+                      desc=f"trial {trial.number}", dynamic_ncols=True) as bar:
+                result = self.trainer.train(arch, trial_index=position, on_epoch=on_epoch, progress=bar.update,
+                                            name=f"trial {trial.number}")
+            values = [result.score, *costs]
+            outcome: tuple[str, float | list[float] | None] = ("PRUNED", None)
+            if not result.pruned:
+                self.trainer.consolidate(arch, trial_index=position, score=result.score)
+                outcome = ("COMPLETE", result.score if single else values)
+            # Attributes go in before the checkpoint, so a trial that is checkpointed but not yet
+            # told (an interruption in between) still carries them when it is told on resume.
+            self._annotate(trial, result)
+            with deferred():  # `finished` in memory and in the checkpoint on disk change together
+                self.finished[trial.number] = outcome
+                try:
+                    self._save()
+                except BaseException:
+                    del self.finished[trial.number]
+                    raise
+        except TrainingDiverged as exc:
+            self._unusable = f"trial {trial.number} diverged"
+            raise exc from None
+        except BaseException:
+            if trial.number not in self.finished:  # interrupted part way: the weights are half trained
+                self._unusable = f"trial {trial.number} was interrupted"
+            raise
         if result.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(result.epoch_scores) - 1} "
                                      f"at score {result.score:.4f}")

@@ -61,9 +61,19 @@ def check_storage_url(url: str) -> None:
     """
     try:
         parsed = sqlalchemy.engine.make_url(url)
-        parsed.get_dialect()
+        dialect = parsed.get_dialect()
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as exc:
         raise ConfigError(
             f"invalid storage URL {url!r}: {exc}. Expected an SQLAlchemy database URL such as "
             "sqlite:///runs/study.db or postgresql://user:password@host/database"
         ) from None
+    shown = parsed.render_as_string(hide_password=True) if parsed.password else url
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(f"storage {shown!r} is an in-memory SQLite database: the study would vanish when the "
+                          "search ends and could not be resumed; give a file, e.g. sqlite:///runs/study.db")
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigError(f"storage {shown!r} needs the database driver {exc.name or parsed.get_driver_name()!r}, "
+                          f"which is not installed (pip install it, or name another driver in the URL, e.g. "
+                          f"{parsed.get_backend_name()}+psycopg2://...)") from None

@@ -134,7 +134,9 @@ def test_bad_input_exits_2_names_the_value_and_leaves_the_run_intact(base_args, 
         (["--storage", "not a url"], ["invalid storage URL 'not a url'"]),
         (["--storage", "nosuchdb://host/db"], ["invalid storage URL 'nosuchdb://host/db'"]),
         (["--wpl-form", "implicit"], ["'implicit'", "proximal, gradient"]),
-        (["--lr", "0.5"], ["different configuration", "lr: saved 0.05, now 0.5"]),
+        (["--seed", "1"], ["different configuration", "seed: saved 0, now 1"]),
+        (["--eval-samples", "100"], ["different configuration", "eval_samples: saved 0, now 100"]),
+        (["--wpl-fisher-batches", "2"], ["different configuration", "wpl.fisher_batches: saved 8, now 2"]),
         (["--trials", "zero"], ["'zero' is not a valid integer"]),
     ]
     for extra, needles in cases:

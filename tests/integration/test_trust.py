@@ -225,3 +225,67 @@ def test_one_writer_per_run_readers_meanwhile_and_a_killed_holder_frees_it(copy_
     assert resumed.exit_code == 0, resumed.output
     assert len(wpl_nas.load_run(copy_of).study.trials) == 4
     assert f"process {os.getpid()} on" in (copy_of / LOCK_FILE).read_text()
+
+
+# --- every bad input answered: exit 2, one line naming it, nothing written ---------------------------
+
+_BINARY = b"\xff\xfe\x00\x81 not text"
+_HUGE_CELL = """\
+name: huge
+dims: 1
+skeleton:
+  stem_channels: 8
+  stages:
+    - {channels: 8, cells: 1}
+cell:
+  nodes: 400
+  edges: all
+  ops: [none, conv_5]
+"""
+
+
+def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
+    """Case name -> (command line, words the one-line error must hold)."""
+    (tmp / "binary.yaml").write_bytes(_BINARY)
+    (tmp / "binary.csv").write_bytes(_BINARY)
+    (tmp / "huge.yaml").write_text(_HUGE_CELL)
+    (tmp / "a-file").write_text("")
+    (tmp / "nan.csv").write_text(f"ArchitectureString,accuracy\n{run.name},nan\n")
+    runs = ["--runs-dir", str(tmp / "new-runs")]
+    return {
+        "binary config": (["search", "--config", str(tmp / "binary.yaml"), *runs], "not UTF-8"),
+        "binary space": (["search", "--space", str(tmp / "binary.yaml"), *runs], "not UTF-8"),
+        "binary space shown": (["spaces", "show", str(tmp / "binary.yaml")], "not UTF-8"),
+        "binary table": (["rank", str(run), "--ground-truth", str(tmp / "binary.csv")], "not a UTF-8 CSV"),
+        "non-finite table": (["rank", str(run), "--ground-truth", str(tmp / "nan.csv")], "finite"),
+        "huge cell": (["search", "--space", str(tmp / "huge.yaml"), *runs], "159,600 values"),
+        "huge cell shown": (["spaces", "show", str(tmp / "huge.yaml")], "limit of 10,000"),
+        "render into a missing folder": (["spaces", "show", "mnist1d", "--render", str(tmp / "no" / "x.png")],
+                                         "does not exist"),
+        "runs-dir is a file": (["search", "--runs-dir", str(tmp / "a-file")], "is a file"),
+        "in-memory storage": (["search", "--storage", "sqlite:///:memory:", *runs], "in-memory"),
+        "unparsable storage": (["search", "--storage", "no such url", *runs], "invalid storage URL"),
+    }
+
+
+@pytest.mark.slow
+def test_bad_inputs_get_exit_2_one_clear_line_and_leave_runs_untouched(copy_of, tmp_path):
+    before = _digest(copy_of)
+    for case, (args, words) in _bad_inputs(tmp_path, copy_of).items():
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (case, result.output)
+        assert words in result.output and "Traceback" not in result.output, (case, result.output)
+        assert not (tmp_path / "new-runs").exists(), case  # nothing was created
+    assert _digest(copy_of) == before
+
+
+def test_a_storage_whose_driver_is_missing_names_it_and_creates_nothing(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("pymssql") is not None:
+        pytest.skip("pymssql is installed here")
+    result = CliRunner().invoke(cli, ["search", "--runs-dir", str(tmp_path / "runs"),
+                                      "--storage", "mssql+pymssql://user:secret@localhost/db"])
+    assert result.exit_code == 2 and "'pymssql'" in result.output, result.output
+    assert "secret" not in result.output  # the password is not echoed
+    assert not (tmp_path / "runs").exists()

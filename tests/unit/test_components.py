@@ -89,7 +89,16 @@ def test_samplers_pruners_and_storage(tiny_space):
     with pytest.raises(ConfigError, match="15,625"):
         create_sampler("grid", nb201, seed=0)
     check_storage_url("sqlite:///runs/x/study.db")
-    check_storage_url("postgresql://user:pw@localhost/db")
+    # A server URL is checked without connecting; its driver must be importable, or the error names it.
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is not None:
+        check_storage_url("postgresql+psycopg2://user:pw@localhost/db")
+    else:
+        with pytest.raises(ConfigError, match="'psycopg2', which is not installed"):
+            check_storage_url("postgresql+psycopg2://user:pw@localhost/db")
+    with pytest.raises(ConfigError, match="in-memory"):
+        check_storage_url("sqlite:///:memory:")
     for bad in ("runs/study.db", "nosuchdb://x"):
         with pytest.raises(ConfigError, match="invalid storage URL"):
             check_storage_url(bad)

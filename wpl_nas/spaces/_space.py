@@ -237,9 +237,11 @@ class SearchSpace:
         """
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read search space file {str(path)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"search space file {str(path)!r} is not UTF-8 text (a binary file?)") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -255,7 +257,18 @@ class SearchSpace:
         kind = data.get("kind", "cell")
         if kind not in SPACE_KINDS:
             raise read.fail("kind", SPACE_KINDS.unknown_message(kind))
-        return SPACE_KINDS.get(kind).from_spec(data, read, source=source)
+        space = SPACE_KINDS.get(kind).from_spec(data, read, source=source)
+        values = sum(len(v) for v in space.choices.values())
+        if values > MAX_CHOICE_VALUES:
+            raise read.fail("<top level>", f"has {len(space.choices):,} choices with {values:,} values in all, more "
+                            f"than the limit of {MAX_CHOICE_VALUES:,}: its supernet (one module per value and "
+                            "cell) would take too long to build and not fit in memory; make the cell smaller")
+        return space
+
+
+#: The most choice values a space may have (the built-in spaces have at most ~200): a supernet holds
+#: one module per value (and cell), so a 400-node cell's 160,000 would hang its construction.
+MAX_CHOICE_VALUES = 10_000
 
 
 def builtin_spaces() -> dict[str, Path]:

@@ -33,7 +33,8 @@ class CandidateContext:
     Attributes:
         supernet: The supernet, with ``arch`` chosen.
         arch: The candidate (its path and, on a multi-head supernet, its head).
-        trial_index: Its position in the search (the Optuna trial number).
+        trial_index: Its position in the search: the number of candidates finished before it (equal to
+            the Optuna trial number unless a trial was lost in flight).
         params: ``{name: parameter}`` of the tensors on the candidate's path.
         optimizer: The optimiser of the shared weights (one for the whole search).
         epochs: Epochs this candidate trains for.

@@ -19,24 +19,27 @@ import numpy as np
 import torch
 
 from wpl_nas.errors import ConfigError
+from wpl_nas.tracking.signals import deferred
 
 __all__ = ["capture_rng", "load_checkpoint", "read_json", "restore_rng", "save_checkpoint", "write_text_atomically"]
 
 
 def _replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """``write`` a temporary file, flush it to disk, then rename it over ``path`` (an atomic
-    replace), so an interruption never leaves a half-written file."""
+    replace), so an interruption never leaves a half-written file. During a search, Ctrl-C and
+    SIGTERM wait for the write to end, so no ``*.tmp`` file is left behind either."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with deferred():
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

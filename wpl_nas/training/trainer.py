@@ -56,7 +56,9 @@ class CandidateTrainer:
         grad_clip: Global gradient-norm clip (0: off), applied after the strategy's gradient edits.
         eval_batch_size: Evaluation batch size.
         seed: Base seed; each candidate's data order is seeded by ``(seed, trial_index)`` so a
-            resumed search sees exactly the batches an uninterrupted one would.
+            resumed search sees exactly the batches an uninterrupted one would. A search passes
+            the candidate's position (how many candidates trained before it), not its Optuna
+            trial number, so a trial lost in flight does not shift the ones after it.
         metric: The score (:data:`~wpl_nas.evaluation.scoring.METRICS`): ``accuracy`` or ``perplexity``.
     """
 
@@ -91,7 +93,7 @@ class CandidateTrainer:
         return self.metric.compute(self.supernet, arch, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
 
     def train(self, arch: Architecture, *, trial_index: int, on_epoch: EpochCallback | None = None,
-              progress: Callable[[], object] | None = None) -> TrainResult:
+              progress: Callable[[], object] | None = None, name: str | None = None) -> TrainResult:
         """Train ``arch`` for ``epochs`` epochs; score it after each epoch.
 
         Raises:
@@ -99,9 +101,11 @@ class CandidateTrainer:
 
         Args:
             arch: The candidate.
-            trial_index: Its position in the search (seeds its data order).
+            trial_index: Its position in the search (seeds its data order; strategies see it).
             on_epoch: Called with ``(epoch, score)`` after each epoch; True stops training.
             progress: Called after every training step (e.g. to advance a progress bar).
+            name: What error messages call the candidate [default: ``trial <trial_index>``]; a search
+                passes its Optuna trial number, which a lost trial sets apart from the position.
         """
         net, strategy, opt = self.supernet, self.strategy, self.optimizer
         ctx = self.context(arch, trial_index)
@@ -135,9 +139,9 @@ class CandidateTrainer:
             if not math.isfinite(result.loss):
                 # NaN weights would poison every later candidate: stop before anything is saved.
                 raise TrainingDiverged(
-                    f"candidate {arch} (trial {trial_index}) diverged in epoch {epoch}: its mean training loss "
-                    f"is {result.loss}; lower --lr, or clip gradients harder with --grad-clip (the run's "
-                    "checkpoint still holds the supernet from before this trial)")
+                    f"candidate {arch} ({name or f'trial {trial_index}'}) diverged in epoch {epoch}: its mean "
+                    f"training loss is {result.loss}; lower --lr, or clip gradients harder with --grad-clip (the "
+                    "run's checkpoint still holds the supernet from before this trial)")
             result.penalty = strategy.penalty(ctx) or 0.0
             result.steps += steps
             result.score = self.score(arch)
