@@ -59,6 +59,8 @@ class SearchConfig:
     data_dir: str = _opt("data", "Where torchvision data sets live (or are downloaded to) and MNIST-1D is cached.")
     download: bool = _opt(False, "Download torchvision data sets into --data-dir if missing.")
     val_fraction: float = _opt(0.2, "Share of the training data held out for scoring, Fisher and retention.")
+    train_samples: int = _opt(0, "Train on the first N samples of the training split only (0: all); the validation "
+                                 "split is unchanged. Less data makes architectures differ more.")
     strategy: str = _opt(
         "wpl", "Consolidation strategy: naive (plain weight sharing), wpl, ewc, online-ewc, si, mas, anpyc, hat, "
         "distill, synthetic, or two joined by '+' (e.g. hat+distill, wpl+distill).")
@@ -171,7 +173,7 @@ class SearchConfig:
                 raise ConfigError(f"{name} {str(path)!r} is a file, not a folder; give another --runs-dir or "
                                   "--study-name")
         _non_negative(self, "lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent",
-                      "threads", "final_top_k")
+                      "threads", "final_top_k", "train_samples")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), but got val_fraction={self.val_fraction}")
         objectives = self.objective_list

@@ -187,7 +187,8 @@ class SupernetObjective:
         if (self.run_dir / CONFIG_FILE).is_file():
             self.changes = resume_changes(saved_config(self.run_dir / CONFIG_FILE), config, run_dir=self.run_dir)
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                                 val_fraction=config.val_fraction, seed=config.seed)
+                                 val_fraction=config.val_fraction, seed=config.seed,
+                                 train_samples=config.train_samples)
         self.supernet = build_supernet(self.space, self.data, seed=config.seed).to(self.device)
         self.strategy: Strategy = create_strategy(config.strategy, self.supernet, config).to(self.device)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.lr, momentum=config.momentum,

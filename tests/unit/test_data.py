@@ -353,3 +353,15 @@ def test_bad_batch_arguments() -> None:
         iterate_batches(_numbered(4), batch_size=0)
     with pytest.raises(ConfigError, match="limit=-1"):
         iterate_batches(_numbered(4), batch_size=2, limit=-1)
+
+
+def test_train_samples_keeps_the_first_n_of_the_training_split_only(data_dir):
+    whole = load_dataset("mnist1d", data_dir=data_dir)
+    part = load_dataset("mnist1d", data_dir=data_dir, train_samples=100)
+    assert len(part.train) == 100  # type: ignore[arg-type]
+    for a, b in zip(part.train.tensors, whole.train.tensors, strict=True):  # type: ignore[attr-defined]
+        assert torch.equal(a, b[:100])
+    for a, b in zip(part.val.tensors, whole.val.tensors, strict=True):  # type: ignore[attr-defined]
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="train_samples"):
+        load_dataset("mnist1d", data_dir=data_dir, train_samples=-1)
