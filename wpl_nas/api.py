@@ -30,6 +30,10 @@ from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.study import PRUNERS, check_storage_url, create_pruner, create_sampler
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
 
+#: The study user attribute naming the last trial whose after-trial work (re-scores, anatomy,
+#: TensorBoard) is complete.
+OBSERVED_ATTR = "observed_after_trial"
+
 __all__ = ["Run", "SearchResult", "build_supernet", "load_run", "resolve_device", "run_search"]
 
 
@@ -176,6 +180,7 @@ class _Search:
             self.tensorboard = self.objective.tensorboard_callback()
             self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
                 self.objective.retention_callback(), self.objective.anatomy_callback(), self.tensorboard]
+            self._catch_up()
         except BaseException:
             self.objective.close()
             raise
@@ -227,8 +232,28 @@ class _Search:
             frozen = self.study.tell(number, values, state=state)
             if frozen.state == TrialState.FAIL:  # Optuna fails a NaN value; asking again would loop forever
                 raise RuntimeError(f"trial {frozen.number} failed: its score is not a number; stopping the search")
-            for callback in self.callbacks:
-                callback(self.study, frozen)
+            self._after_trial(frozen)
+
+    def _after_trial(self, frozen: FrozenTrial) -> None:
+        """The after-trial work (pool re-score, anatomy, TensorBoard), then the study's note that it
+        is done: a stop in between (``kill -9``) leaves it owed, and :meth:`_catch_up` redoes it."""
+        for callback in self.callbacks:
+            callback(self.study, frozen)
+        self.study.set_user_attr(OBSERVED_ATTR, frozen.number)
+
+    def _catch_up(self) -> None:
+        """Redo the after-trial work of the last finished trial if a stop cut it short (or it was told
+        only now, by :meth:`SupernetObjective.reconcile`). It is idempotent: nothing has trained since,
+        so the re-scores, the anatomy and the logged values are those an uninterrupted run took."""
+        if not self.objective.finished:
+            return
+        last = max(self.objective.finished)
+        if self.study.user_attrs.get(OBSERVED_ATTR) == last:
+            return
+        frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == last), None)
+        if frozen is not None and frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            with deferred():
+                self._after_trial(frozen)
 
     def _settle(self, number: int) -> int | None:
         """After trial ``number`` was cut short: tell it its result if the checkpoint already holds it

@@ -132,3 +132,92 @@ def test_bench_language_quick_reports_naive_and_wpl_per_seed(tmp_path):
     assert [(r["seed"], r["strategy"]) for r in rows] == [(0, "naive"), (0, "wpl")]
     assert all(r["best"] > 1.0 and math.isfinite(r["forgetting_mean"]) for r in rows)
     assert "| 0 | wpl |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_kill_quick_kills_resumes_and_loses_nothing(tmp_path):
+    """SIGKILLs of a real search at seeded random moments (up to three: on a fast machine the search may
+    finish first): nothing completed is lost, no file is corrupt, and the resumed run equals the
+    uninterrupted one (what the campaign exists to show)."""
+    out = tmp_path / "kill.json"
+    proc = _run("bench_kill.py", json_out=out)
+    report = json.loads(out.read_text())
+    assert 1 <= report["kills"] <= 3 and report["runs"] == report["kills"] + 1
+    assert (report["lost"], report["corrupt"], report["differs"]) == (0, 0, 0), report
+    assert "lost completed trials" in proc.stdout and "resumed ≠ uninterrupted" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_fidelity_quick_pairs_arms_and_reports_ceiling_and_intervals(tmp_path):
+    out, work = tmp_path / "fidelity.json", tmp_path / "work"
+    proc = _run("bench_fidelity.py", "--work-dir", str(work), json_out=out)
+    figures = json.loads(out.read_text())
+    settings = figures["settings"]
+    assert settings["arms"] == ["naive", "wpl"] and settings["search_seeds"] == [0, 1]
+    assert figures["pairing"]["verified"] is True
+    assert figures["command"].startswith("python benchmarks/bench_fidelity.py --quick")
+    for arm in settings["arms"]:
+        for seed in settings["search_seeds"]:
+            run = figures["per_run"][f"{arm}/{seed}"]
+            assert run["candidates"] >= 2
+            for key in ("tau_final", "tau_training", "ceiling_kendall_tau"):
+                assert math.isnan(run[key]) or -1.0 <= run[key] <= 1.0, key
+            assert 0.0 <= run["chosen_final_truth"] <= run["best_truth"] <= 1.0
+            assert run["regret_final"] >= 0.0 and run["regret_training"] >= 0.0
+    # Every stand-alone score: one per truth seed for each candidate of each search seed.
+    for seed in settings["search_seeds"]:
+        scores = figures["truth_scores"][str(seed)]
+        assert len(scores) == figures["per_run"][f"naive/{seed}"]["candidates"]
+        assert all(len(s) == 2 for s in scores.values())
+    differences = figures["bootstrap"]["differences"]
+    assert set(differences) == {"wpl"}
+    for measure in ("tau_final", "tau_training", "chosen_final_truth", "chosen_training_truth"):
+        d = differences["wpl"][measure]
+        assert len(d["per_seed"]) == 2 and d["replicates"] > 900
+        low, high = d["ci_candidates"]
+        assert low <= high
+    # The baseline against itself would be zero: the differences are paired per seed.
+    naive = figures["bootstrap"]["values"]["naive"]["tau_final"]["per_seed"]
+    wpl = figures["bootstrap"]["values"]["wpl"]["tau_final"]["per_seed"]
+    paired = [w - n for w, n in zip(wpl, naive, strict=True)]
+    assert paired == pytest.approx(differences["wpl"]["tau_final"]["per_seed"], nan_ok=True)
+    for text in ("Pairing verified", "τ ceiling", "95% CI, candidates", "| wpl | τ(final, truth) |"):
+        assert text in proc.stdout
+    assert figures["markdown"] in proc.stdout
+
+    # A rerun reuses the searches and the cached ground truth.
+    _run("bench_fidelity.py", "--work-dir", str(work), json_out=out)
+    again = json.loads(out.read_text())
+    assert again["truth"]["trained"] == 0 and all(r["reused"] for r in again["runs"].values())
+    assert json.dumps(again["per_run"], sort_keys=True) == json.dumps(figures["per_run"], sort_keys=True)
+
+
+def test_bench_fidelity_refuses_an_unknown_arm_option(tmp_path):
+    arm = 'bad={"strategy": "wpl", "wpl": {"no_such_option": 1}}'
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_fidelity.py"), "--quick", "--work-dir",
+                           str(tmp_path), "--arms", "naive", "--arm", arm],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no_such_option" in proc.stderr and "bad" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any search
+
+
+def test_bench_fidelity_stops_when_the_arms_are_not_paired(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_fidelity", ROOT / "benchmarks" / "bench_fidelity.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts benchmarks/ on the path
+    spec.loader.exec_module(bench)
+
+    def run(*ops: str) -> dict:
+        proposals = [{"number": i, "state": "COMPLETE", "params": {"0->1": op}} for i, op in enumerate(ops)]
+        return {"proposals": proposals, "rows": [{"arch": op} for op in set(ops)]}
+
+    paired = {("naive", 0): run("conv", "skip"), ("wpl", 0): run("conv", "skip")}
+    assert bench.verify_pairing(paired, ["naive", "wpl"], [0], "naive")["verified"]
+    unpaired = {("naive", 0): run("conv", "skip"), ("wpl", 0): run("skip", "conv")}
+    with pytest.raises(SystemExit, match="pairing broken: seed 0, trial 0"):
+        bench.verify_pairing(unpaired, ["naive", "wpl"], [0], "naive")

@@ -19,6 +19,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import wpl_nas
 from wpl_nas.cli import cli
@@ -225,6 +226,40 @@ def test_a_resumed_run_equals_an_uninterrupted_one_even_after_a_trial_lost_in_fl
     assert trials[3].user_attrs.get("retry_of") == (2 if suggested else None)
     assert [t.user_attrs["position"] for t in trials if t.state == TrialState.COMPLETE] == [0, 1, 2, 3]
     _assert_same_run(whole_runs[sampler], _by_position(resumed.run_dir))
+
+
+class _Stop(Exception):
+    """What a kill in the middle of the after-trial work amounts to, raised at a chosen callback."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["RetentionCallback", "AnatomyCallback", "TensorBoardCallback"])
+def test_after_trial_work_cut_short_is_redone_on_resume(tiny_space_file, data_dir, tmp_path, whole_runs,
+                                                        monkeypatch, where):
+    """A stop after trial 1 was checkpointed and told but before its pool re-score, anatomy snapshot or
+    TensorBoard write: the resumed search redoes them first, so the retention matrix, anatomy.json
+    and TensorBoard equal an uninterrupted run's (bench_kill.py found the matrix missing a column)."""
+    import wpl_nas.callbacks as callbacks
+
+    original = getattr(callbacks, where).__call__
+
+    def stop_at_trial_1(self, study, trial):
+        if trial.number == 1:
+            raise _Stop(where)
+        return original(self, study, trial)
+
+    config = _config(tiny_space_file, data_dir, tmp_path, "cut", 4, sampler="random")
+    with monkeypatch.context() as patch:
+        patch.setattr(getattr(callbacks, where), "__call__", stop_at_trial_1)
+        with pytest.raises(_Stop):
+            wpl_nas.run_search(config, progress=False, command=["t"])
+    study = wpl_nas.load_run(tmp_path / "cut").study
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # trial 1 was told, not lost
+    resumed = wpl_nas.run_search(config, progress=False, command=["t"])
+    _assert_same_run(whole_runs["random"], _by_position(resumed.run_dir))
+    events = EventAccumulator(str(resumed.run_dir / "tb"))
+    events.Reload()
+    assert {e.step for e in events.Scalars("retained/mean_acc")} == {0, 1, 2, 3}
 
 
 # --- what may change on resume ---------------------------------------------------------------
