@@ -117,22 +117,8 @@ CONTROLLED = ("space", "dataset", "data_dir", "download", "val_fraction", "train
 TRUTH_FIELDS = ("space", "dataset", "val_fraction", "train_samples", "seed", "lr", "momentum", "weight_decay",
                 "batch_size", "grad_clip", "eval_samples", "eval_batch_size")
 
-#: The tests' tiny space (``tests/conftest.py``), for ``--quick``.
-TINY_SPACE = """\
-name: tiny1d
-description: a tiny 1-D cell space for fast tests
-citation: wpl-nas tests
-dims: 1
-skeleton:
-  stem_channels: 8
-  stages:
-    - {channels: 8, cells: 1}
-    - {channels: 16, cells: 1}
-cell:
-  nodes: 4
-  edges: all
-  ops: [none, skip_connect, conv_5]
-"""
+#: A tiny space for ``--quick`` (the tests' own).
+TINY_SPACE = Path(__file__).resolve().parent / "spaces" / "tiny1d.yaml"
 
 TRUTH_FILE = "truth.json"
 TRUTH_FORMAT = 1
@@ -685,9 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        else Path("runs") / "bench-fidelity")
     work_dir.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        space_file = work_dir / "tiny1d.yaml"
-        space_file.write_text(TINY_SPACE)
-        args.space, args.search_seeds, args.trials, args.epochs = str(space_file), "0,1", 4, 1
+        args.space, args.search_seeds, args.trials, args.epochs = str(TINY_SPACE), "0,1", 4, 1
         args.truth_seeds, args.truth_epochs, args.bootstrap = 2, 1, 1000
         if args.arms == parser.get_default("arms"):
             args.arms = "naive,wpl"

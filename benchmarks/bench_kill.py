@@ -45,21 +45,7 @@ import torch
 import yaml
 
 #: A small 1-D cell space (the tests' tiny space): a trial takes about a second on one thread.
-SPACE = """\
-name: kill1d
-description: a small 1-D cell space for the kill campaign
-citation: wpl-nas benchmarks
-dims: 1
-skeleton:
-  stem_channels: 8
-  stages:
-    - {channels: 8, cells: 1}
-    - {channels: 16, cells: 1}
-cell:
-  nodes: 4
-  edges: all
-  ops: [none, skip_connect, conv_5]
-"""
+SPACE = Path(__file__).resolve().parent / "spaces" / "tiny1d.yaml"
 
 
 def command(space: Path, runs: Path, data: Path, trials: int) -> list[str]:
@@ -162,11 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-kill-"))
     work.mkdir(parents=True, exist_ok=True)
-    space = work / "kill1d.yaml"
-    space.write_text(SPACE)
     data, log = work / "data", work / "search.log"
 
-    reference_cmd = command(space, work / "reference", data, args.trials)
+    reference_cmd = command(SPACE, work / "reference", data, args.trials)
     started = time.perf_counter()
     if run_once(reference_cmd, log, None) != 0:
         print(f"the uninterrupted search failed; see {log}", file=sys.stderr)
@@ -174,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     reference = outcome(work / "reference" / "kill")
 
-    cmd, run = command(space, work / "killed", data, args.trials), work / "killed" / "kill"
+    cmd, run = command(SPACE, work / "killed", data, args.trials), work / "killed" / "kill"
     lost, corrupt, kills, resumes, codes = 0, [], 0, 0, []
     while True:
         seen = complete_trials(run)

@@ -125,8 +125,7 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except TrainingDiverged as exc:
-        click.echo(f"\nerror: {exc}. Both may change on resume: rerun with them and this candidate is trained "
-                   "again from the checkpoint", err=True)
+        click.echo(f"\nerror: {exc}", err=True)
         sys.exit(1)
     except SearchInterrupted as exc:
         lost = f"trial {exc.lost_trial} was in flight: marked FAIL, it trains again on resume; " \

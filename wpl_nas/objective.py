@@ -455,6 +455,7 @@ class SupernetObjective:
             outcome: tuple[str, float | list[float] | None] = ("PRUNED", None)
             if not result.pruned:
                 self.trainer.consolidate(arch, trial_index=position, score=result.score)
+                self._check_strategy_state(trial.number)
                 outcome = ("COMPLETE", result.score if single else values)
             # Attributes go in before the checkpoint, so a trial that is checkpointed but not yet
             # told (an interruption in between) still carries them when it is told on resume.
@@ -477,6 +478,18 @@ class SupernetObjective:
             raise optuna.TrialPruned(f"pruned after epoch {len(result.epoch_scores) - 1} "
                                      f"at score {result.score:.4f}")
         return result.score if single else tuple(values)
+
+    def _check_strategy_state(self, number: int) -> None:
+        """Refuse to go on (and to save) once the strategy's state holds NaN or infinity: every later
+        candidate would be pulled towards it, and the checkpoint must keep the last good state."""
+        bad = [name for name, value in self.strategy.state_dict().items()
+               if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+        if bad:
+            self._diverged = f"trial {number} left the strategy's state non-finite"
+            raise TrainingDiverged(
+                f"consolidating trial {number} made the {self.config.strategy} strategy's state NaN or infinite "
+                f"({', '.join(bad[:4])}); its options are too extreme for this run. The checkpoint still holds the "
+                "state from before this trial; start a new --study-name with saner strategy options")
 
     def _costs(self, trial: optuna.Trial, arch: Architecture) -> list[float]:
         """The candidate's cost objectives (params, flops, latency in ms), also set as user attributes."""
