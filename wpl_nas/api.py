@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from wpl_nas.objective import CONFIG_FILE, SupernetObjective, build_supernet, re
 from wpl_nas.selection import FinalScores, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.study import PRUNERS, check_storage_url, create_pruner, create_sampler
+from wpl_nas.tracking.lock import LOCK_FILE
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
 
 #: The study user attribute naming the last trial whose after-trial work (re-scores, anatomy,
@@ -160,6 +162,7 @@ class _Search:
         PRUNERS.get(config.pruner)
         sampler = create_sampler(config.resolved_sampler, space, seed=config.seed)  # checks grid's size limit
         check_storage_url(config.resolved_storage)
+        created = [p for p in (config.run_dir, Path(config.runs_dir)) if not p.exists()]  # innermost first
         self.objective = SupernetObjective(config, progress=progress, command=command)
         self.progress = progress
         self.final: FinalScores | None = None  # set when the search ends
@@ -172,7 +175,9 @@ class _Search:
                     directions=self.objective.directions, load_if_exists=True, pruner=create_pruner(config.pruner),
                     sampler=sampler)
             except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
-                raise ConfigError(f"cannot open storage {config.resolved_storage!r}: {exc}") from None
+                url = sqlalchemy.engine.make_url(config.resolved_storage).render_as_string(hide_password=True)
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"cannot open storage {url!r}: {reason}") from None
             with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(self.objective.metric_names)
@@ -183,6 +188,11 @@ class _Search:
             self._catch_up()
         except BaseException:
             self.objective.close()
+            if created:  # e.g. a storage that cannot be opened: leave no empty run folder behind
+                (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+                for folder in created:
+                    with contextlib.suppress(OSError):  # not empty: something was written, keep it
+                        folder.rmdir()
             raise
 
     def _count_finished(self) -> int:

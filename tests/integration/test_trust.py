@@ -265,6 +265,8 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
         "runs-dir is a file": (["search", "--runs-dir", str(tmp / "a-file")], "is a file"),
         "in-memory storage": (["search", "--storage", "sqlite:///:memory:", *runs], "in-memory"),
         "unparsable storage": (["search", "--storage", "no such url", *runs], "invalid storage URL"),
+        "storage that cannot be opened": (["search", "--storage", f"sqlite:///{tmp / 'no' / 'such' / 'x.db'}",
+                                           *runs], "cannot open storage"),
     }
 
 
