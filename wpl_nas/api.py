@@ -169,13 +169,19 @@ class _Search:
         self.run_dir = self.objective.run_dir
         self.objective.lock()  # before the study is touched: a second search is refused at once
         try:
+            url = sqlalchemy.engine.make_url(config.resolved_storage).render_as_string(hide_password=True)
             try:
+                if self.objective.finished and config.resolved_study_name not in optuna.get_all_study_names(
+                        storage=config.resolved_storage):
+                    # A run with finished trials resumes its study; a new one here would be empty.
+                    raise ConfigError(
+                        f"the run's checkpoint holds {len(self.objective.finished)} finished trial(s), but storage "
+                        f"{url!r} has no study {config.resolved_study_name!r}; give the storage that holds it")
                 self.study = optuna.create_study(
                     study_name=config.resolved_study_name, storage=config.resolved_storage,
                     directions=self.objective.directions, load_if_exists=True, pruner=create_pruner(config.pruner),
                     sampler=sampler)
             except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
-                url = sqlalchemy.engine.make_url(config.resolved_storage).render_as_string(hide_password=True)
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(f"cannot open storage {url!r}: {reason}") from None
             with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them

@@ -247,7 +247,7 @@ class SupernetObjective:
             self.pool.load_state_dict(state["pool"])
             self.finished = {int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()}
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise ConfigError(f"checkpoint {self.checkpoint_path} does not fit this run ({reason}): it was written "
                               "for another space, strategy or data set, or it is damaged; restore this run's "
                               "checkpoint or use a new --study-name") from None

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -309,3 +310,15 @@ def test_a_strategy_state_gone_non_finite_is_never_saved(data_dir, tmp_path):
     state = torch.load(tmp_path / "si" / "checkpoints" / "last.pt", weights_only=True)
     floats = [v for v in state["strategy"].values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     assert floats and all(torch.isfinite(v).all() for v in floats)
+
+
+@pytest.mark.slow
+def test_resuming_against_an_empty_storage_is_refused_without_creating_a_study(copy_of, tiny_space_file, data_dir,
+                                                                               tmp_path):
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    before = _digest(copy_of)
+    flags = _search_flags(tiny_space_file, data_dir, copy_of.parent, copy_of.name, trials=4)
+    result = CliRunner().invoke(cli, ["search", "--no-progress", *flags, "--storage", empty])
+    assert result.exit_code == 2 and "has no study 'x'" in result.output, result.output
+    assert optuna.get_all_study_names(storage=empty) == []
+    assert _digest(copy_of) == before
