@@ -321,6 +321,10 @@ def rank(run_dir: str, ground_truth: str, archs: int | None, seeds: int, epochs:
         with _usage_errors():
             result = rank_run(run_dir, ground_truth=ground_truth, archs=archs, seeds=seeds, epochs=epochs,
                               top_k=top_k, key_column=key_column, column=column, progress=progress)
+    except TrainingDiverged as exc:  # a stand-alone training with the run's optimiser settings
+        click.echo(f"\nerror: {exc}; the scores trained so far are cached in RUN_DIR/rank/standalone.json",
+                   err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: the stand-alone scores trained so far are cached in RUN_DIR/rank/standalone.json; "
                    "rerun to resume", err=True)

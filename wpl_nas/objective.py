@@ -449,8 +449,13 @@ class SupernetObjective:
         try:
             with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
                       desc=f"trial {trial.number}", dynamic_ncols=True) as bar:
-                result = self.trainer.train(arch, trial_index=position, on_epoch=on_epoch, progress=bar.update,
-                                            name=f"trial {trial.number}")
+                try:
+                    result = self.trainer.train(arch, trial_index=position, on_epoch=on_epoch, progress=bar.update,
+                                                name=f"trial {trial.number}")
+                except TrainingDiverged as exc:
+                    raise TrainingDiverged(
+                        f"{exc}. The run's checkpoint still holds the supernet from before this trial, and both may "
+                        "change on resume: rerun with them and this candidate is trained again") from None
             values = [result.score, *costs]
             outcome: tuple[str, float | list[float] | None] = ("PRUNED", None)
             if not result.pruned:
@@ -485,7 +490,6 @@ class SupernetObjective:
         bad = [name for name, value in self.strategy.state_dict().items()
                if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
         if bad:
-            self._diverged = f"trial {number} left the strategy's state non-finite"
             raise TrainingDiverged(
                 f"consolidating trial {number} made the {self.config.strategy} strategy's state NaN or infinite "
                 f"({', '.join(bad[:4])}); its options are too extreme for this run. The checkpoint still holds the "

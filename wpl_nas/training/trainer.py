@@ -140,9 +140,7 @@ class CandidateTrainer:
                 # NaN weights would poison every later candidate: stop before anything is saved.
                 raise TrainingDiverged(
                     f"candidate {arch} ({name or f'trial {trial_index}'}) diverged in epoch {epoch}: its mean "
-                    f"training loss is {result.loss}; lower --lr, or clip gradients harder with --grad-clip (the "
-                    "run's checkpoint still holds the supernet from before this trial). Both may change on resume: "
-                    "rerun with them and this candidate is trained again from the checkpoint")
+                    f"training loss is {result.loss}; lower --lr, or clip gradients harder with --grad-clip")
             result.penalty = strategy.penalty(ctx) or 0.0
             result.steps += steps
             result.score = self.score(arch)
