@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from wpl_nas.callbacks import final_note
 from wpl_nas.config import SearchConfig
-from wpl_nas.errors import ConfigError
+from wpl_nas.errors import ConfigError, reason
 from wpl_nas.objective import CONFIG_FILE, SupernetObjective, build_supernet, resolve_device, saved_config
 from wpl_nas.selection import FinalScores, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
@@ -182,8 +182,7 @@ class _Search:
                     directions=self.objective.directions, load_if_exists=True, pruner=create_pruner(config.pruner),
                     sampler=sampler)
             except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ConfigError(f"cannot open storage {url!r}: {reason}") from None
+                raise ConfigError(f"cannot open storage {url!r}: {reason(exc)}") from None
             with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(self.objective.metric_names)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "RunLocked", "TrainingDiverged"]
+__all__ = ["ConfigError", "RunLocked", "TrainingDiverged", "reason"]
 
 
 class ConfigError(ValueError):
@@ -27,3 +27,11 @@ class TrainingDiverged(RuntimeError):
     the previous trial) stays intact: rerunning resumes from it, and the diverged trial counts
     as lost. The message names the candidate, the epoch and the usual remedies.
     """
+
+
+def reason(exc: BaseException, *, whole: bool = False, limit: int = 300) -> str:
+    """``exc``'s message for a one-line error: its first line (or, with ``whole``, all of it joined),
+    at most ``limit`` characters; its type's name when it has no message."""
+    text = str(exc).strip()
+    text = " ".join(text.split()) if whole else (text.splitlines()[0] if text else "")
+    return text[:limit] or type(exc).__name__

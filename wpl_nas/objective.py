@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from wpl_nas.config import OBJECTIVES, RUN_RECORD_KEYS, SearchConfig, resume_changes
 from wpl_nas.data import DATASETS, load_dataset
-from wpl_nas.errors import ConfigError, TrainingDiverged
+from wpl_nas.errors import ConfigError, TrainingDiverged, reason
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.evaluation.cost import count_flops, measure_latency
 from wpl_nas.spaces import Architecture, SearchSpace, load_space
@@ -247,10 +247,9 @@ class SupernetObjective:
             self.pool.load_state_dict(state["pool"])
             self.finished = {int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()}
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            raise ConfigError(f"checkpoint {self.checkpoint_path} does not fit this run ({reason}): it was written "
-                              "for another space, strategy or data set, or it is damaged; restore this run's "
-                              "checkpoint or use a new --study-name") from None
+            raise ConfigError(f"checkpoint {self.checkpoint_path} does not fit this run ({reason(exc, whole=True)}): "
+                              "it was written for another space, strategy or data set, or it is damaged; restore "
+                              "this run's checkpoint or use a new --study-name") from None
         restore_rng(state["rng"])
         self._identity = identity
 

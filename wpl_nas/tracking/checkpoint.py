@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from wpl_nas.errors import ConfigError
+from wpl_nas.errors import ConfigError, reason
 from wpl_nas.tracking.signals import deferred
 
 __all__ = ["capture_rng", "load_checkpoint", "read_json", "restore_rng", "save_checkpoint", "write_text_atomically"]
@@ -72,10 +72,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{what} {path} cannot be read safely ({reason[:200]}): it is truncated, corrupt or "
-                          "was not written by wpl-nas; nothing in it was run. Restore it from a copy or delete "
-                          "it to start that part again") from None
+        raise ConfigError(f"{what} {path} cannot be read safely ({reason(exc, limit=200)}): it is truncated, "
+                          "corrupt or was not written by wpl-nas; nothing in it was run. Restore it from a copy or "
+                          "delete it to start that part again") from None
     if not isinstance(state, dict):
         raise ConfigError(f"{what} {path} holds a {type(state).__name__}, not the dict wpl-nas writes")
     missing = [key for key in required if key not in state]
