@@ -50,14 +50,15 @@ def page_text(chromium: str, url: str, profile: Path) -> str:
 
 
 @pytest.mark.slow
-def test_dashboard_shows_architecture_and_retained_scores_in_a_browser(tiny_space_file, data_dir, tmp_path):
+def test_dashboard_shows_architecture_and_final_scores_in_a_browser(tiny_space_file, data_dir, tmp_path):
     chromium = browser()
     config = wpl_nas.SearchConfig(space=str(tiny_space_file), data_dir=str(data_dir), runs_dir=str(tmp_path),
                                   study_name="dash", trials=3, epochs=1, batch_size=256, device="cpu",
                                   eval_samples=200)
     result = wpl_nas.run_search(config, progress=False, command=["test"])
     trial = result.study.trials[0]
-    latest = result.study.user_attrs["latest_rescore"]["0"]
+    final = result.study.user_attrs["final_rescore"]["0"]
+    chosen = result.study.user_attrs["final_best_trial"]
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", "from wpl_nas.cli import main; main()", "dashboard",
@@ -78,8 +79,9 @@ def test_dashboard_shows_architecture_and_retained_scores_in_a_browser(tiny_spac
         assert trial.user_attrs["arch"] in trials  # the trial's architecture, as a user attribute
         assert "score_at_training" in trials and "cell_trial_0000.png" in trials  # and its cell, as an artifact
         note = page_text(chromium, f"{base}/note", tmp_path / "profile")
-        assert "Retained pool after trial 2" in note and "latest re-score" in note
-        assert f"{latest:.4f}" in note  # the retained score of trial 0, rendered in the study's note
+        # at the end of the search the note is the final selection: every candidate re-scored
+        assert "Final selection after trial 2" in note and f"chosen: trial {chosen}" in note
+        assert f"{final:.4f}" in note  # trial 0's score on the final supernet, rendered in the study's note
     finally:
         server.terminate()
         server.wait(timeout=30)
