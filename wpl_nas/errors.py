@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "RunLocked", "TrainingDiverged", "reason"]
+import errno
+
+__all__ = ["ConfigError", "RunLocked", "TrainingDiverged", "reason", "write_refused"]
+
+#: ``errno`` values of a write the file system refused: a full disk or quota, a read-only file
+#: system, a folder the user may not write, a file larger than the process may write.
+_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+#: What SQLite says instead (through SQLAlchemy and Optuna's storage).
+_SQLITE_REFUSED = ("database or disk is full", "readonly database", "unable to open database file")
 
 
 class ConfigError(ValueError):
@@ -35,3 +43,20 @@ def reason(exc: BaseException, *, whole: bool = False, limit: int = 300) -> str:
     text = str(exc).strip()
     text = " ".join(text.split()) if whole else (text.splitlines()[0] if text else "")
     return text[:limit] or type(exc).__name__
+
+
+def write_refused(exc: BaseException) -> str | None:
+    """If ``exc`` (or an exception it was raised from) is the file system refusing a write (see
+    ``_REFUSED``; SQLite's own words for the same), one line saying what and where; else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _REFUSED:
+            where = f" {current.filename}" if current.filename else ""
+            return f"cannot write{where}: {current.strerror or reason(current)}"
+        text = str(current)
+        if any(words in text for words in _SQLITE_REFUSED):
+            return f"cannot write the study's database: {reason(current, limit=160)}"
+        current = current.__cause__ or current.__context__
+    return None

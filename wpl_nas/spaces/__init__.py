@@ -6,7 +6,16 @@ from wpl_nas.spaces._darts import DartsSpace
 from wpl_nas.spaces._mlp import MLPSpace
 from wpl_nas.spaces._mobilenet import MobileNetSpace
 from wpl_nas.spaces._rnn import RNNSpace
-from wpl_nas.spaces._space import SPACE_KINDS, SearchSpace, SpecReader, builtin_spaces, load_space
+from wpl_nas.spaces._space import (
+                                   SPACE_KINDS,
+                                   SearchSpace,
+                                   SpecReader,
+                                   builtin_spaces,
+                                   load_space,
+                                   same_space,
+                                   space_file,
+)
 
 __all__ = ["SPACE_KINDS", "Architecture", "CellSpace", "DartsSpace", "Genotype", "MLPSpace", "MobileNetSpace",
-           "RNNSpace", "SearchSpace", "SpecReader", "StageSpec", "builtin_spaces", "edge_label", "load_space"]
+           "RNNSpace", "SearchSpace", "SpecReader", "StageSpec", "builtin_spaces", "edge_label", "load_space",
+           "same_space", "space_file"]

@@ -9,6 +9,7 @@ width ``w'`` uses its first ``w`` rows and ``w'`` columns (as in slimmable netwo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,10 @@ from wpl_nas.registry import Registry
 from wpl_nas.spaces._architecture import Architecture
 from wpl_nas.spaces._space import SPACE_KINDS, SearchSpace, SpecReader
 
-__all__ = ["ACTIVATIONS", "MLPLayerSpec", "MLPSpace"]
+__all__ = ["ACTIVATIONS", "MAX_MLP_BLOCKS", "MLPLayerSpec", "MLPSpace"]
+
+#: The most weight blocks an ``mlp`` supernet may have (the built-in space has 24).
+MAX_MLP_BLOCKS = 20_000
 
 #: Element-wise activations a hidden layer may apply, by name. They have no parameters, so
 #: candidates that differ only in an activation share every weight.
@@ -146,4 +150,12 @@ class MLPSpace(SearchSpace):
                 raise read.fail(f"{field}.activations",
                                 "missing, and there is no top-level 'activations' to default to")
             layers.append(MLPLayerSpec(widths, acts))
+        # The supernet keeps each layer's matrix as a grid of blocks cut at the width choices of the
+        # layer and the one before: many choices make millions of modules, whose building would hang.
+        counts = [len(layer.widths) for layer in layers]
+        blocks = counts[0] + sum(a * b for a, b in itertools.pairwise(counts)) + counts[-1]
+        if blocks > MAX_MLP_BLOCKS:
+            raise read.fail("layers", f"makes a supernet of {blocks:,} weight blocks (one per pair of width choices "
+                            f"of adjacent layers), more than the limit of {MAX_MLP_BLOCKS:,}; give the layers "
+                            "fewer width choices")
         return cls(**cls.common(top, read), dims=None, source=source, layers=tuple(layers))

@@ -24,7 +24,7 @@ from wpl_nas.errors import ConfigError
 from wpl_nas.registry import Registry
 from wpl_nas.spaces._architecture import Architecture, Genotype
 
-__all__ = ["SPACE_KINDS", "SearchSpace", "SpecReader", "builtin_spaces", "load_space"]
+__all__ = ["SPACE_KINDS", "SearchSpace", "SpecReader", "builtin_spaces", "load_space", "same_space", "space_file"]
 
 #: Space classes by the ``kind`` a space file names.
 SPACE_KINDS: Registry[type[SearchSpace]] = Registry("search space kind")
@@ -289,7 +289,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         ConfigError: unknown name (the message lists the built-in spaces) or invalid file.
     """
     text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
+    if space_file(text) is not None:
         return SearchSpace.from_yaml(text)
     spaces = builtin_spaces()
     if text not in spaces:
@@ -298,3 +298,25 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
             "(or a path to a space .yaml file)"
         )
     return SearchSpace.from_yaml(spaces[text])
+
+
+def space_file(name_or_path: str | Path) -> Path | None:
+    """The user's space file that ``name_or_path`` names, or None for a built-in space's name."""
+    text = str(name_or_path)
+    return Path(text) if text.endswith((".yaml", ".yml")) or Path(text).is_file() else None
+
+
+def same_space(a: str | Path, b: str | Path) -> bool:
+    """Whether two ``--space`` values name the same space: the same name, or two files that hold the
+    same YAML mapping (a run's copy of its space file and the file it was copied from, opened from
+    another folder). A file that cannot be read is the same as nothing else."""
+    if str(a) == str(b):
+        return True
+    files = space_file(a), space_file(b)
+    if files[0] is None or files[1] is None:
+        return False
+    try:
+        texts = [yaml.safe_load(f.read_text(encoding="utf-8")) for f in files]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return texts[0] is not None and texts[0] == texts[1]

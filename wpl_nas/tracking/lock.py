@@ -21,14 +21,14 @@ import socket
 from pathlib import Path
 from typing import IO
 
-from wpl_nas.errors import RunLocked
+from wpl_nas.errors import ConfigError, RunLocked, reason
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "RunLock"]
+__all__ = ["LOCK_FILE", "RunLock", "create_run_folder"]
 
 LOCK_FILE = "search.lock"
 
@@ -56,19 +56,23 @@ class RunLock:
 
         Raises:
             RunLocked: another live process holds the folder; the message names it.
+            ConfigError: the folder cannot be written (read-only, not the user's, ...).
         """
         if self._held:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
-            return
-        key = self.path.resolve()
-        if key in _HELD:
-            file, count = _HELD[key]
-            _HELD[key] = (file, count + 1)
-            self._held = True
-            return
-        file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the lock lives
+        create_run_folder(self.run_dir)
+        try:
+            if fcntl is None:
+                return
+            key = self.path.resolve()
+            if key in _HELD:
+                file, count = _HELD[key]
+                _HELD[key] = (file, count + 1)
+                self._held = True
+                return
+            file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the lock lives
+        except OSError as exc:
+            raise _unwritable(self.run_dir, exc) from None
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,3 +110,21 @@ class RunLock:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown the OS drops the lock anyway
             self.release()
+
+
+def create_run_folder(run_dir: Path) -> None:
+    """Make ``run_dir`` (and its parents) if missing: a search's first write to it.
+
+    Raises:
+        ConfigError: it cannot be made (a read-only file system, a folder the user may not write).
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(run_dir, exc) from None
+
+
+def _unwritable(run_dir: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot write to run folder {run_dir} ({exc.strerror or reason(exc)}): a search keeps its "
+                       "checkpoint, study and logs there; make it writable or choose another --runs-dir")
+
