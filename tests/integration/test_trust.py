@@ -4,6 +4,7 @@ run's files are refused, and bad numbers are answered with exit code 2."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -251,6 +252,9 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "binary.csv").write_bytes(_BINARY)
     (tmp / "huge.yaml").write_text(_HUGE_CELL)
     (tmp / "a-file").write_text("")
+    mlp = "kind: mlp\nname: m\ndescription: m\nactivations: [relu]\n"
+    (tmp / "many-widths.yaml").write_text(mlp + f"layers: 2\nwidths: {list(range(1, 5001))}\n")
+    (tmp / "wide.yaml").write_text(mlp + "layers: 50\nwidths: [5000]\n")
     (tmp / "nan.csv").write_text(f"ArchitectureString,accuracy\n{run.name},nan\n")
     runs = ["--runs-dir", str(tmp / "new-runs")]
     return {
@@ -261,6 +265,8 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], str]]:
         "non-finite table": (["rank", str(run), "--ground-truth", str(tmp / "nan.csv")], "finite"),
         "huge cell": (["search", "--space", str(tmp / "huge.yaml"), *runs], "159,600 values"),
         "huge cell shown": (["spaces", "show", str(tmp / "huge.yaml")], "limit of 10,000"),
+        "MLP of many widths": (["search", "--space", str(tmp / "many-widths.yaml"), *runs], "25,010,000 weight blocks"),
+        "5,000-wide MLP": (["search", "--space", str(tmp / "wide.yaml"), *runs], "1,225,500,010 weights"),
         "render into a missing folder": (["spaces", "show", "mnist1d", "--render", str(tmp / "no" / "x.png")],
                                          "does not exist"),
         "runs-dir is a file": (["search", "--runs-dir", str(tmp / "a-file")], "is a file"),
@@ -322,3 +328,88 @@ def test_resuming_against_an_empty_storage_is_refused_without_creating_a_study(c
     assert result.exit_code == 2 and "has no study 'x'" in result.output, result.output
     assert optuna.get_all_study_names(storage=empty) == []
     assert _digest(copy_of) == before
+
+
+def test_a_run_keeps_its_space_file_so_it_opens_from_any_folder_and_refuses_an_edited_one(
+        tiny_space_file, data_dir, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my.yaml").write_text(tiny_space_file.read_text())
+    monkeypatch.chdir(project)
+    run = _search(Path("my.yaml"), data_dir, tmp_path / "runs", "rel", trials=2)  # a path relative to here
+    assert (run / "space.yaml").read_text() == tiny_space_file.read_text()
+
+    monkeypatch.chdir(tmp_path)  # where "my.yaml" names nothing
+    for command in (["report", str(run)], ["export", str(run)], ["select", str(run)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, (command, result.output)
+    _search(Path("project/my.yaml"), data_dir, tmp_path / "runs", "rel", trials=3)  # the same file: resumes
+
+    (project / "my.yaml").write_text(tiny_space_file.read_text().replace("channels: 16", "channels: 24"))
+    before = _digest(run)
+    result = CliRunner().invoke(cli, ["search", "--no-progress", *_search_flags(
+        Path("project/my.yaml"), data_dir, tmp_path / "runs", "rel", trials=4)])
+    assert result.exit_code == 2 and "space" in result.output and "Traceback" not in result.output
+    assert _digest(run) == before
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(path, options)``: a small tmpfs at ``path`` (a real file system that can fill up or
+    turn read-only); skipped where this process may not mount one."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, options: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        verb = ["-o", f"remount,{options}"] if path in mounted else ["-t", "tmpfs", "-o", options, "tmpfs"]
+        done = subprocess.run(["mount", *verb, str(path)], capture_output=True, text=True)
+        if done.returncode != 0 and path not in mounted:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+        assert done.returncode == 0, done.stderr
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _final_scores(run: Path) -> list[float]:
+    return [row["final"] for row in json.loads((run / "final.json").read_text())["rows"]]
+
+
+def test_a_full_disk_stops_a_search_with_one_line_and_it_resumes_exactly_once_space_is_freed(
+        tiny_space_file, data_dir, tmp_path, tmpfs):
+    whole = _search(tiny_space_file, data_dir, tmp_path / "runs", "whole", trials=5)
+    size = sum(p.stat().st_size for p in whole.rglob("*") if p.is_file())
+    disk = tmpfs(tmp_path / "disk", f"size={size // 2}")  # room for about half of the run's files
+
+    flags = _search_flags(tiny_space_file, data_dir, disk, "whole", trials=5)
+    result = CliRunner().invoke(cli, ["search", "--no-progress", *flags])
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.output and "rerun the same command" in result.output
+    assert "Traceback" not in result.output and not list(disk.rglob("*.tmp"))
+
+    tmpfs(disk, "size=64m")  # space freed
+    result = CliRunner().invoke(cli, ["search", "--no-progress", *flags])
+    assert result.exit_code == 0, result.output
+    assert _final_scores(disk / "whole") == _final_scores(whole)  # as if nothing had happened
+
+
+def test_a_read_only_run_folder_is_refused_with_exit_2_and_left_as_it_was(tiny_space_file, data_dir, tmp_path,
+                                                                           tmpfs):
+    runs = tmpfs(tmp_path / "ro", "size=64m")
+    flags = _search_flags(tiny_space_file, data_dir, runs, "r", trials=2)
+    # in another process, so that no file of the run stays open here (which would keep it writable)
+    subprocess.run([sys.executable, "-m", "wpl_nas", "search", "--no-progress", *flags], check=True,
+                   capture_output=True)
+    run = runs / "r"
+    tmpfs(runs, "ro")
+    before = _digest(run)
+    for args in (["search", "--no-progress", *_search_flags(tiny_space_file, data_dir, runs, "r", trials=3)],
+                 ["search", "--no-progress", *_search_flags(tiny_space_file, data_dir, runs, "other", trials=3)],
+                 ["report", str(run)], ["export", str(run)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and "Read-only file system" in result.output, (args, result.output)
+        assert "Traceback" not in result.output and result.output.count("Error: ") == 1
+    assert _digest(run) == before and not (runs / "other").exists()
