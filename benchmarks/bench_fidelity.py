@@ -42,7 +42,7 @@ Usage::
     python benchmarks/bench_fidelity.py --list                        # the arms, one line each
 
 Everything is kept under ``--work-dir`` (default ``runs/bench-fidelity``): the run folders
-(``runs/<space>-e<epochs>/<arm>-seed<seed>``; a finished search is reused, an interrupted one
+(``runs/<space>-e<epochs>/<arm>-<options digest>-seed<seed>``; a finished search is reused, an interrupted one
 resumed) and the stand-alone scores (``truth.json``, rewritten atomically after every training,
 keyed by space, data split and training settings, architecture, epochs and seed), so a rerun, an
 interrupted run or one with more arms or seeds trains only what is missing. Each search seed's
@@ -100,6 +100,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "wpl": {"strategy": "wpl"},
     "wpl-cells": {"strategy": "wpl", "wpl": {"include_global": False}},
     "wpl-a100": {"strategy": "wpl", "wpl": {"alpha": 100.0}},
+    "wpl-a300": {"strategy": "wpl", "wpl": {"alpha": 300.0}},
+    "wpl-a1000": {"strategy": "wpl", "wpl": {"alpha": 1000.0}},
     "wpl-cells-a100": {"strategy": "wpl", "wpl": {"include_global": False, "alpha": 100.0}},
     "wpl-decay": {"strategy": "wpl", "wpl": {"accumulate": "decay", "decay": 0.9}},
     "ewc": {"strategy": "ewc"},
@@ -179,9 +181,14 @@ def parse_arms(names: str, extra: Sequence[str], baseline: str) -> dict[str, dic
 
 def arm_config(base: SearchConfig, name: str, overrides: dict[str, Any]) -> SearchConfig:
     """``base`` with the arm's overrides and its study name, validated (unknown options, bad values
-    and unknown strategies fail here, before any search runs)."""
+    and unknown strategies fail here, before any search runs). The study name carries a digest of
+    every option the arm may set, so a reused work folder never passes a run made with other
+    options (say, before a default changed) for this arm's."""
     try:
-        config = base.replace(**overrides).replace(study_name=f"{name}-seed{base.seed}")
+        config = base.replace(**overrides)
+        options = {k: v for k, v in config.flat().items() if k not in CONTROLLED}
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        config = config.replace(study_name=f"{name}-{digest}-seed{base.seed}")
         config.validate()
         resolve_strategy(config.strategy)
     except ConfigError as exc:

@@ -106,6 +106,8 @@ SETTINGS: dict[str, Setting] = {
                            note="wide space, 1000 train samples, 20 epochs"),
     "wide-1k-e20-lr02": Setting("mnist1d-wide.yaml", 20, train_subset=1000, config={"lr": 0.02},
                                 note="wide space, 1000 train samples, 20 epochs, lr 0.02"),
+    "mlp": Setting("mlp", 10, note="mlp space (3 layers, widths 64/128/256, relu/tanh/sigmoid), 3200 train"),
+    "mlp-1k": Setting("mlp", 10, train_subset=1000, note="mlp space, 1000 train samples"),
     "wide-noisy": Setting("mnist1d-wide.yaml", 10, mnist1d={"iid_noise_scale": 0.1, "corr_noise_scale": 0.5},
                           note="wide space, 3200 train, noisier data (iid 0.1, corr 0.5)"),
 }

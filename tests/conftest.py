@@ -136,3 +136,21 @@ def assert_round_trips(space: wpl_nas.SearchSpace, *, trials: int = 5) -> list[w
         study.tell(trial, 0.0)
         archs.append(arch)
     return archs
+
+
+def hparams_table(logdir: Path) -> dict[str, dict[str, float]]:
+    """What TensorBoard's HPARAMS tab shows for the log folder ``logdir``, computed by TensorBoard's
+    own hparams backend from the event files: ``{session (run): {metric tag: value}}``."""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.context import RequestContext
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    runs = plugin_event_multiplexer.EventMultiplexer().AddRunsFromDirectory(str(logdir))
+    runs.Reload()
+    context = base_plugin.TBContext(data_provider=data_provider.MultiplexerDataProvider(runs, str(logdir)),
+                                    multiplexer=runs, logdir=str(logdir))
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=1000,
+                                               allowed_statuses=[api_pb2.STATUS_SUCCESS])
+    response = list_session_groups.Handler(RequestContext(), backend_context.Context(context), "", request).run()
+    return {g.name: {m.name.tag: m.value for m in g.metric_values} for g in response.session_groups}

@@ -14,6 +14,9 @@ The public API::
     objective = wpl_nas.SupernetObjective(strategy="wpl", run_dir="runs/mine")  # for your own Optuna study
 """
 
+from wpl_nas import threads as _threads  # noqa: F401  first: sets OpenMP's wait policy before torch loads
+
+# isort: split
 from wpl_nas.api import Run, SearchResult, build_supernet, load_run, resolve_device, run_search
 from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
 from wpl_nas.config import SearchConfig, WPLOptions, load_config

@@ -32,7 +32,9 @@ from wpl_nas.evaluation.scoring import Metric
 from wpl_nas.fidelity import RANK_DIR, RANKING_CSV, RANKING_MD
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.spaces import Architecture
+from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import load_checkpoint, read_json, write_text_atomically
+from wpl_nas.tracking.figures import forgetting_heatmap
 from wpl_nas.tracking.markdown import code_cell
 
 __all__ = ["AnatomyResult", "ReportResult", "anatomy_run", "report_run"]
@@ -149,8 +151,10 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
     snapshots = sorted((run.run_dir / ANATOMY_DIR).glob("trial_*.pt"))
     if not snapshots:
         raise ConfigError(f"run {run.run_dir} has no anatomy snapshots ({ANATOMY_DIR}/trial_NNNN.pt): no candidate "
-                          "has finished yet, or the run was made by a wpl-nas without them; run a new search")
-    objective = SupernetObjective(run.config, run_dir=run.run_dir)  # the supernet's latest weights
+                          "has finished yet, or the search ran without the anatomy callback (your own study: pass "
+                          "objective.anatomy_callback() to study.optimize), or by a wpl-nas without it")
+    # The supernet's latest weights, on this process's threads (not the run's: wpl_nas.threads).
+    objective = SupernetObjective(run.config, run_dir=run.run_dir, threads=threads_in_use())
     net, trainer = objective.supernet, objective.trainer
     names = stage_names(net)
     probe = trainer.eval_x[:256]
@@ -223,6 +227,16 @@ def _retention_figure(path: Path, pool: dict[str, Any]) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _forgetting_figure(path: Path, pool: dict[str, Any], *, higher_is_better: bool, metric: str) -> None:
+    """The forgetting matrix of a ``retention.json``'s candidates, as in TensorBoard's ``forgetting/matrix``."""
+    candidates = pool["candidates"]
+    matrix = {c["trial"]: {int(j): v for j, v in c["rescores"].items()} for c in candidates}
+    at_training = {c["trial"]: c["score_at_training"] for c in candidates}
+    fig = forgetting_heatmap(matrix, at_training, higher_is_better=higher_is_better, metric=metric,
+                             title=f"forgetting of each candidate, as after trial {pool['after_trial']}")
+    fig.savefig(path, dpi=110)
+
+
 def _ranking_figure(path: Path, rows: list[dict[str, str]]) -> None:
     fig = Figure(figsize=(4.2, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -241,7 +255,8 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     """Write ``RUN_DIR/report/report.md`` (or a self-contained ``report.html``) with PNG figures.
 
     Contents: the search's summary (best architecture, pool measures), retained scores over the
-    search and forgetting per candidate, the ranking against the ground truth when ``wpl-nas rank``
+    search, forgetting per candidate and the forgetting matrix (a heatmap on a scale centred on
+    zero, as TensorBoard's ``forgetting/matrix``), the ranking against the ground truth when ``wpl-nas rank``
     has run, the anatomy table when ``wpl-nas anatomy`` has run, and the run's configuration.
     Works on a run still in progress (it reads what the last trial wrote).
 
@@ -256,13 +271,17 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     pool = read_json(retention_path, what="retention record")
     out = run.run_dir / "report"
     out.mkdir(exist_ok=True)
-    figures = [out / "retention.png"]
+    figures = [out / "retention.png", out / "forgetting.png"]
     _retention_figure(figures[0], pool)
+    # The direction: recorded by newer runs; the study's first direction says it for older ones.
+    higher_is_better = pool.get("higher_is_better", run.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+    metric = "accuracy" if higher_is_better else "perplexity"
+    _forgetting_figure(figures[1], pool, higher_is_better=higher_is_better, metric=metric)
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     best = max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
     summary = pool["summary"]
     measures = "\n".join(f"| {k} | {v:+.4f} |" for k, v in summary.items() if v is not None and v == v)
-    parts = [f"# wpl-nas report: {run.config.resolved_study_name}", "",
+    parts = [f"# wpl-nas report: {run.study.study_name}", "",
              f"{len(run.study.trials)} trials ({len(complete)} complete) of space `{run.config.space}` on "
              f"`{run.config.dataset}` with strategy `{run.config.strategy}`, sampler `{run.config.sampler}`; "
              f"the pool as after trial {pool['after_trial']}.", ""]
@@ -270,7 +289,13 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
         parts += [f"**Best architecture**: `{best.user_attrs['arch']}`, score {best.values[0]:.4f} at training, "
                   f"{_pool_latest(pool, best.number)} now.", ""]
     parts += ["## Retention", "", "| measure | value |", "|---|---:|", measures, "",
-              "![retention](retention.png)", ""]
+              "The `earlier_*` measures and `forgetting_this_trial` count only the members that were already in the "
+              "pool before the last trial: a candidate joining (or leaving) does not move them.", "",
+              "![retention](retention.png)", "",
+              "Forgetting of each candidate (row) after each later trial (column): score at training minus re-score, "
+              "red where the candidate got worse than at its training, blue where it got better; hatched where it "
+              "was not scored (before its training, or after it left the pool).", "",
+              "![forgetting](forgetting.png)", ""]
     ranking = run.run_dir / RANK_DIR / RANKING_CSV
     if ranking.is_file():
         with ranking.open(newline="") as fh:

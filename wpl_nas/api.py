@@ -25,10 +25,18 @@ from tqdm.auto import tqdm
 from wpl_nas.callbacks import final_note
 from wpl_nas.config import SearchConfig
 from wpl_nas.errors import ConfigError, reason
-from wpl_nas.objective import CONFIG_FILE, SupernetObjective, build_supernet, resolve_device, saved_config
+from wpl_nas.objective import (
+    CONFIG_FILE,
+    SupernetObjective,
+    build_supernet,
+    resolve_device,
+    saved_config,
+    saved_study_name,
+)
 from wpl_nas.selection import FinalScores, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
-from wpl_nas.study import PRUNERS, check_storage_url, create_pruner, create_sampler
+from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub
+from wpl_nas.study import PRUNERS, create_pruner, create_sampler
 from wpl_nas.tracking.lock import LOCK_FILE
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
 
@@ -50,7 +58,8 @@ class SearchResult:
         best_score: Its validation score (accuracy, or perplexity for language data) by that measure.
         run_dir: The run folder (config, study database, TensorBoard events, checkpoint).
         pool: Summary of the retained pool: mean retained score, mean and max forgetting.
-        storage: The storage URL of the study.
+        storage: The study's storage as shown: its URL with the password masked (``***``), or the
+            journal file.
         metric: The score's name: ``accuracy`` or ``perplexity``.
         final: Every candidate re-scored on the final supernet (:mod:`wpl_nas.selection`).
         choose_by: Which score chose ``best_arch``: ``final`` or ``training``.
@@ -64,7 +73,7 @@ class SearchResult:
     storage: str
     metric: str = "accuracy"
     final: FinalScores | None = None
-    choose_by: str = "final"
+    choose_by: str = "training"
 
     def summary(self) -> str:
         """The end-of-search report printed by ``wpl-nas search``."""
@@ -113,33 +122,40 @@ class Run:
         config: The configuration recorded in its ``config.yaml``.
         study: Its Optuna study.
         run_dir: The folder.
-        storage: The study's storage URL (the folder's own ``study.db`` unless another was given).
+        storage: The study's storage as shown: its URL with the password masked (``***``), or the
+            journal file (the folder's own ``study.db`` unless another was given).
+        optuna_storage: The storage opened, password and driver filled in (:mod:`wpl_nas.storage`):
+            give it to ``optuna.load_study`` or optuna-dashboard.
     """
 
     config: SearchConfig
     study: optuna.Study
     run_dir: Path
     storage: str
+    optuna_storage: optuna.storages.BaseStorage
 
 
 def load_run(run_dir: str | Path) -> Run:
     """Open a run folder written by :func:`run_search` (or a :class:`SupernetObjective`): its config
-    and its study. The default SQLite study is found inside the folder, wherever it is opened from.
+    and its study. The default SQLite study is found inside the folder, wherever it is opened from;
+    a storage whose password the folder keeps masked is opened as :mod:`wpl_nas.storage` says
+    (``WPL_NAS_STORAGE``, or the driver's own password file).
 
     Raises:
-        ConfigError: not a run folder, or its study cannot be found.
+        ConfigError: not a run folder, or its storage cannot be opened, or its study is not in it.
     """
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a wpl-nas run folder: {CONFIG_FILE} is missing")
-    config = saved_config(path)
-    storage = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve().as_posix()}"
+    config, name = saved_config(path), saved_study_name(path)
+    spec = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve().as_posix()}"
+    storage = open_storage(spec, create=False)
     try:
-        study = optuna.load_study(study_name=config.resolved_study_name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ConfigError(f"study {config.resolved_study_name!r} of run {run_dir} is not in {storage}") from None
-    return Run(config, study, run_dir, storage)
+        raise ConfigError(f"study {name!r} of run {run_dir} is not in {mask_storage(spec)}") from None
+    return Run(config, study, run_dir, mask_storage(spec), storage)
 
 
 class _Search:
@@ -163,26 +179,30 @@ class _Search:
         sampler = create_sampler(config.resolved_sampler, space, seed=config.seed)  # checks grid's size limit
         check_storage_url(config.resolved_storage)
         created = [p for p in (config.run_dir, Path(config.runs_dir)) if not p.exists()]  # innermost first
+        journal = journal_path(config.resolved_storage)
+        new_journal = journal is not None and not journal.exists()
         self.objective = SupernetObjective(config, progress=progress, command=command)
         self.progress = progress
         self.final: FinalScores | None = None  # set when the search ends
         self.run_dir = self.objective.run_dir
         self.objective.lock()  # before the study is touched: a second search is refused at once
         try:
-            url = sqlalchemy.engine.make_url(config.resolved_storage).render_as_string(hide_password=True)
+            url = mask_storage(config.resolved_storage)
             try:
+                storage = open_storage(config.resolved_storage)
                 if self.objective.finished and config.resolved_study_name not in optuna.get_all_study_names(
-                        storage=config.resolved_storage):
+                        storage=storage):
                     # A run with finished trials resumes its study; a new one here would be empty.
                     raise ConfigError(
                         f"the run's checkpoint holds {len(self.objective.finished)} finished trial(s), but storage "
                         f"{url!r} has no study {config.resolved_study_name!r}; give the storage that holds it")
                 self.study = optuna.create_study(
-                    study_name=config.resolved_study_name, storage=config.resolved_storage,
+                    study_name=config.resolved_study_name, storage=storage,
                     directions=self.objective.directions, load_if_exists=True, pruner=create_pruner(config.pruner),
                     sampler=sampler)
             except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
-                raise ConfigError(f"cannot open storage {url!r}: {reason(exc)}") from None
+                why = scrub(reason(exc), config.resolved_storage)
+                raise ConfigError(f"cannot open storage {url!r}: {why}") from None
             with warnings.catch_warnings():  # metric names are "experimental" in Optuna; the dashboard shows them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(self.objective.metric_names)
@@ -193,6 +213,8 @@ class _Search:
             self._catch_up()
         except BaseException:
             self.objective.close()
+            if new_journal and journal is not None and journal.is_file() and journal.stat().st_size == 0:
+                journal.unlink()  # opened, nothing written to it: the journal file goes too
             if created:  # e.g. a storage that cannot be opened: leave no empty run folder behind
                 (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
                 for folder in created:
@@ -328,7 +350,7 @@ class _Search:
             best_score=best_score,
             run_dir=self.run_dir,
             pool=self.objective.pool.summary(),
-            storage=self.config.resolved_storage,
+            storage=mask_storage(self.config.resolved_storage),
             metric=self.objective.trainer.metric.name,
             final=self.final,
             choose_by=by,

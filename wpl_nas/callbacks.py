@@ -8,14 +8,26 @@ the pool the first has just re-scored.
 Finished Optuna trials cannot change, so what the retention callback learns after a trial goes on
 the *study*'s user attributes:
 
-``latest_rescore``
-    ``{trial: score}``: every pooled candidate's most recent score.
+``latest_rescore``, ``latest_forgetting``
+    ``{trial: score}`` and ``{trial: forgetting}``: every pooled candidate's most recent score and
+    its forgetting (score at training − that score; the other way round for perplexity).
 ``retention``
     ``{trial: {after trial: score}}``: the retention matrix of every candidate ever pooled.
 ``pool``
-    the trial numbers of the current pool members; ``pool_after_trial``: the trial they follow.
+    the trial numbers of the current pool members; ``pool_after_trial``: the trial they follow;
+    ``pool_joined`` and ``pool_left``: who joined and who left at that re-score;
+    ``pool_replaced``: ``{trial: later trial}`` for entries replaced by a later trial of the same
+    architecture (the pool holds each architecture once).
 ``retained_mean``, ``forgetting_mean``, ``forgetting_max``, ``backward_transfer``, ``rho``, ``rank_tau``
-    the pool's measures (:func:`~wpl_nas.evaluation.retention_measures`).
+    the pool's measures (:func:`~wpl_nas.evaluation.retention_measures`);
+``earlier_retained_mean``, ``earlier_forgetting_mean``, ``forgetting_this_trial``
+    the same over the *earlier members* only (those already in the pool before this trial), and
+    the drop this trial caused them (:meth:`~wpl_nas.evaluation.RetainedPool.step_measures`): a
+    candidate joining or leaving does not move these.
+
+and in optuna-dashboard's notes (which, unlike a finished trial's attributes, can be rewritten):
+the study's note holds the pool, and each pooled trial's own note its latest re-score, forgetting,
+recent re-scores and its cell drawn large, rewritten while the candidate is in the pool.
 
 It also writes the run folder's ``retention.json`` (members, measures and every candidate's row)
 and ``retention.csv`` (the matrix, one ``after_N`` column per trial), atomically, so they can be
@@ -26,27 +38,31 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
 from wpl_nas.errors import ConfigError
-from wpl_nas.evaluation import MEASURES, METRICS, RetainedPool
+from wpl_nas.evaluation import MEASURES, METRICS, STEP_MEASURES, PoolChanges, RetainedPool
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
 from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.tracking import load_checkpoint, read_json, save_checkpoint, write_text_atomically
-from wpl_nas.tracking.figures import cell_figure, retention_heatmap
+from wpl_nas.tracking.figures import cell_figure, forgetting_heatmap
+from wpl_nas.tracking.hparams import experiment_summary, session_end_summary, session_start_summary
 from wpl_nas.tracking.markdown import code_cell
 
 if TYPE_CHECKING:
     from wpl_nas.objective import SupernetObjective
     from wpl_nas.selection import FinalScores
 
-__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "RETENTION_CSV", "RETENTION_JSON", "SNAPSHOT_KEYS", "AnatomyCallback",
-           "RetentionCallback", "TensorBoardCallback", "final_note"]
+__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "RETENTION_CSV", "RETENTION_JSON", "SEARCH_RUN", "SNAPSHOT_KEYS",
+           "TRIALS_DIR", "AnatomyCallback", "RetentionCallback", "TensorBoardCallback", "final_note",
+           "trial_notes"]
 
 #: The retention matrix in the run folder, rewritten after every trial.
 RETENTION_JSON = "retention.json"
@@ -55,17 +71,22 @@ RETENTION_CSV = "retention.csv"
 ANATOMY_JSON = "anatomy.json"
 ANATOMY_DIR = "anatomy"
 SNAPSHOT_KEYS = ("arch", "features", "weights")
-
+#: TensorBoard runs under the log folder: the search's own, and one per trial (its HPARAMS row).
+SEARCH_RUN = "search"
+TRIALS_DIR = "trials"
+#: How many of a candidate's latest re-scores its dashboard note lists (retention.csv has all).
+_NOTE_ROWS = 10
 
 
 class RetentionCallback:
     """Re-scores the retained pool of a :class:`~wpl_nas.objective.SupernetObjective` after each trial.
 
     After every trial the objective trained (complete or pruned: both moved shared weights), the
-    finished candidate joins the pool, every other member is re-scored on the fixed evaluation
-    set, the study's user attributes are updated (see the module docstring) and the objective's
-    checkpoint is rewritten with the new pool. Trials the objective did not train (failed ones)
-    are skipped. A candidate a crash kept out of the pool joins it at the next call.
+    finished candidate joins the pool (replacing the entry of its architecture, if it has one),
+    every other member is re-scored on the fixed evaluation set, the study's user attributes and
+    notes are updated (see the module docstring) and the objective's checkpoint is rewritten with
+    the new pool. Trials the objective did not train (failed ones) are skipped. A candidate a crash
+    kept out of the pool joins it at the next call.
     """
 
     def __init__(self, objective: SupernetObjective) -> None:
@@ -82,50 +103,157 @@ class RetentionCallback:
         if trial.number in pool.entries:
             rescores[trial.number] = pool.entries[trial.number].score
         pool.record(trial.number, rescores)
+        changes = pool.changes(trial.number)
         # Chance accuracy is 1/classes; perplexity has no such floor worth normalising by.
         chance = 1.0 / objective.data.num_classes if objective.trainer.metric.higher_is_better else None
         study.set_user_attr("latest_rescore", {str(t): e.latest for t, e in pool.entries.items()})
+        study.set_user_attr("latest_forgetting", {str(t): e.forgetting for t, e in pool.entries.items()})
         study.set_user_attr("retention", {str(t): {str(j): s for j, s in rows.items()}
                                           for t, rows in pool.matrix().items()})
         study.set_user_attr("pool", pool.members())
+        study.set_user_attr("pool_joined", changes.joined)
+        study.set_user_attr("pool_left", changes.left)
+        study.set_user_attr("pool_replaced", {str(t): r for t, r in pool.replaced_by().items()})
         study.set_user_attr("pool_after_trial", trial.number)
-        for key, value in pool.summary(chance=chance).items():
+        for key, value in {**pool.summary(chance=chance), **pool.step_measures(trial.number)}.items():
             study.set_user_attr(key, value)
         objective.save()
         write_text_atomically(objective.run_dir / RETENTION_JSON,
                               json.dumps(pool.to_json(after_trial=trial.number, chance=chance), indent=1))
         write_text_atomically(objective.run_dir / RETENTION_CSV, pool.to_csv())
-        _dashboard_note(study, pool, trial.number)
+        _dashboard_note(study, pool, changes)
+        trial_notes(study, {trial.number, *pool.members(), *changes.left})
+
+
+def _dashboard() -> Any:
+    """The optuna_dashboard module (for its note functions), or None: it is optional (the `dashboard` extra)."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        return None
+    return optuna_dashboard
 
 
 def _save_note(study: optuna.Study, text: str) -> None:
     """``text`` as the study's note in optuna-dashboard (a finished trial's attributes cannot change,
     a note can)."""
-    try:
-        from optuna_dashboard import save_note
-    except ImportError:  # optuna-dashboard is optional (the `dashboard` extra)
-        return
-    save_note(study, text)
+    dashboard = _dashboard()
+    if dashboard is not None:
+        dashboard.save_note(study, text)
 
 
-def _dashboard_note(study: optuna.Study, pool: RetainedPool, after: int) -> None:
-    """The pool as the study's note: each member's architecture, score at training, latest re-score
-    and forgetting."""
+class _TrialNote:
+    """What optuna-dashboard's ``save_note`` reads from a trial (its storage, study and id): notes
+    live on the study's system attributes, so a finished trial's note can be rewritten, but
+    ``optuna.Trial`` cannot be made for a finished trial without running the sampler's hooks."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.study, self.storage, self._trial_id = study, study._storage, trial._trial_id
+
+
+def _dashboard_note(study: optuna.Study, pool: RetainedPool, changes: PoolChanges) -> None:
+    """The pool as the study's note: who joined and left, the measures over all members and over
+    the earlier ones, and each member's architecture, score at training, latest re-score and
+    forgetting."""
     entries = [pool.entries[t] for t in pool.members()]
     rows = [f"| {e.trial} | {code_cell(e.arch)} | {e.score:.4f} | {e.latest:.4f} | {e.forgetting:+.4f} |"
             for e in entries]
     m = pool.summary()
+    step = pool.step_measures(changes.after_trial)
+    replaced = pool.replaced_by()
+
+    def who(trials: list[int]) -> str:
+        return ", ".join(f"{t}" + (f" (replaced by {replaced[t]}: same architecture)" if t in replaced else "")
+                         for t in trials) or "none"
+
+    earlier = (f"The {len(changes.earlier)} earlier member(s), already in the pool before trial {changes.after_trial}: "
+               f"mean retained {step['earlier_retained_mean']:.4f}, forgetting mean "
+               f"{step['earlier_forgetting_mean']:+.4f}, of which trial {changes.after_trial} caused "
+               f"{step['forgetting_this_trial']:+.4f}." if changes.earlier else "No earlier member yet.")
     _save_note(study, "\n".join([
-        f"## Retained pool after trial {after}", "",
-        f"Mean retained score {m['retained_mean']:.4f}, forgetting mean {m['forgetting_mean']:+.4f}, "
-        f"max {m['forgetting_max']:+.4f}, rank stability (Kendall τ) {m['rank_tau']:+.3f}.", "",
+        f"## Retained pool after trial {changes.after_trial}", "",
+        f"Joined: {who(changes.joined)}. Left: {who(changes.left)}.", "",
+        f"All {len(entries)} member(s): mean retained score {m['retained_mean']:.4f}, forgetting mean "
+        f"{m['forgetting_mean']:+.4f}, max {m['forgetting_max']:+.4f}, rank stability (Kendall τ) "
+        f"{m['rank_tau']:+.3f}. {earlier}", "",
         "| trial | architecture | score at training | latest re-score | forgetting |", "|---:|---|---:|---:|---:|",
         *rows]))
 
 
+def _cell_link(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
+    """The dashboard's URL of the trial's cell image (its ``cell_*.png`` artifact), or None."""
+    try:
+        metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+    except Exception:  # artifacts are optional: a trial of the user's own study may have none
+        return None
+    cell = next((m for m in metas if m.filename.startswith("cell_") and m.mimetype == "image/png"), None)
+    return None if cell is None else f"/artifacts/{study._study_id}/{trial._trial_id}/{cell.artifact_id}"
+
+
+def _trial_note_text(trial: optuna.trial.FrozenTrial, attrs: dict[str, Any], *, higher_is_better: bool,
+                     cell: str | None) -> str:
+    """A trial's note: its latest re-score and forgetting, its recent re-scores, its final score
+    when the final selection describes the current supernet, and its cell drawn large."""
+    key = str(trial.number)
+    score = trial.user_attrs.get("score_at_training")
+    row = {int(j): v for j, v in attrs.get("retention", {}).get(key, {}).items()}
+    after = attrs.get("pool_after_trial")
+    sign = 1.0 if higher_is_better else -1.0
+    lines: list[str] = []
+    if score is None or not row:
+        state = "pruned" if trial.state == TrialState.PRUNED else "not pooled"
+        lines += [f"### Trial {trial.number}: {state}", "",
+                  "Not in the retained pool, so never re-scored after its training"
+                  + (f" (score at training {score:.4f})." if score is not None else ".")]
+    else:
+        last = max(row)
+        latest, forgetting = row[last], sign * (score - row[last])
+        lines += [f"### Retained score {latest:.4f} after trial {last}", "",
+                  f"Score at training {score:.4f}; forgetting {forgetting:+.4f} (positive: worse than at its "
+                  "training)."]
+        replaced = attrs.get("pool_replaced", {}).get(key)
+        if trial.number in attrs.get("pool", []):
+            lines[-1] += f" In the retained pool: re-scored after every trial (latest: after trial {after})."
+        elif replaced is not None:
+            lines[-1] += (f" Trial {replaced} trained the same architecture again and replaced it in the pool: "
+                          f"no longer re-scored, so these are its last scores.")
+        else:
+            lines[-1] += " Left the retained pool: no longer re-scored, so these are its last scores."
+        shown = sorted(row)[-_NOTE_ROWS:]
+        lines += ["", "| re-scored after trial | score | forgetting |", "|---:|---:|---:|",
+                  *(f"| {j}{' (its training)' if j == trial.number else ''} | {row[j]:.4f} "
+                    f"| {sign * (score - row[j]):+.4f} |" for j in shown)]
+        if len(row) > len(shown):
+            lines.append(f"\n{len(row) - len(shown)} earlier re-score(s) in the run folder's `{RETENTION_CSV}`.")
+    final = attrs.get("final_rescore", {}).get(key)
+    if final is not None and score is not None and attrs.get("final_after_trial") == after:
+        lines += ["", f"**On the final supernet** (after trial {attrs['final_after_trial']}): {final:.4f}, "
+                  f"forgetting {sign * (score - final):+.4f}."]
+    if cell is not None:
+        lines += ["", f"![cell of trial {trial.number}]({cell})"]
+    return "\n".join(lines)
+
+
+def trial_notes(study: optuna.Study, numbers: Iterable[int]) -> None:
+    """Rewrite the optuna-dashboard note of each trial in ``numbers`` from the study's user
+    attributes (see :func:`_trial_note_text`); no-op without optuna-dashboard. A note edited by
+    hand in the dashboard is overwritten when its trial's scores change."""
+    dashboard, wanted = _dashboard(), set(numbers)
+    if dashboard is None or not wanted:
+        return
+    attrs = study.user_attrs
+    higher_is_better = study.directions[0] == StudyDirection.MAXIMIZE
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number in wanted and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            text = _trial_note_text(trial, attrs, higher_is_better=higher_is_better,
+                                    cell=_cell_link(study, trial))
+            dashboard.save_note(_TrialNote(study, trial), text)
+
+
 def final_note(study: optuna.Study, final: FinalScores, *, shown: int = 20) -> None:
     """The end of the search as the study's note: the candidates ranked by their score on the final
-    supernet (the best ``shown``), with their scores at training and forgetting."""
+    supernet (the best ``shown``), with their scores at training and forgetting; and each re-scored
+    candidate's own note with its final score."""
     quality = METRICS.get(final.metric).quality
     ranked = sorted(final.rows, key=lambda r: (-quality(r["final"]), r["trial"]))
     m = final.measures()
@@ -138,6 +266,7 @@ def final_note(study: optuna.Study, final: FinalScores, *, shown: int = 20) -> N
         f"rank stability (Kendall τ, training vs final) {m['stability_tau']:+.3f}.", "",
         "| trial | architecture | final score | score at training | forgetting |", "|---:|---|---:|---:|---:|",
         *rows]))
+    trial_notes(study, (r["trial"] for r in final.rows))
 
 
 class AnatomyCallback:
@@ -211,48 +340,79 @@ class AnatomyCallback:
         study.set_user_attr("anatomy_after_trial", trial.number)
 
 
-#: TensorBoard tag of each pool measure (grouped by prefix).
+#: TensorBoard tag of each pool measure (grouped by prefix: TensorBoard's Time Series page lists the
+#: groups alphabetically and opens the first two, so forgetting and retained come first).
 _POOL_TAGS = {"retained_mean": "retained/mean_{short}", "forgetting_mean": "forgetting/mean",
               "forgetting_max": "forgetting/max", "backward_transfer": "forgetting/backward_transfer",
-              "rho": "forgetting/hat_ratio", "rank_tau": "ranking/kendall_tau"}
+              "rho": "forgetting/hat_ratio", "rank_tau": "stability/kendall_tau",
+              "earlier_retained_mean": "retained/earlier_mean_{short}",
+              "earlier_forgetting_mean": "forgetting/earlier_mean", "forgetting_this_trial": "forgetting/this_trial"}
 
 
 class TensorBoardCallback:
     """Writes each finished trial to TensorBoard; the global step is the trial number.
 
-    Tags name the score by its short name: ``acc`` for accuracy, ``ppl`` for perplexity.
-    Per trial (complete or pruned): ``val/acc`` (score at training), ``train/loss``, and the
-    strategy's penalty under ``penalty_tag`` (e.g. ``wpl/penalty``) when the trial carries one.
-    When a :class:`RetentionCallback` ran for this trial just before: the pool's measures
-    (``retained/mean_acc``, ``forgetting/mean``, ``forgetting/max``, ``forgetting/backward_transfer``,
-    ``forgetting/hat_ratio``, ``ranking/kendall_tau``), one curve ``retained/trial_NNNN`` per pool
-    member, and the retention matrix as a heatmap image ``retention/matrix``. When an
-    :class:`AnatomyCallback` ran too: ``anatomy/cka_<stage>``, the pool's mean CKA per stage.
+    Two kinds of run under ``log_dir`` (point ``tensorboard --logdir`` at it):
 
-    Also per trial: the architecture as text (``arch``), its cell as an image (``cell/graph``, when
-    the ``space`` is given) and a row of the HPARAMS table (its edges' ops and parameter count
-    against ``hparam/score_at_training``; each row is its own run, ``trial_NNNN``).
+    ``search``
+        the search as a whole. Per trial (complete or pruned): ``val/<score>`` (score at training),
+        ``train/loss``, the strategy's penalty as ``train/<penalty_tag>`` with ``/`` as ``_`` (e.g.
+        ``train/wpl_penalty``), the architecture as text (``trial/arch``) and its cell as an image
+        (``trial/cell``, when the ``space`` is given). When a :class:`RetentionCallback` ran for this
+        trial just before, the pool's measures: ``retained/mean_<score>``, ``forgetting/mean``,
+        ``forgetting/max``, ``forgetting/backward_transfer``, ``forgetting/hat_ratio``,
+        ``stability/kendall_tau``, and over the earlier members only ``retained/earlier_mean_<score>``,
+        ``forgetting/earlier_mean`` and ``forgetting/this_trial``; and the forgetting matrix as a
+        heatmap image, ``forgetting/matrix``. When an :class:`AnatomyCallback` ran too:
+        ``similarity/cka_<stage>``, the pool's mean CKA per stage.
+    ``trials/trial_NNNN``
+        one per trial: its row of the HPARAMS table (its edges' ops, parameter count and state)
+        and that row's metrics, which are scalars of the run: ``trial/score_at_training`` at its own
+        step; ``retained/candidate_<score>`` and ``forgetting/candidate`` (its latest re-score and
+        forgetting) at its own step and again after every trial while it is in the pool, so the
+        HPARAMS row always shows the latest values, and the Time Series charts of these tags draw
+        one line per candidate; ``final/candidate_<score>`` once the final selection has run.
+
+    The score's short name is ``acc`` for accuracy, ``ppl`` for perplexity.
 
     Args:
-        log_dir: The TensorBoard run folder (opened at the first trial).
+        log_dir: The TensorBoard log folder (its runs are opened at the first trial).
         penalty_tag: Tag of the strategy's penalty, or None for none.
-        space: The search space, to draw each candidate's cell.
+        space: The search space, to draw each candidate's cell and give the HPARAMS table each
+            edge's choices.
         metric: The score's name (:data:`~wpl_nas.evaluation.scoring.METRICS`).
     """
 
     def __init__(self, log_dir: str | Path, *, penalty_tag: str | None = None,
                  space: SearchSpace | None = None, metric: str = "accuracy") -> None:
         self.log_dir = Path(log_dir)
-        self.short = METRICS.get(metric).short
+        self.metric = METRICS.get(metric)
+        self.short = self.metric.short
         self.penalty_tag = penalty_tag
         self.space = space
         self._writer: SummaryWriter | None = None
+        self._trial_writers: dict[int, SummaryWriter] = {}
 
     @property
     def writer(self) -> SummaryWriter:
+        """The writer of the ``search`` run."""
         if self._writer is None:
-            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            self._writer = SummaryWriter(log_dir=str(self.log_dir / SEARCH_RUN))
         return self._writer
+
+    def trial_writer(self, number: int) -> SummaryWriter:
+        """The writer of trial ``number``'s own run (``trials/trial_NNNN``)."""
+        if number not in self._trial_writers:
+            self._trial_writers[number] = SummaryWriter(log_dir=str(self.log_dir / TRIALS_DIR / f"trial_{number:04d}"))
+        return self._trial_writers[number]
+
+    @property
+    def hparam_metrics(self) -> dict[str, str]:
+        """The HPARAMS table's metric columns: ``{scalar tag: display name}``."""
+        return {"trial/score_at_training": f"score at training ({self.short})",
+                f"retained/candidate_{self.short}": f"latest re-score ({self.short})",
+                "forgetting/candidate": "forgetting",
+                f"final/candidate_{self.short}": f"final supernet ({self.short})"}
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -264,49 +424,94 @@ class TensorBoardCallback:
         if "train_loss" in attrs:
             self.writer.add_scalar("train/loss", attrs["train_loss"], step)
         if self.penalty_tag and "penalty" in attrs:
-            self.writer.add_scalar(self.penalty_tag, attrs["penalty"], step)
+            self.writer.add_scalar(f"train/{self.penalty_tag.replace('/', '_')}", attrs["penalty"], step)
         if "arch" in attrs:
-            self.writer.add_text("arch", f"trial {step}: `{attrs['arch']}`", step)
+            self.writer.add_text("trial/arch", f"trial {step}: `{attrs['arch']}`", step)
             if self.space is not None:
-                self.writer.add_figure("cell/graph", cell_figure(self.space, Architecture.parse(attrs["arch"])), step)
+                self.writer.add_figure("trial/cell", cell_figure(self.space, Architecture.parse(attrs["arch"])), step)
         if score is not None and trial.params:
-            # One row per trial in the HPARAMS tab (its own run, named after the trial).
-            self.writer.add_hparams({**trial.params, "params": attrs.get("params", 0)},
-                                    {"hparam/score_at_training": score}, run_name=f"trial_{step:04d}",
-                                    global_step=step)
+            self._hparams_row(trial, score)
         study_attrs = study.user_attrs
         if study_attrs.get("pool_after_trial") == step:
-            for key in MEASURES:
-                if study_attrs.get(key) == study_attrs.get(key):  # NaN (e.g. τ of one member) is not logged
-                    self.writer.add_scalar(_POOL_TAGS[key].format(short=self.short), study_attrs[key], step)
-            latest = study_attrs["latest_rescore"]
-            for member in study_attrs["pool"]:
-                self.writer.add_scalar(f"retained/trial_{member:04d}", latest[str(member)], step)
-            matrix = {int(t): {int(j): v for j, v in row.items()} for t, row in study_attrs["retention"].items()}
-            self.writer.add_figure("retention/matrix", retention_heatmap(
-                matrix, title=f"retention after trial {step}"), step, close=False)
+            self._pool(study, study_attrs, step)
         if study_attrs.get("anatomy_after_trial") == step:
             for stage, value in study_attrs["anatomy_cka"].items():
                 if value == value:
-                    self.writer.add_scalar(f"anatomy/cka_{stage}", value, step)
-        self.writer.flush()
+                    self.writer.add_scalar(f"similarity/cka_{stage}", value, step)
+        self._settle(study_attrs.get("pool", []))
+
+    def _hparams_row(self, trial: optuna.trial.FrozenTrial, score: float) -> None:
+        """Trial ``trial``'s HPARAMS row: the experiment record (the same in every trial's run; the
+        table reads any one), its session, and its score at training."""
+        hparams: dict[str, Any] = {**trial.params, "params": trial.user_attrs.get("params", 0),
+                                   "state": trial.state.name}
+        domains: dict[str, Any] = {"state": ["COMPLETE", "PRUNED"]}
+        if self.space is not None:
+            domains |= {k: list(v) for k, v in self.space.choices.items() if k in trial.params}
+        start = trial.datetime_start.timestamp() if trial.datetime_start else None
+        end = trial.datetime_complete.timestamp() if trial.datetime_complete else None
+        writer = self.trial_writer(trial.number)
+        records = writer._get_file_writer()
+        records.add_summary(experiment_summary(hparams, self.hparam_metrics, domains=domains,
+                                               description="one row per trial (wpl-nas)"), trial.number)
+        records.add_summary(session_start_summary(hparams, start_time_secs=start), trial.number)
+        records.add_summary(session_end_summary(end_time_secs=end), trial.number)
+        writer.add_scalar("trial/score_at_training", score, trial.number)
+
+    def _pool(self, study: optuna.Study, study_attrs: dict[str, Any], step: int) -> None:
+        """The pool's measures, each member's latest re-score and forgetting in its own run, and the
+        forgetting matrix."""
+        for key in (*MEASURES, *STEP_MEASURES):
+            value = study_attrs.get(key)
+            if value is not None and value == value:  # NaN (e.g. τ of one member) is not logged
+                self.writer.add_scalar(_POOL_TAGS[key].format(short=self.short), value, step)
+        latest, forgetting = study_attrs["latest_rescore"], study_attrs.get("latest_forgetting", {})
+        for member in study_attrs["pool"]:
+            writer = self.trial_writer(member)
+            writer.add_scalar(f"retained/candidate_{self.short}", latest[str(member)], step)
+            if str(member) in forgetting:
+                writer.add_scalar("forgetting/candidate", forgetting[str(member)], step)
+        matrix = {int(t): {int(j): v for j, v in row.items()} for t, row in study_attrs["retention"].items()}
+        at_training = {t.number: t.user_attrs["score_at_training"] for t in study.get_trials(deepcopy=False)
+                       if t.number in matrix and "score_at_training" in t.user_attrs}
+        self.writer.add_figure("forgetting/matrix", forgetting_heatmap(
+            matrix, at_training, higher_is_better=self.metric.higher_is_better, metric=self.metric.name,
+            title=f"forgetting after trial {step}"), step, close=False)
+
+    def _settle(self, keep: Iterable[int]) -> None:
+        """Flush every run; close the runs of trials that are not in the pool (they are written to
+        again only by the final selection, which opens them anew)."""
+        if self._writer is not None:
+            self._writer.flush()
+        keep = set(keep)
+        for number in list(self._trial_writers):
+            writer = self._trial_writers[number]
+            if number in keep:
+                writer.flush()
+            else:
+                writer.close()
+                del self._trial_writers[number]
 
     def log_final(self, final: FinalScores) -> None:
         """The final selection: ``final/<score>`` at each re-scored candidate's trial number (beside
         ``val/<score>``, its score at training), and the forgetting over all of them at the last trial
-        (``final/forgetting_mean``, ``final/forgetting_max``, ``final/stability_tau``)."""
+        (``final/forgetting_mean``, ``final/forgetting_max``, ``final/stability_tau``); and in each
+        candidate's own run ``final/candidate_<score>`` (the HPARAMS table's final column)."""
         for row in final.rows:
             self.writer.add_scalar(f"final/{self.short}", row["final"], row["trial"])
+            self.trial_writer(row["trial"]).add_scalar(f"final/candidate_{self.short}", row["final"],
+                                                       final.after_trial)
         for key, value in final.measures().items():
             if value == value:
                 self.writer.add_scalar(f"final/{key}", value, final.after_trial)
         best = final.best("final")
         self.writer.add_text("final/chosen", f"trial {best['trial']}: `{best['arch']}` ({best['final']:.4f} on the "
                              "final supernet)", final.after_trial)
-        self.writer.flush()
+        self._settle(())
 
     def close(self) -> None:
-        """Close the event file (a later trial reopens one)."""
+        """Close the event files (a later trial reopens them)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._settle(())

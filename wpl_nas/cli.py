@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,33 +26,41 @@ from wpl_nas.config import (
     read_yaml_mapping,
     resume_changes,
 )
-from wpl_nas.errors import ConfigError, TrainingDiverged
+from wpl_nas.errors import ConfigError, TrainingDiverged, write_refused
+from wpl_nas.export import CALIBRATION_SAMPLES
+from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP, threads_line, use_threads
+from wpl_nas.tracking.markdown import plain_text
 
 __all__ = ["cli", "main"]
 
 _TYPES: dict[type, Any] = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
-def _flag(name: str, f: dataclasses.Field[Any], owner: type, default: Any) -> Callable[[Any], Any]:
-    """A click option for dataclass field ``f`` (default None = "not given on the command line")."""
+def _flag(name: str, f: dataclasses.Field[Any], owner: type, default: Any, *,
+          hidden: bool = False) -> Callable[[Any], Any]:
+    """A click option for dataclass field ``f`` (default None = "not given on the command line");
+    ``hidden``: left out of ``--help`` (a strategy's options: ``wpl-nas strategies show NAME``)."""
     flag = "--" + name.replace("_", "-")
     shown = f"[default: {default}]" if default not in (None, "") else ""
     help_text = f"{f.metadata.get('help', '')} {shown}".strip()
     kind = field_type(owner, f.name)
     if kind is bool:
-        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
-    return click.option(flag, name, type=_TYPES[kind], default=None, help=help_text)
+        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text,
+                            hidden=hidden)
+    return click.option(flag, name, type=_TYPES[kind], default=None, help=help_text, hidden=hidden)
 
 
 def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate ``command`` with one option per config field (sections as ``--<section>-<key>``)."""
+    """Decorate ``command`` with one option per config field (sections as ``--<section>-<key>``, left
+    out of ``--help``: ``wpl-nas strategies show NAME`` lists them)."""
     defaults = SearchConfig()
     options = []
     for f in dataclasses.fields(SearchConfig):
         if f.name in SECTIONS:
             section = getattr(defaults, f.name)
             for sf in dataclasses.fields(SECTIONS[f.name]):
-                options.append(_flag(f"{f.name}_{sf.name}", sf, SECTIONS[f.name], getattr(section, sf.name)))
+                options.append(_flag(f"{f.name}_{sf.name}", sf, SECTIONS[f.name], getattr(section, sf.name),
+                                     hidden=True))
         else:
             options.append(_flag(f.name, f, SearchConfig, getattr(defaults, f.name)))
     for option in reversed(options):
@@ -79,6 +88,23 @@ def _usage_errors() -> Iterator[None]:
         yield
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    except Exception as exc:
+        refused = write_refused(exc)  # a read-only run folder, a full disk: the user's to fix
+        if refused is None:
+            raise
+        raise click.UsageError(f"{refused}; nothing the run had saved was changed") from None
+
+
+def _threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--threads N`` for a command that trains or scores: applied (``wpl_nas.threads.use_threads``) as
+    soon as it is parsed, before the command runs, exactly as ``search`` applies its ``--threads``."""
+
+    def apply(ctx: click.Context, param: click.Parameter, value: int) -> int:
+        return use_threads(value)
+
+    return click.option("--threads", type=click.IntRange(min=0), default=DEFAULT_THREADS, metavar="N",
+                        expose_value=False, callback=apply,
+                        help=f"{THREADS_HELP} [default: {DEFAULT_THREADS}]")(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -111,16 +137,21 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     --epochs, --batch-size, a strategy's strength such as --wpl-alpha) may change, and each
     change is recorded in config.yaml; other changes are refused. Ctrl-C or SIGTERM stops it
     cleanly (exit code 130 or 143): the trial in flight is marked FAIL and trained again on resume.
+
+    The strategies' own options (--wpl-alpha, --ewc-lam, ...; `wpl: {alpha: 300}` in a --config
+    file) are not listed below: `wpl-nas strategies show NAME` lists those of strategy NAME.
     """
     from wpl_nas.api import run_search  # heavy imports (torch) only when searching
     from wpl_nas.tracking.signals import SearchInterrupted
 
     command = ["wpl-nas", *sys.argv[1:]]
+    threading.excepthook = _quiet_refused_writes  # e.g. TensorBoard's writer thread on a full disk
     try:
         base = load_config(config_file) if config_file else SearchConfig()
         overrides = _overrides(flags)
         config = base.replace(**overrides).validate()
         config = _resume_options(config, given=_given(overrides, config_file))
+        click.echo(threads_line(use_threads(config.threads)), err=True)  # the search applies the same
         result = run_search(config, progress=progress, command=command)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -136,8 +167,24 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command to resume (the trial in flight is lost)", err=True)
         sys.exit(130)
+    except Exception as exc:
+        refused = write_refused(exc)  # e.g. the disk filled up mid-search
+        if refused is None:
+            raise
+        click.echo(f"\nerror: {refused}. The run keeps its last finished trial (every file is written whole or "
+                   "not at all): free space or make the folder writable, then rerun the same command to resume",
+                   err=True)
+        sys.exit(1)
     click.echo("")
     click.echo(result.summary())
+
+
+def _quiet_refused_writes(args: threading.ExceptHookArgs) -> None:
+    """A background thread's write the file system refused (TensorBoard's event writer on a full
+    disk) is left to the search's one-line error, which the same cause raises in the main thread
+    soon after; anything else is printed as usual."""
+    if args.exc_value is None or write_refused(args.exc_value) is None:
+        threading.__excepthook__(args)
 
 
 def _given(overrides: dict[str, Any], config_file: str | None) -> set[str]:
@@ -217,9 +264,69 @@ def spaces_show(name: str, render: str | None) -> None:
         click.echo(f"cell DAG drawn to {render}")
 
 
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def strategies(ctx: click.Context) -> None:
+    """List the consolidation strategies (or `strategies show NAME` for one's options)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from wpl_nas.strategies import STRATEGIES
+
+    names = STRATEGIES.names()
+    width = max(len(name) for name in names)
+    for name in names:
+        cls = STRATEGIES.get(name)
+        click.echo(f"{name:<{width}}  {cls.family:<9}  {_first_line(cls.__doc__)}")
+    click.echo("\nTwo of different kinds combine with '+' (e.g. hat+distill). `wpl-nas strategies show NAME` lists a "
+               "strategy's options.")
+
+
+@strategies.command("show")
+@click.argument("name")
+def strategies_show(name: str) -> None:
+    """The options of strategy NAME (or of both in A+B), with their defaults: given to `search` and
+    `forgetting` as --<strategy>-<option>, or in a --config file as `<strategy>: {<option>: value}`."""
+    from wpl_nas.strategies import resolve_strategy
+
+    with _usage_errors():
+        classes = resolve_strategy(name)
+    formatter = click.HelpFormatter(max_width=110)
+    for label, cls in zip((part.strip() for part in name.split("+")), classes, strict=True):
+        options = cls.Options
+        if formatter.getvalue():
+            formatter.write_paragraph()
+        formatter.write_text(f"{label} ({cls.family}): {_first_line(cls.__doc__)}")
+        if options is None:
+            formatter.write_text("No options.")
+            continue
+        section = next(key for key, kind in SECTIONS.items() if kind is options)
+        formatter.write_text(" ".join((options.__doc__ or "").split()))
+        with formatter.section(f"Options (in a --config file: {section}: {{option: value}})"):
+            formatter.write_dl(_option_help(section))
+    click.echo(formatter.getvalue().rstrip("\n"))
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n")[0]
+
+
+def _option_help(section: str) -> list[tuple[str, str]]:
+    """The ``--help`` rows of section ``section``'s flags, as ``search`` would show them."""
+    cls, defaults = SECTIONS[section], SECTIONS[section]()
+
+    def holder() -> None:
+        pass
+
+    for sf in reversed(dataclasses.fields(cls)):
+        holder = _flag(f"{section}_{sf.name}", sf, cls, getattr(defaults, sf.name))(holder)
+    command = click.command()(holder)
+    ctx = click.Context(command)
+    return [record for p in command.params if (record := p.get_help_record(ctx)) is not None]
+
+
 def _lab_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate ``command`` with one option per lab config field, and the strategies' option flags
-    ``--<section>-<key>`` exactly as ``search`` has them."""
+    ``--<section>-<key>`` exactly as ``search`` has them (left out of ``--help`` as there)."""
     from wpl_nas.lab import LabConfig
 
     defaults = LabConfig()
@@ -228,7 +335,7 @@ def _lab_options(command: Callable[..., Any]) -> Callable[..., Any]:
         if f.name == "sections":
             for section, cls in SECTIONS.items():
                 values = defaults.sections[section]
-                options += [_flag(f"{section}_{sf.name}", sf, cls, getattr(values, sf.name))
+                options += [_flag(f"{section}_{sf.name}", sf, cls, getattr(values, sf.name), hidden=True)
                             for sf in dataclasses.fields(cls)]
         else:
             options.append(_flag(f.name, f, LabConfig, getattr(defaults, f.name)))
@@ -254,6 +361,8 @@ def _forgetting_help() -> str:
         "Outputs go to RUNS_DIR/NAME/: config.yaml, results.csv, results.md, seeds.csv, retention.png, "
         "retention/ (retention matrices and curves, JSON), tb/ (TensorBoard). Rerunning the same NAME "
         "replaces them.",
+        "The strategies' own options (--wpl-alpha, --ewc-lam, ...) are not listed below: "
+        "`wpl-nas strategies show NAME` lists those of strategy NAME.",
         "\b\nExamples:\n"
         "  wpl-nas forgetting --scenario two-model --strategies naive,wpl\n"
         "  wpl-nas forgetting --scenario sequence --space mnist1d --candidates 20 --strategies all\n"
@@ -302,6 +411,7 @@ def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
 @click.option("--column", default="accuracy", show_default=True,
               help="The table's score column (better in the run's direction: higher accuracy, lower perplexity).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
+@_threads_option
 def rank(run_dir: str, ground_truth: str, archs: int | None, seeds: int, epochs: int | None, top_k: int,
          key_column: str, column: str, progress: bool) -> None:
     """Ranking fidelity of a search: Kendall τ, Spearman ρ, top-k overlap against the ground truth.
@@ -329,12 +439,13 @@ def rank(run_dir: str, ground_truth: str, archs: int | None, seeds: int, epochs:
         click.echo("\ninterrupted: the stand-alone scores trained so far are cached in RUN_DIR/rank/standalone.json; "
                    "rerun to resume", err=True)
         sys.exit(130)
-    click.echo(result.table)
+    click.echo(plain_text(result.table))  # the files keep the Markdown
     click.echo(f"\nwritten to {result.out_dir / 'ranking.md'} and ranking.csv")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@_threads_option
 def anatomy(run_dir: str) -> None:
     """Where the pool members of a search forget, stage by stage (after Ramasesh et al. 2020).
 
@@ -347,7 +458,7 @@ def anatomy(run_dir: str) -> None:
 
     with _usage_errors():
         result = anatomy_run(run_dir)
-    click.echo(result.table)
+    click.echo(plain_text(result.table))  # the file keeps the Markdown
     click.echo(f"\nwritten to {result.plot.with_suffix('.md')} and {result.plot}")
 
 
@@ -356,8 +467,9 @@ def anatomy(run_dir: str) -> None:
 @click.option("--html", is_flag=True, help="Write one self-contained HTML file instead of Markdown + PNGs.")
 def report(run_dir: str, html: bool) -> None:
     """Write a report of a search to RUN_DIR/report/: retained scores over the search, forgetting per
-    candidate, the ranking against the ground truth (after `wpl-nas rank`), the anatomy table (after
-    `wpl-nas anatomy`) and the run's configuration, with PNG figures."""
+    candidate and after each trial (a heatmap centred on zero: red forgot, blue improved), the ranking
+    against the ground truth (after `wpl-nas rank`), the anatomy table (after `wpl-nas anatomy`) and the
+    run's configuration, with PNG figures."""
     from wpl_nas.analysis import report_run
 
     with _usage_errors():
@@ -373,9 +485,10 @@ def report(run_dir: str, html: bool) -> None:
 def dashboard(run_dir: str, host: str, port: int) -> None:
     """Serve optuna-dashboard on the study of RUN_DIR, with each trial's cell image.
 
-    Each trial shows its architecture, parameter count and score at training (user attributes) and
-    its cell (an artifact); the study's note holds the retained pool: every member's latest re-score
-    and forgetting, updated after each trial. Works while the search is running.
+    Each trial shows its architecture, parameter count and score at training (user attributes), its
+    cell (an artifact) and a note with its latest re-score and forgetting (rewritten while it is in the
+    retained pool; a finished trial's attributes cannot change) above its cell drawn large; the study's
+    note holds the retained pool, updated after each trial. Works while the search is running.
     """
     from wpl_nas.api import load_run
     from wpl_nas.objective import ARTIFACTS
@@ -394,7 +507,7 @@ def dashboard(run_dir: str, host: str, port: int) -> None:
     study_id = run.study._study_id
     click.echo(f"optuna-dashboard for {run.study.study_name}: http://{host}:{port}/dashboard/studies/{study_id}"
                "  (Ctrl+C to stop)")
-    optuna_dashboard.run_server(run.storage, host=host, port=port, artifact_store=store)
+    optuna_dashboard.run_server(run.optuna_storage, host=host, port=port, artifact_store=store)  # any storage
 
 
 def _trial_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -412,6 +525,7 @@ def _trial_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--top-k", type=click.IntRange(min=0),
               help="Re-score only the best K candidates by score at training (0: all) [default: the run's].")
 @click.option("--show", default=10, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
+@_threads_option
 def select_command(run_dir: str, top_k: int | None, show: int) -> None:
     """Re-score every candidate on the run's final supernet and choose by it.
 
@@ -440,44 +554,63 @@ def select_command(run_dir: str, top_k: int | None, show: int) -> None:
 @cli.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @_trial_option
-def export_command(run_dir: str, trial: int | None, best: bool, choose_by: str | None) -> None:
+@_threads_option
+@click.option("--calibration-samples", default=CALIBRATION_SAMPLES, show_default=True, type=click.IntRange(min=1),
+              help="Training samples on which to recalibrate batch norm's running statistics, so the model "
+                   "answers any batch size, one sample included (all of them if the training split is smaller).")
+def export_command(run_dir: str, trial: int | None, best: bool, choose_by: str | None,
+                   calibration_samples: int) -> None:
     """Export a trial's architecture with the supernet's weights as a stand-alone PyTorch model.
 
     Writes RUN_DIR/export/trial_NNNN/: model.pt2 (load it with torch alone:
-    torch.export.load(path).module()), weights.pt (its state_dict) and arch.json.
+    torch.export.load(path).module()), weights.pt (its state_dict) and arch.json. Batch norm,
+    which uses each batch's statistics in the supernet, is given running statistics estimated
+    on the run's training split, so the model's answer for a sample does not depend on its batch.
     """
     from wpl_nas.export import export_run
 
     if best and trial is not None:
         raise click.UsageError("give --trial N or --best, not both")
     with _usage_errors():
-        result = export_run(run_dir, trial=trial, choose_by=choose_by)
-    click.echo(f"trial {result.trial}: {result.arch}\nscore with the exported weights {result.score:.4f}\n"
-               f"written to {result.folder} (model.pt2, weights.pt, arch.json)")
+        result = export_run(run_dir, trial=trial, choose_by=choose_by, calibration_samples=calibration_samples)
+    bn = result.batch_norm
+    recalibrated = (f"batch norm ({bn['layers']} layers) recalibrated on {bn['calibration_samples']} training samples"
+                    if bn.get("recalibrated") else "no batch norm to recalibrate")
+    click.echo(f"trial {result.trial}: {result.arch}\n{recalibrated}\n"
+               f"score with the exported weights {result.score:.4f} (the supernet's on this path "
+               f"{result.supernet_score:.4f})\nwritten to {result.folder} (model.pt2, weights.pt, arch.json)")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @_trial_option
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--restart", is_flag=True,
+              help="Start the retraining over (e.g. with other --epochs): its folder RUN_DIR/retrain/trial_NNNN/ "
+                   "is emptied first. Without it, a rerun resumes, and other --epochs are refused.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
-def retrain(run_dir: str, trial: int | None, best: bool, choose_by: str | None, epochs: int, progress: bool) -> None:
+@_threads_option
+def retrain(run_dir: str, trial: int | None, best: bool, choose_by: str | None, epochs: int, restart: bool,
+            progress: bool) -> None:
     """Train a trial's architecture from scratch with its data set's standard recipe.
 
     SGD with Nesterov momentum and a cosine schedule (CIFAR: random crops and flips); the
     validation split is scored after each epoch, the test split once at the end. Checkpoints
-    after every epoch to RUN_DIR/retrain/trial_NNNN/ (rerun to resume) with TensorBoard events.
+    after every epoch to RUN_DIR/retrain/trial_NNNN/ (rerun to resume; --restart starts over)
+    with TensorBoard events.
     """
     from wpl_nas.retrain import retrain_run
 
     if best and trial is not None:
         raise click.UsageError("give --trial N or --best, not both")
     try:
-        result = retrain_run(run_dir, trial=trial, epochs=epochs, progress=progress, choose_by=choose_by)
+        result = retrain_run(run_dir, trial=trial, epochs=epochs, progress=progress, choose_by=choose_by,
+                             restart=restart)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: rerun the same command to resume from the last epoch", err=True)
+        again = "the same command without --restart" if restart else "the same command"
+        click.echo(f"\ninterrupted: rerun {again} to resume from the last epoch", err=True)
         sys.exit(130)
     click.echo(f"trial {result.trial}: {result.arch}\nvalidation {result.metric} {result.val_scores[-1]:.4f}, "
                f"test {result.metric} {result.test_score:.4f} after {len(result.val_scores)} epochs\n"

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from wpl_nas.errors import ConfigError
+from wpl_nas.storage import mask_storage
 from wpl_nas.strategy_options import (
     STRATEGY_SECTIONS,
     ANPyCOptions,
@@ -35,6 +36,7 @@ from wpl_nas.strategy_options import (
     opt,
     require_finite,
 )
+from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 
 __all__ = ["CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions",
            "keep_saved", "load_config", "resume_changes"]
@@ -78,7 +80,10 @@ class SearchConfig:
                            "larger number extends it.")
     study_name: str | None = _opt(None, "Study name and run folder name (default: <space>-<strategy>).")
     storage: str | None = _opt(
-        None, "Optuna storage URL (default sqlite:///runs/<study>/study.db); any RDB URL, e.g. postgresql://...")
+        None, "Optuna storage: a database URL (default sqlite:///runs/<study>/study.db), e.g. "
+        "postgresql://user:password@host/db (any installed driver; pip install 'wpl-nas[postgres]'), or a journal "
+        "file ending in .log or .jsonl, e.g. runs/<study>/journal.log. A password is never saved or shown (it reads "
+        "***): to resume, give the full URL again or put it in the environment variable WPL_NAS_STORAGE.")
     runs_dir: str = _opt("runs", "Parent folder of run folders.")
     # How each candidate trains.
     epochs: int = _opt(2, "Training epochs per candidate (a score is reported to Optuna after each).")
@@ -95,15 +100,18 @@ class SearchConfig:
     # How the search ends: every candidate re-scored on the final supernet (wpl_nas.selection).
     final_top_k: int = _opt(0, "At the end, re-score on the final supernet only the best K candidates by score at "
                                "training (0: every candidate).")
-    choose_by: str = _opt("final", "Which score picks the best architecture (the summary, export, retrain): final "
-                                   "(on the final supernet, as weight-sharing NAS chooses) or training (the "
-                                   "candidate's score right after its own training).", choices=CHOOSE_BY)
+    # training, not final: with the default WPL the score at training chose truer architectures on both
+    # fidelity benchmarks (benchmarks/README.md); final helps only a strong pull (--wpl-alpha 1000).
+    choose_by: str = _opt("training", "Which score picks the best architecture (the summary, export, retrain): "
+                                      "training (the candidate's score right after its own training) or final (on "
+                                      "the final supernet, as weight-sharing NAS often chooses).", choices=CHOOSE_BY)
     # Reproducibility and hardware.
     seed: int = _opt(0, "Seed for weights, data order, splits and the sampler.")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps.")
-    threads: int = _opt(
-        0, "CPU threads for PyTorch (0: its default, one per core). On a machine shared with other "
-        "busy processes, 1 avoids threads waiting on each other.")
+    # One thread: the fastest for the small built-in spaces, and it never stalls when other processes
+    # hold the cores (wpl_nas.threads; benchmarks/bench_threads.py). It was 0 (one per core) before issue 16,
+    # and scores depend on the thread count: the default run's figures changed with it.
+    threads: int = _opt(DEFAULT_THREADS, THREADS_HELP)
     # Strategy options: one section per strategy (only the chosen strategy's section is used).
     wpl: WPLOptions = field(default_factory=WPLOptions)
     ewc: EWCOptions = field(default_factory=EWCOptions)
@@ -206,11 +214,12 @@ class SearchConfig:
 
     def dump(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> None:
         """Write the config (plus ``extra`` keys such as the command line) as YAML, atomically (a
-        reader, or an interruption, sees the old file or the new one)."""
+        reader, or an interruption, sees the old file or the new one). No password is written: every
+        ``scheme://user:password@`` in it (the storage, a command line) reads ``***``."""
         from wpl_nas.tracking.checkpoint import write_text_atomically  # torch: only when writing a run
 
         data = {**self.to_dict(), **(extra or {})}
-        write_text_atomically(path, yaml.safe_dump(data, sort_keys=False))
+        write_text_atomically(path, mask_storage(yaml.safe_dump(data, sort_keys=False)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> SearchConfig:
@@ -232,9 +241,9 @@ class SearchConfig:
 SECTIONS: dict[str, type] = STRATEGY_SECTIONS
 
 
-#: Keys a run folder's config.yaml holds beside the options: the command that started the run and
-#: the history of the options changed on resume (see :func:`resume_changes`).
-RUN_RECORD_KEYS = ("command", "history")
+#: Keys a run folder's config.yaml holds beside the options: the command that started the run, the
+#: name of its study and the history of the options changed on resume (see :func:`resume_changes`).
+RUN_RECORD_KEYS = ("command", "study", "history")
 
 
 def load_config(path: str | Path) -> SearchConfig:
@@ -261,9 +270,15 @@ def resume_changes(saved: SearchConfig, config: SearchConfig, *, run_dir: str | 
         ConfigError: an option outside :attr:`SearchConfig.RESUMABLE_CHANGES` differs; the message
             names each one with both values.
     """
+    from wpl_nas.spaces import same_space
+
     old, new = saved.flat(), config.flat()
+    if same_space(saved.space, config.space):  # the run's copy of its space file and the file itself
+        old["space"] = new["space"]
     # Compared with ``auto`` resolved: a run saved with sampler 'tpe' before 'auto' existed resumes.
     old["sampler"], new["sampler"] = saved.resolved_sampler, config.resolved_sampler
+    # Compared without passwords: a run folder keeps its storage URL masked (wpl_nas.storage).
+    old["storage"], new["storage"] = (mask_storage(c.storage) if c.storage else c.storage for c in (saved, config))
     changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
     forbidden = [k for k in changed if k not in SearchConfig.RESUMABLE_CHANGES]
     if forbidden:

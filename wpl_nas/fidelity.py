@@ -60,6 +60,7 @@ from wpl_nas.evaluation import kendall_tau, spearman_rho, top_k_overlap
 from wpl_nas.objective import SupernetObjective, build_supernet
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import create_strategy
+from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import read_json, write_text_atomically
 from wpl_nas.tracking.markdown import code_cell
 from wpl_nas.training import CandidateTrainer
@@ -338,7 +339,8 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
         raise ConfigError(f"seeds={seeds} from the run's seed {run.config.seed} would go past the largest seed "
                           f"{MAX_SEED}; use seeds <= {MAX_SEED - run.config.seed + 1}")
     table = None if ground_truth == "standalone" else _read_table(Path(ground_truth), key=key_column, column=column)
-    objective = SupernetObjective(run.config, run_dir=run.run_dir)  # the supernet's final weights
+    # The supernet's final weights, on this process's threads (not the run's: wpl_nas.threads).
+    objective = SupernetObjective(run.config, run_dir=run.run_dir, threads=threads_in_use())
     quality = objective.trainer.metric.quality
     chosen = _choose(run.study, archs, seed=run.config.seed)
     if len(chosen) < 2:

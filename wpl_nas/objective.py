@@ -54,20 +54,26 @@ from wpl_nas.data import DATASETS, load_dataset
 from wpl_nas.errors import ConfigError, TrainingDiverged, reason
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.evaluation.cost import count_flops, measure_latency
-from wpl_nas.spaces import Architecture, SearchSpace, load_space
+from wpl_nas.spaces import Architecture, SearchSpace, load_space, space_file
 from wpl_nas.strategies import Strategy, create_strategy, resolve_strategy
 from wpl_nas.supernet import Supernet
-from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from wpl_nas.tracking.figures import cell_figure, png_bytes
-from wpl_nas.tracking.lock import RunLock
+from wpl_nas.threads import use_threads
+from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_text_atomically
+from wpl_nas.tracking.figures import cell_png
+from wpl_nas.tracking.lock import RunLock, create_run_folder
 from wpl_nas.tracking.signals import deferred
 from wpl_nas.training import CandidateTrainer, TrainResult
 
 if TYPE_CHECKING:
     from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 
-__all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "RETRY_ATTR", "SupernetObjective", "build_supernet",
-           "resolve_device", "saved_config", "saved_history"]
+__all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "MAX_SUPERNET_PARAMETERS", "RETRY_ATTR", "SPACE_DIR",
+           "SupernetObjective", "build_supernet", "resolve_device", "saved_config", "saved_history", "saved_study_name",
+           "space_copy"]
+
+#: The most weights a supernet may hold (4 GiB in float32; the built-in spaces hold 0.1-16 million
+#: on their usual data): a larger one would not fit, or take very long to build.
+MAX_SUPERNET_PARAMETERS = 1_000_000_000
 
 CHECKPOINT = "checkpoints/last.pt"
 _CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rng")
@@ -75,6 +81,9 @@ _CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rn
 #: study's first trial is checkpointed), so another run's checkpoint or study.db is recognised.
 RUN_ID_ATTR = "wpl_nas_run_id"
 CONFIG_FILE = "config.yaml"
+#: Where a run keeps a copy of the space file it was made from, under the file's own name (which
+#: names the study when no study name is given); none for a built-in space.
+SPACE_DIR = "space"
 #: The user attribute of a trial enqueued to train again the candidate of a trial lost in flight
 #: (its value: the lost trial's number).
 RETRY_ATTR = "retry_of"
@@ -105,13 +114,24 @@ def build_supernet(space: SearchSpace | str, data: Any, *, seed: int = 0) -> Sup
     """A freshly initialised supernet of ``space`` (a space or its name / path) for ``data`` (a DataBundle).
 
     Raises:
-        ConfigError: the space's dimensionality does not fit the data.
+        ConfigError: the space's dimensionality does not fit the data, or its supernet would hold
+            more than :data:`MAX_SUPERNET_PARAMETERS` weights.
     """
     space = load_space(space) if isinstance(space, str) else space
     space.check_data(data.name, tuple(data.input_shape))
+
+    def build() -> Supernet:
+        return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                        input_shape=tuple(data.input_shape))
+
+    with torch.device("meta"):  # shapes only, no memory: a space too large to build is refused first
+        size = sum(p.numel() for p in build().parameters())
+    if size > MAX_SUPERNET_PARAMETERS:
+        raise ConfigError(f"space {space.name!r} makes a supernet of {size:,} weights on {data.name!r} "
+                          f"({size * 4 / 2**30:.1f} GiB in float32, several times that while training), more than "
+                          f"the limit of {MAX_SUPERNET_PARAMETERS:,}; make its layers narrower or fewer")
     torch.manual_seed(seed)
-    return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes,
-                    input_shape=tuple(data.input_shape))
+    return build()
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -126,9 +146,29 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 def saved_config(path: Path) -> SearchConfig:
     """The :class:`SearchConfig` in force in a run folder's ``config.yaml`` (its top-level keys; the
-    ``command`` and the ``history`` of changes beside them are not options)."""
+    ``command`` and the ``history`` of changes beside them are not options).
+
+    A run made from a space file keeps a copy of it (see :func:`space_copy`); the configuration
+    returned names that copy, so the run opens from any folder, and a space file edited since
+    cannot pass for the run's own.
+    """
     data = {k: v for k, v in _read_record(path).items() if k not in RUN_RECORD_KEYS}
-    return SearchConfig.from_dict(data, where=str(path))
+    config = SearchConfig.from_dict(data, where=str(path))
+    copy = space_copy(path.parent, config.space)
+    return config.replace(space=str(copy)) if copy is not None and copy.is_file() else config
+
+
+def space_copy(run_dir: Path, space: str) -> Path | None:
+    """Where run ``run_dir`` keeps its copy of space file ``space``: ``SPACE_DIR/<its file name>``
+    (None for a built-in space)."""
+    return None if space_file(space) is None else run_dir / SPACE_DIR / Path(space).name
+
+
+def saved_study_name(path: Path) -> str:
+    """The name of the study of the run whose ``config.yaml`` is ``path``: as recorded (a run made
+    with a caller's own Optuna study may name it as it likes), else the one its options give."""
+    name = _read_record(path).get("study")
+    return name if isinstance(name, str) and name else saved_config(path).resolved_study_name
 
 
 def saved_history(path: Path) -> list[dict[str, Any]]:
@@ -178,8 +218,7 @@ class SupernetObjective:
         DATASETS.get(config.dataset)
         resolve_strategy(config.strategy)
         self.device = resolve_device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        use_threads(config.threads)
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
         #: Options that differ from the run folder's config.yaml: ``{name: [old, new]}`` (see
         #: ``SearchConfig.RESUMABLE_CHANGES``); recorded in its history by :meth:`reconcile`.
@@ -219,7 +258,7 @@ class SupernetObjective:
         self._lock = RunLock(self.run_dir)
         self._restore()
         # Everything is valid: the folder may exist now (e.g. for an SQLite study file inside it).
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        create_run_folder(self.run_dir)
 
     # --- the run folder ------------------------------------------------------------------
     @property
@@ -330,7 +369,7 @@ class SupernetObjective:
                     else:
                         self.mark_lost(study, trial.number)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._record_config()
+        self._record_config(study.study_name)
         self._reconciled = study.study_name
 
     def tell_checkpointed(self, study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -351,11 +390,15 @@ class SupernetObjective:
         if set(frozen.params) == set(self.space.choices):
             study.enqueue_trial(dict(frozen.params), user_attrs={RETRY_ATTR: number})
 
-    def _record_config(self) -> None:
-        """Write config.yaml for a new run, or add the options changed on resume to its history."""
+    def _record_config(self, study_name: str) -> None:
+        """Write config.yaml for a new run (with the name of its study, which a caller's own study
+        need not take from the config), or add the options changed on resume to its history."""
         path = self.run_dir / CONFIG_FILE
         if not path.is_file():
-            self.config.dump(path, extra={"command": self.command})
+            copy = space_copy(self.run_dir, self.config.space)
+            if copy is not None:  # load_space has read it as UTF-8 already
+                write_text_atomically(copy, Path(self.config.space).read_text(encoding="utf-8"))
+            self.config.dump(path, extra={"command": self.command, "study": study_name})
             return
         changes = resume_changes(saved_config(path), self.config, run_dir=self.run_dir)
         if not changes:
@@ -364,7 +407,8 @@ class SupernetObjective:
         history = saved_history(path)
         history.append({"at_trial": self.position, "changed": changes, "command": self.command})
         with deferred():
-            self.config.dump(path, extra={"command": record.get("command"), "history": history})
+            self.config.dump(path, extra={"command": record.get("command"), "study": record.get("study"),
+                                          "history": history})
 
     def _check_identity(self, study: optuna.Study) -> None:
         """Refuse a study and checkpoint that belong to different runs; tie them together if new."""
@@ -516,7 +560,7 @@ class SupernetObjective:
         store = FileSystemArtifactStore(str(self.run_dir / ARTIFACTS))
         with tempfile.TemporaryDirectory(dir=self.run_dir) as tmp:
             path = Path(tmp) / f"cell_trial_{trial.number:04d}.png"
-            path.write_bytes(png_bytes(cell_figure(self.space, arch)))
+            path.write_bytes(cell_png(self.space, arch))  # legible at the size it is shown
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
 
     def _annotate(self, trial: optuna.Trial, result: TrainResult) -> None:

@@ -13,7 +13,8 @@ by the run's seed), the training split is the search's (the validation split sta
 is scored after every epoch), and the **test split is touched only here**, once, at the end.
 
 ``RUN_DIR/retrain/trial_NNNN/`` holds ``checkpoint.pt`` (written atomically after every epoch:
-model, optimiser, schedule, RNG states, history; rerunning the same command resumes from it),
+model, optimiser, schedule, RNG states, history; rerunning the same command resumes from it, and
+``restart=True`` (``--restart``) starts it over, e.g. with other epochs),
 ``tb/`` (``train/loss``, ``train/lr``, ``val/<metric>`` per epoch, ``test/<metric>`` at the end) and
 ``result.json``. The metric is the data set's: accuracy, or perplexity for language data (whose
 recipe is plain SGD with gradient clipping, the ENAS/WPL setting).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,7 +122,7 @@ def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, *, pad: int =
 
 def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 30, progress: bool = True,
                 on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                choose_by: str | None = None) -> RetrainResult:
+                choose_by: str | None = None, restart: bool = False) -> RetrainResult:
     """Train a trial's architecture from scratch with its data set's recipe (see the module docstring).
 
     Args:
@@ -131,10 +133,14 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
         on_epoch: Called after each epoch (and its checkpoint) with the epoch and its measures.
         choose_by: What "best" means when ``trial`` is None (see :func:`wpl_nas.export.choose_trial`)
             [default: the run's ``choose_by``].
+        restart: Start over: the trial's retraining folder (checkpoint, TensorBoard events, result)
+            is deleted first, once every option is checked. Without it, an existing checkpoint is
+            resumed, and one made for another number of epochs is refused.
 
     Raises:
         ConfigError: not a run folder, no such trial, a data set without a recipe, a bad
-            ``epochs``, or a checkpoint made for another number of epochs.
+            ``epochs``, or (without ``restart``) a checkpoint made for another number of epochs or
+            that does not fit the network.
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, but got epochs={epochs}")
@@ -168,12 +174,15 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
     start = 0
     path = folder / "checkpoint.pt"
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)  # data order and augmentation
+    if restart and folder.exists():
+        shutil.rmtree(folder)  # the run before: its checkpoint, TensorBoard events and result
     if path.is_file():
         state = load_checkpoint(path, map_location=device, what="retraining checkpoint", required=(
             "model", "optimizer", "schedule", "epoch", "epochs", "history", "rng", "generator"))
         if state["epochs"] != epochs:
             raise ConfigError(f"{path} is a retraining of {state['epochs']} epochs, not {epochs}; rerun with "
-                              f"--epochs {state['epochs']} to resume it, or delete {folder} to start again")
+                              f"--epochs {state['epochs']} to resume it, or add --restart to start it over with "
+                              f"{epochs} epochs")
         try:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -182,7 +191,7 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
             gen.set_state(state["generator"].cpu())
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             raise ConfigError(f"retraining checkpoint {path} does not fit trial {chosen.number}'s network ({exc}); "
-                              f"delete {folder} to start the retraining again") from None
+                              "add --restart to start the retraining over") from None
         restore_rng(state["rng"])
     writer = SummaryWriter(log_dir=str(folder / "tb"))
     bar = tqdm(total=epochs * steps_per_epoch, initial=start * steps_per_epoch, disable=not progress,

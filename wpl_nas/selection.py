@@ -7,7 +7,8 @@ NAS-Bench-201 baselines) chooses its architecture the other way: by scoring the 
 demand) every distinct complete candidate, or the best ``top_k`` by score at training, is scored on
 the fixed evaluation set with the final weights; the scores go to ``RUN_DIR/final.json`` and
 ``final.csv``, the study's user attributes (``final_rescore``, ``final_best_trial``, ...), the
-dashboard's note and TensorBoard (``final/<score>`` at each candidate's trial number). Forgetting
+dashboard's notes (the study's, and each candidate's) and TensorBoard (``final/<score>`` at each
+candidate's trial number, and ``final/candidate_<score>`` in its HPARAMS row). Forgetting
 is measured here over *all* the re-scored candidates, not only the retained pool.
 
 Batch norm in the supernets normalises with the statistics of the batch it sees
@@ -34,6 +35,7 @@ from wpl_nas.config import CHOOSE_BY
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import METRICS, kendall_tau
 from wpl_nas.spaces import Architecture
+from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import read_json, write_text_atomically
 
 __all__ = ["CHOOSE_BY", "FINAL_CSV", "FINAL_JSON", "FinalScores", "current_final", "latest_finished", "load_final",
@@ -176,7 +178,8 @@ def select_run(run_dir: str | Path, *, top_k: int | None = None) -> FinalScores:
     top_k = run.config.final_top_k if top_k is None else top_k
     if top_k < 0:
         raise ConfigError(f"top_k must be >= 0, but got top_k={top_k}")
-    objective = SupernetObjective(run.config, run_dir=run.run_dir)  # read-only: the checkpoint's weights
+    # Read-only: the checkpoint's weights, on this process's threads (not the run's: wpl_nas.threads).
+    objective = SupernetObjective(run.config, run_dir=run.run_dir, threads=threads_in_use())
     final = rescore_final(run.study, objective.score, metric=objective.trainer.metric.name, top_k=top_k)
     if final is None:
         raise ConfigError(f"run {run.run_dir} has no complete trial to re-score")

@@ -99,8 +99,10 @@ class WPLOptions(_Options):
     non_negative = ("alpha", "alpha_decay", "start_trial", "alpha_decay_after", "protect")
     unit = ("decay",)
 
+    # 100, not the 1000 that the two-model experiment prefers: ranked against stand-alone truth, whole
+    # searches rank and choose better at 100 (benchmarks/README.md, bench_fidelity.py; issue 13).
     alpha: float = opt(
-        1000.0, "Strength α of the pull α/2·Σ Ω(θ−θ*)² on shared weights; kept apart from Ω (never folded in).")
+        100.0, "Strength α of the pull α/2·Σ Ω(θ−θ*)² on shared weights; kept apart from Ω (never folded in).")
     form: str = opt("proximal", _FORM, choices=("proximal", "gradient"))
     fisher_batches: int = opt(8, "Held-out batches used to estimate a candidate's diagonal Fisher.")
     fisher_batch_size: int = opt(32, "Batch size for the Fisher estimate.")

@@ -148,6 +148,25 @@ def test_bench_kill_quick_kills_resumes_and_loses_nothing(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_threads_quick_times_every_setting_quiet_and_beside_a_hog(tmp_path):
+    """One round of each thread setting, quiet and beside a CPU hog; every row has its ratio to the
+    best setting of its condition, and the default runs on one thread."""
+    out = tmp_path / "threads.json"
+    proc = _run("bench_threads.py", json_out=out)
+    figures = json.loads(out.read_text())
+    rows = figures["rows"]
+    assert {(r["condition"], r["setting"]) for r in rows} == {
+        (c, s) for c in ("quiet", "hog") for s in ("default", "1", "N", "N-spin")}
+    assert all(_positive(r["wall_s"]) and _positive(r["cpu_s"]) and r["ratio_to_best"] >= 1.0 for r in rows)
+    for condition in ("quiet", "hog"):
+        assert [r["ratio_to_best"] for r in rows if r["condition"] == condition and r["best"]] == [1.0]
+    threads = {r["setting"]: r["threads"] for r in rows}
+    cores = figures["environment"]["cores"]
+    assert threads["default"] == threads["1"] == 1 and threads["N"] == threads["N-spin"] == cores
+    assert len(figures["runs"]) == 8 and "| beside 1 CPU hog | default |" in proc.stdout
+
+
+@pytest.mark.slow
 def test_bench_fidelity_quick_pairs_arms_and_reports_ceiling_and_intervals(tmp_path):
     out, work = tmp_path / "fidelity.json", tmp_path / "work"
     proc = _run("bench_fidelity.py", "--work-dir", str(work), json_out=out)

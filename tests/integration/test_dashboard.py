@@ -7,6 +7,7 @@ WPL_NAS_REQUIRE_BROWSER is set (as in CI), where a missing browser is a failure.
 from __future__ import annotations
 
 import html
+import io
 import os
 import re
 import shutil
@@ -14,10 +15,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 import wpl_nas
 from wpl_nas.cli import cli
@@ -38,15 +41,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def page_text(chromium: str, url: str, profile: Path) -> str:
-    """The page's text after its scripts ran, as a real browser renders it."""
-    dom = subprocess.run(
+def page_dom(chromium: str, url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran, as a real browser renders it."""
+    return subprocess.run(
         [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", url],
         capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def dom_text(dom: str) -> str:
+    """The text a DOM shows."""
     dom = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
     return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
+
+
+def page_text(chromium: str, url: str, profile: Path) -> str:
+    """The page's text after its scripts ran."""
+    return dom_text(page_dom(chromium, url, profile))
 
 
 @pytest.mark.slow
@@ -78,6 +90,18 @@ def test_dashboard_shows_architecture_and_final_scores_in_a_browser(tiny_space_f
         trials = page_text(chromium, f"{base}/trials", tmp_path / "profile")
         assert trial.user_attrs["arch"] in trials  # the trial's architecture, as a user attribute
         assert "score_at_training" in trials and "cell_trial_0000.png" in trials  # and its cell, as an artifact
+        # The trial's own note: its latest retained score (a finished trial's attributes cannot change,
+        # its note can), its score on the final supernet, and its cell drawn large enough to read.
+        row = result.study.user_attrs["retention"]["0"]
+        last = max(row, key=int)
+        dom = page_dom(chromium, f"{base}/trials?numbers=0", tmp_path / "profile")
+        shown = dom_text(dom)
+        assert f"Retained score {row[last]:.4f} after trial {last}" in shown
+        assert f"On the final supernet (after trial 2): {final:.4f}" in shown
+        (src,) = set(re.findall(r'<img alt="cell of trial 0"[^>]*src="([^"]+)"', dom))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{src}", timeout=30) as response:
+            image = Image.open(io.BytesIO(response.read()))
+        assert image.width >= 800  # served by the dashboard, at a readable size
         note = page_text(chromium, f"{base}/note", tmp_path / "profile")
         # at the end of the search the note is the final selection: every candidate re-scored
         assert "Final selection after trial 2" in note and f"chosen: trial {chosen}" in note

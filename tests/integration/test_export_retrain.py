@@ -1,4 +1,4 @@
-"""From a search to a model: `wpl-nas export` and `wpl-nas retrain`."""
+"""From a search to a model: `wpl-nas export` (batch norm recalibrated for any batch size) and `wpl-nas retrain`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import wpl_nas
 from wpl_nas.cli import cli
+from wpl_nas.export import CALIBRATION_SAMPLES, export_run, recalibrate_batch_norm, with_running_stats
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.retrain import augment_crop_flip, retrain_run
 
@@ -34,9 +35,22 @@ def test_export_round_trips_without_the_supernet(run_dir):
     run = wpl_nas.load_run(run_dir)
     chosen = run.study.trials[1]
     assert meta["arch"] == chosen.user_attrs["arch"] and meta["score_at_training"] == chosen.value
-
-    # A fresh interpreter that only imports torch loads the model and computes what the supernet computes.
     objective = SupernetObjective(run.config, run_dir=run_dir)
+    arch = objective.space.parse(meta["arch"])
+    # Batch norm has running statistics, recalibrated on the default number of training samples
+    # (the whole split here: it is smaller).
+    samples = min(CALIBRATION_SAMPLES, len(objective.data.train))
+    assert meta["batch_norm"]["recalibrated"] and meta["batch_norm"]["calibration_samples"] == samples
+    assert f"recalibrated on {samples} training samples" in result.output
+    assert meta["score_supernet"] == objective.score(arch)
+
+    # The weights load into the module itself, once its batch norm keeps running statistics.
+    net = with_running_stats(wpl_nas.Supernet(objective.space, in_channels=1, num_classes=10, fixed=arch))
+    net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+    net.eval()
+    assert all(m.track_running_stats for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d))
+
+    # A fresh interpreter that only imports torch loads the model and computes what that module computes.
     x = objective.trainer.eval_x[:32]
     torch.save(x, folder / "x.pt")
     code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); "
@@ -44,16 +58,75 @@ def test_export_round_trips_without_the_supernet(run_dir):
     out = subprocess.run([sys.executable, "-c", code, str(folder / "model.pt2"), str(folder / "x.pt"),
                           str(folder / "y.pt")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    arch = objective.space.parse(meta["arch"])
-    with torch.no_grad(), objective.supernet.use(arch):
-        objective.supernet.eval()
-        expected = objective.supernet(x)
+    with torch.no_grad():
+        expected = net(x)
     torch.testing.assert_close(torch.load(folder / "y.pt"), expected)
-    assert meta["score_exported"] == objective.score(arch)
+    assert meta["score_exported"] == objective.trainer.metric.compute(
+        net, arch, objective.trainer.eval_x, objective.trainer.eval_y, batch_size=objective.trainer.eval_batch_size)
 
-    # The weights also load into the module itself.
-    net = wpl_nas.Supernet(objective.space, in_channels=1, num_classes=10, fixed=arch)
-    net.load_state_dict(torch.load(folder / "weights.pt"))
+
+@pytest.mark.slow
+def test_exported_model_answers_one_sample_as_it_answers_the_batch(run_dir):
+    result = export_run(run_dir, calibration_samples=512)  # the best trial
+    meta = json.loads((result.folder / "arch.json").read_text())
+    assert meta["batch_norm"]["calibration_samples"] == 512 == result.batch_norm["calibration_samples"]
+    model = torch.export.load(str(result.folder / "model.pt2")).module()
+    objective = SupernetObjective(wpl_nas.load_run(run_dir).config, run_dir=run_dir)
+    x, y = objective.trainer.eval_x, objective.trainer.eval_y  # (200, 1, 40), (200,)
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i: i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(alone, together, rtol=1e-4, atol=1e-5)
+    assert torch.equal(alone.argmax(1), together.argmax(1))
+    accuracy_alone = (alone.argmax(1) == y).double().mean().item()
+    assert meta["score_exported"] == pytest.approx(accuracy_alone, abs=1.5 / len(y))
+
+    # The supernet's path normalises a lone sample with its own statistics: near chance. The
+    # export answers it as the supernet answers the whole batch.
+    net = objective.supernet.standalone(result.arch).eval()
+    with torch.no_grad():
+        batch_statistics_alone = torch.cat([net(x[i: i + 1]) for i in range(len(x))])
+    accuracy_before = (batch_statistics_alone.argmax(1) == y).double().mean().item()
+    chance = 1 / 10
+    assert accuracy_alone > max(2 * chance, accuracy_before + 0.1), (accuracy_alone, accuracy_before)
+    assert accuracy_alone > result.supernet_score - 0.05, (accuracy_alone, result.supernet_score)
+
+
+def test_recalibration_averages_the_batch_statistics_weighted_by_batch_size():
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 1), torch.nn.BatchNorm1d(3, track_running_stats=False))
+    net.eval()
+    assert with_running_stats(net) is net and net[1].track_running_stats
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 2, 5, generator=gen) * 3 + 1 for n in (8, 2, 5)]
+    assert recalibrate_batch_norm(net, batches) == 15
+    assert not net.training and net[1].momentum == 0.1  # the mode and the momentum are restored
+    with torch.no_grad():
+        features = [net[0](b) for b in batches]  # (B, 3, 5)
+    sizes = torch.tensor([8.0, 2.0, 5.0])
+    means = torch.stack([f.mean((0, 2)) for f in features])
+    variances = torch.stack([f.transpose(0, 1).reshape(3, -1).var(1) for f in features])  # unbiased, as torch's
+    torch.testing.assert_close(net[1].running_mean, (sizes[:, None] * means).sum(0) / 15)
+    torch.testing.assert_close(net[1].running_var, (sizes[:, None] * variances).sum(0) / 15)
+    # In evaluation mode a sample's output no longer depends on its batch.
+    x = batches[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat([net(x[i: i + 1]) for i in range(len(x))]), net(x))
+    # A network without batch norm is left alone, its batches unread.
+    assert recalibrate_batch_norm(torch.nn.Linear(2, 2), iter(())) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2.5"])
+def test_bad_calibration_sample_counts_are_refused_with_exit_2(tmp_path, value):
+    result = CliRunner().invoke(cli, ["export", str(tmp_path), "--calibration-samples", value])
+    assert result.exit_code == 2 and value in result.output and "--calibration-samples" in result.output, \
+        result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("value", [0, -3, "many", 2.5, True])
+def test_bad_calibration_sample_counts_are_refused_before_the_run_is_read(tmp_path, value):
+    with pytest.raises(wpl_nas.ConfigError, match=f"calibration_samples={value!r}"):
+        export_run(tmp_path, calibration_samples=value)
 
 
 @pytest.mark.slow
@@ -98,6 +171,7 @@ def test_augmentation_crops_and_flips_images():
 @pytest.mark.parametrize(("command", "args", "message"), [
     ("export", ["--trial", "99"], "trial 99 of run"),
     ("export", ["--trial", "0", "--best"], "not both"),
+    ("export", ["--calibration-samples", "0"], "0 is not in the range x>=1"),
     ("retrain", ["--trial", "99"], "trial 99 of run"),
 ])
 def test_bad_trials_are_refused(run_dir, command, args, message):

@@ -103,8 +103,8 @@ def test_refuses_a_folder_that_is_not_a_lab_run(base_args, tmp_path):
 def test_help_explains_each_scenario():
     result = CliRunner().invoke(cli, ["forgetting", "--help"])
     assert result.exit_code == 0
-    for needle in ("two-model:", "sequence:", "split:", "permuted:", "--probe-every", "--wpl-alpha", "--seeds",
-                   "--a-fraction", "--shared"):
+    for needle in ("two-model:", "sequence:", "split:", "permuted:", "--probe-every", "--seeds", "--a-fraction",
+                   "--shared", "strategies show NAME"):  # a strategy's own options: `wpl-nas strategies show NAME`
         assert needle in result.output, needle
 
 

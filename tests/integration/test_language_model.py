@@ -107,7 +107,7 @@ def test_search_minimises_perplexity_and_measures_forgetting_in_it(search, corpu
         # Forgetting is how much the perplexity rose since the candidate's training.
         assert c["forgetting"] == pytest.approx(c["latest"] - c["score_at_training"])
     assert math.isnan(retention["summary"]["rho"])  # no chance level for perplexity
-    events = EventAccumulator(str(search.run_dir / "tb"))
+    events = EventAccumulator(str(search.run_dir / "tb" / "search"))
     events.Reload()
     assert {"val/ppl", "retained/mean_ppl", "forgetting/mean"} <= set(events.Tags()["scalars"])
     assert [e.value for e in events.Scalars("val/ppl")] == pytest.approx(values)

@@ -201,24 +201,26 @@ def test_callbacks_attached_and_detached(make_objective, tmp_path):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     study.optimize(objective, n_trials=3, callbacks=[objective.retention_callback(), tensorboard])
     tensorboard.close()
-    events = EventAccumulator(str(tmp_path / "logged" / "tb"))
+    events = EventAccumulator(str(tmp_path / "logged" / "tb" / "search"))  # the search's own run
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"val/acc", "train/loss", "wpl/penalty", "retained/mean_acc", "forgetting/max",
-            "retained/trial_0000"} <= tags
+    assert {"val/acc", "train/loss", "train/wpl_penalty", "retained/mean_acc", "forgetting/max",
+            "retained/earlier_mean_acc", "forgetting/this_trial"} <= tags
     assert [e.value for e in events.Scalars("val/acc")] == pytest.approx([t.value for t in study.get_trials()])
-    assert [e.step for e in events.Scalars("retained/trial_0000")] == [0, 1, 2]
+    member = EventAccumulator(str(tmp_path / "logged" / "tb" / "trials" / "trial_0000"))  # trial 0's own run
+    member.Reload()
+    assert [e.step for e in member.Scalars("retained/candidate_acc")] == [0, 1, 2]
     latest = study.user_attrs["latest_rescore"]["0"]
-    assert events.Scalars("retained/trial_0000")[-1].value == pytest.approx(latest)
-    assert {"forgetting/backward_transfer", "ranking/kendall_tau", "forgetting/hat_ratio"} <= tags
-    taus = events.Scalars("ranking/kendall_tau")  # τ needs two members, and is NaN (not logged) on ties
+    assert member.Scalars("retained/candidate_acc")[-1].value == pytest.approx(latest)
+    assert {"forgetting/backward_transfer", "stability/kendall_tau", "forgetting/hat_ratio"} <= tags
+    taus = events.Scalars("stability/kendall_tau")  # τ needs two members, and is NaN (not logged) on ties
     assert {e.step for e in taus} <= {1, 2} and all(-1.0 <= e.value <= 1.0 for e in taus)
-    images = events.Images("retention/matrix")
+    images = events.Images("forgetting/matrix")
     assert [e.step for e in images] == [0, 1, 2] and all(e.width > 100 for e in images)
-    assert [e.step for e in events.Images("cell/graph")] == [0, 1, 2]
-    assert "arch/text_summary" in events.Tags()["tensors"]
-    hparams = sorted(p.name for p in (tmp_path / "logged" / "tb").iterdir() if p.is_dir())
-    assert hparams == ["trial_0000", "trial_0001", "trial_0002"]  # one HPARAMS row (run) per trial
+    assert [e.step for e in events.Images("trial/cell")] == [0, 1, 2]
+    assert "trial/arch/text_summary" in events.Tags()["tensors"]
+    trials = sorted(p.name for p in (tmp_path / "logged" / "tb" / "trials").iterdir() if p.is_dir())
+    assert trials == ["trial_0000", "trial_0001", "trial_0002"]  # one HPARAMS row (run) per trial
 
     # The dashboard's view: each trial's cell as an artifact; the pool's re-scores as the study's note.
     from optuna_dashboard import get_note
@@ -238,3 +240,20 @@ def test_callbacks_attached_and_detached(make_objective, tmp_path):
     rows = list(csv.DictReader((tmp_path / "logged" / "retention.csv").open()))
     assert [r["trial"] for r in rows] == ["0", "1", "2"]
     assert float(rows[0]["after_2"]) == pytest.approx(latest) and rows[2]["after_0"] == ""
+
+
+def test_a_run_made_with_your_own_study_opens_with_every_command(make_objective, tmp_path):
+    """The README's own-Optuna-study recipe: no study name in the config, a study named as the
+    caller likes; the run folder records that name, so every reader finds the study."""
+    from click.testing import CliRunner
+
+    from wpl_nas.cli import cli
+
+    objective = make_objective("mine", epochs=1)
+    study = optuna.create_study(study_name="my own name", direction="maximize",
+                                storage=f"sqlite:///{objective.run_dir / 'study.db'}")
+    study.optimize(objective, n_trials=2, callbacks=[objective.retention_callback(), objective.anatomy_callback()])
+    for command in ("report", "anatomy", "select", "export"):
+        result = CliRunner().invoke(cli, [command, str(objective.run_dir)])
+        assert result.exit_code == 0, (command, result.output)
+    assert wpl_nas.load_run(objective.run_dir).study.study_name == "my own name"

@@ -140,11 +140,25 @@ def test_rank_against_a_benchmark_table(run_dir, tmp_path):
     table = truth_table(run_dir, tmp_path / "nb.csv")
     result = CliRunner().invoke(cli, ["rank", str(run_dir), "--ground-truth", str(table), "--archs", "4"])
     assert result.exit_code == 0, result.output
-    assert "| score at training | +1.000 | +1.000 | 1.00 |" in result.output  # a table has no seeds, no ceiling
+    # A table has no seeds, so no noise ceiling; the terminal gets plain text.
+    lines = [line.split() for line in result.output.splitlines()]
+    assert ["score", "at", "training", "+1.000", "+1.000", "1.00"] in lines
     assert "noise ceiling" not in result.output
     assert list(read_csv(run_dir)[0]) == ["trial", "arch", "at_training", "final", "ground_truth"]
     ranked = rank_run(run_dir, ground_truth=str(table), progress=False)
     assert ranked.ceiling is None and ranked.seeds == [] and all(r["truth_seeds"] == [] for r in ranked.rows)
+
+
+def test_rank_prints_plain_text_and_writes_markdown(run_dir, tmp_path):
+    table = truth_table(run_dir, tmp_path / "nb.csv")
+    result = CliRunner().invoke(cli, ["rank", str(run_dir), "--ground-truth", str(table)])
+    assert result.exit_code == 0, result.output
+    assert "\\" not in result.output and "`" not in result.output and "|---" not in result.output
+    rows = {line.split()[1]: line.split()[0] for line in result.output.splitlines()
+            if line.split() and line.split()[0].isdigit()}  # trial, architecture, scores
+    assert {arch: int(trial) for arch, trial in rows.items()} == distinct_archs(run_dir)  # raw strings, pipes and all
+    markdown = (run_dir / "rank" / "ranking.md").read_text()
+    assert markdown.count("`\\|") == len(rows) and "|---|" in markdown  # the file stays Markdown
 
 
 def test_the_default_compares_every_distinct_complete_architecture(run_dir, tmp_path):

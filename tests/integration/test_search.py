@@ -58,14 +58,16 @@ def test_cli_search_writes_study_tensorboard_and_checkpoint(base_args, tmp_path,
     assert study.user_attrs["pool"] == [0, 1, 2] and study.user_attrs["pool_after_trial"] == 2
     assert study.user_attrs["forgetting_max"] >= study.user_attrs["forgetting_mean"]
 
-    events = EventAccumulator(str(run_dir / "tb"))
+    events = EventAccumulator(str(run_dir / "tb" / "search"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/acc", "wpl/penalty", "retained/mean_acc", "forgetting/mean",
-            "forgetting/max", "retained/trial_0000"} <= tags
+    assert {"train/loss", "val/acc", "train/wpl_penalty", "retained/mean_acc", "forgetting/mean",
+            "forgetting/max"} <= tags
     assert [e.step for e in events.Scalars("val/acc")] == [0, 1, 2]
     assert [e.value for e in events.Scalars("val/acc")] == pytest.approx([t.value for t in trials])
-    assert [e.step for e in events.Scalars("retained/trial_0000")] == [0, 1, 2]
+    member = EventAccumulator(str(run_dir / "tb" / "trials" / "trial_0000"))
+    member.Reload()
+    assert [e.step for e in member.Scalars("retained/candidate_acc")] == [0, 1, 2]
 
 
 def search(tmp_path: Path, name: str, trials: int, tiny_space_file, data_dir, **kw) -> wpl_nas.SearchResult:

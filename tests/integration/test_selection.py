@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import search_tiny
+from conftest import hparams_table, search_tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import wpl_nas
@@ -43,29 +43,35 @@ def test_every_candidate_is_rescored_on_the_final_supernet_and_recorded(searched
     assert study.user_attrs["final_rescore"] == {str(r["trial"]): r["final"] for r in final.rows}
     best = final.best("final")
     assert study.user_attrs["final_best_trial"] == best["trial"]
-    assert str(searched.best_arch) == best["arch"] and searched.best_score == best["final"]
     assert all(best["final"] >= r["final"] for r in final.rows)
+    by_training = max(study.trials, key=lambda t: (t.value, -t.number))  # the default choice
+    assert str(searched.best_arch) == by_training.user_attrs["arch"] and searched.best_score == by_training.value
     assert len((run_dir / FINAL_CSV).read_text().splitlines()) == len(final.rows) + 1
     assert json.loads((run_dir / FINAL_JSON).read_text())["best_final_trial"] == best["trial"]
     assert "re-scored on the final supernet" in searched.summary()
     # TensorBoard: one final score at each candidate's trial number.
-    events = EventAccumulator(str(run_dir / "tb"))
+    events = EventAccumulator(str(run_dir / "tb" / "search"))
     events.Reload()
     logged = {e.step: e.value for e in events.Scalars("final/acc")}
     assert logged == pytest.approx({r["trial"]: r["final"] for r in final.rows})
     assert {"final/forgetting_mean", "final/stability_tau"} <= set(events.Tags()["scalars"])
+    # ... and in each candidate's HPARAMS row, its final score beside its score at training.
+    table = hparams_table(run_dir / "tb")
+    assert {r["trial"]: table[f"trials/trial_{r['trial']:04d}"]["final/candidate_acc"] for r in final.rows} \
+        == pytest.approx({r["trial"]: r["final"] for r in final.rows})
 
 
 @pytest.mark.slow
-def test_export_chooses_by_final_score_unless_told_by_training(searched):
+def test_export_chooses_by_score_at_training_unless_told_by_final(searched):
     run = wpl_nas.load_run(searched.run_dir)
     final = load_final(searched.run_dir)
     assert final is not None
     by_training = max(run.study.trials, key=lambda t: (t.value, -t.number))
-    assert choose_trial(run, None).number == final.best("final")["trial"]
-    assert choose_trial(run, None, by="training").number == by_training.number
-    result = CliRunner().invoke(cli, ["export", str(searched.run_dir), "--choose-by", "training"])
-    assert result.exit_code == 0 and f"trial {by_training.number}:" in result.output, result.output
+    by_final = final.best("final")["trial"]
+    assert choose_trial(run, None).number == by_training.number
+    assert choose_trial(run, None, by="final").number == by_final
+    result = CliRunner().invoke(cli, ["export", str(searched.run_dir), "--choose-by", "final"])
+    assert result.exit_code == 0 and f"trial {by_final}:" in result.output, result.output
     bad = CliRunner().invoke(cli, ["export", str(searched.run_dir), "--choose-by", "luck"])
     assert bad.exit_code == 2 and "final" in bad.output and "training" in bad.output
 

@@ -17,7 +17,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import wpl_nas
 from wpl_nas.cli import cli
@@ -336,19 +336,25 @@ def test_a_run_keeps_its_space_file_so_it_opens_from_any_folder_and_refuses_an_e
     project.mkdir()
     (project / "my.yaml").write_text(tiny_space_file.read_text())
     monkeypatch.chdir(project)
-    run = _search(Path("my.yaml"), data_dir, tmp_path / "runs", "rel", trials=2)  # a path relative to here
-    assert (run / "space.yaml").read_text() == tiny_space_file.read_text()
+
+    def search(space: str, trials: int) -> Result:  # with no study name: it comes from the space file's name
+        flags = _search_flags(Path(space), data_dir, tmp_path / "runs", "-", trials=trials)
+        at = flags.index("--study-name")
+        return CliRunner().invoke(cli, ["search", "--no-progress", *flags[:at], *flags[at + 2:]])
+
+    assert search("my.yaml", 2).exit_code == 0  # a path relative to here
+    run = tmp_path / "runs" / "my-wpl"
+    assert (run / "space" / "my.yaml").read_text() == tiny_space_file.read_text()
 
     monkeypatch.chdir(tmp_path)  # where "my.yaml" names nothing
     for command in (["report", str(run)], ["export", str(run)], ["select", str(run)]):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 0, (command, result.output)
-    _search(Path("project/my.yaml"), data_dir, tmp_path / "runs", "rel", trials=3)  # the same file: resumes
+    assert search("project/my.yaml", 3).exit_code == 0  # the same file by another path: resumes
 
     (project / "my.yaml").write_text(tiny_space_file.read_text().replace("channels: 16", "channels: 24"))
     before = _digest(run)
-    result = CliRunner().invoke(cli, ["search", "--no-progress", *_search_flags(
-        Path("project/my.yaml"), data_dir, tmp_path / "runs", "rel", trials=4)])
+    result = search("project/my.yaml", 4)
     assert result.exit_code == 2 and "space" in result.output and "Traceback" not in result.output
     assert _digest(run) == before
 

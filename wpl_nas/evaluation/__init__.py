@@ -2,9 +2,8 @@
 
 from wpl_nas.evaluation.metrics import MEASURES, retention_measures
 from wpl_nas.evaluation.ranking import kendall_tau, spearman_rho, top_k_overlap
-from wpl_nas.evaluation.retention import PoolEntry, RetainedPool
+from wpl_nas.evaluation.retention import STEP_MEASURES, PoolChanges, PoolEntry, RetainedPool
 from wpl_nas.evaluation.scoring import METRICS, Metric, accuracy, perplexity
 
-__all__ = ["MEASURES", "METRICS", "Metric", "PoolEntry", "RetainedPool", "accuracy", "kendall_tau", "perplexity",
-           "retention_measures",
-           "spearman_rho", "top_k_overlap"]
+__all__ = ["MEASURES", "METRICS", "STEP_MEASURES", "Metric", "PoolChanges", "PoolEntry", "RetainedPool", "accuracy",
+           "kendall_tau", "perplexity", "retention_measures", "spearman_rho", "top_k_overlap"]

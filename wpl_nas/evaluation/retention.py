@@ -6,18 +6,38 @@ evaluation set after the most recent trial; its *forgetting* is A_k^k − A_k^no
 are defined in :mod:`wpl_nas.evaluation.metrics`). For a score where lower is better
 (perplexity) the pool is built with ``higher_is_better=False``: forgetting is then
 A_k^now − A_k^k, still positive when a candidate got worse, and "best" means lowest.
+
+Joining is not forgetting: after trial n the pool's mean retained score also moves because a
+candidate *joined* (a chance-level newcomer pulls it down though nothing was forgotten) or left.
+:meth:`RetainedPool.changes` therefore separates the *earlier members* (in the pool after the
+previous re-score and still in it) from those that joined or left, and
+:meth:`RetainedPool.step_measures` measures the earlier members alone (:data:`STEP_MEASURES`).
+
+One entry per architecture: a candidate whose architecture string is already in the pool
+*replaces* that entry as the pool's member (it has just been trained again on the shared weights,
+so the old entry's score at training no longer describes what the supernet holds; re-scoring
+both would count one architecture twice). The replaced entry keeps its row of the retention
+matrix, is no longer re-scored, and names its successor (:meth:`RetainedPool.replaced_by`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from wpl_nas.evaluation.metrics import retention_measures
 
-__all__ = ["PoolEntry", "RetainedPool"]
+__all__ = ["STEP_MEASURES", "PoolChanges", "PoolEntry", "RetainedPool"]
+
+#: The keys of :meth:`RetainedPool.step_measures`: measures over the earlier members only.
+STEP_MEASURES = ("earlier_retained_mean", "earlier_forgetting_mean", "forgetting_this_trial")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 @dataclass
@@ -46,8 +66,31 @@ class PoolEntry:
         return drop if self.higher_is_better else -drop
 
 
+@dataclass(frozen=True)
+class PoolChanges:
+    """How the pool changed at one re-score (:meth:`RetainedPool.changes`).
+
+    Attributes:
+        after_trial: The trial after which the pool was re-scored.
+        previous: The trial of the re-score before it (None for the first).
+        earlier: Members now that were members at the previous re-score too (their change is
+            forgetting, or backward transfer).
+        joined: Members now that were not members then (the new candidate, or a candidate that
+            replaced an entry of the same architecture).
+        left: Members then that are members no longer (pushed out, or replaced).
+    """
+
+    after_trial: int
+    previous: int | None
+    earlier: list[int]
+    joined: list[int]
+    left: list[int]
+
+
 class RetainedPool:
-    """A bounded pool: the ``best`` highest-scoring candidates plus the ``recent`` latest ones.
+    """A bounded pool: the ``best`` highest-scoring candidates plus the ``recent`` latest ones,
+    one per architecture (the latest entry of an architecture replaces the earlier ones; see the
+    module docstring).
 
     Call order after each trial: :meth:`add` the new candidate, then :meth:`record` the
     re-scores of :meth:`members`. Entries that leave the pool keep their history (the
@@ -70,12 +113,52 @@ class RetainedPool:
     def add(self, trial: int, arch: str, score: float) -> None:
         self.entries[trial] = PoolEntry(trial, arch, score, higher_is_better=self.higher_is_better)
 
+    def replaced_by(self) -> dict[int, int]:
+        """``{trial: later trial}`` for each entry whose architecture a later entry trained again
+        (the latest entry of an architecture stands for it)."""
+        latest: dict[str, int] = {}
+        for trial in sorted(self.entries):
+            latest[self.entries[trial].arch] = trial
+        return {t: latest[e.arch] for t, e in self.entries.items() if latest[e.arch] != t}
+
     def members(self) -> list[int]:
-        """Trial numbers currently in the pool, in trial order."""
+        """Trial numbers currently in the pool, in trial order: among the latest entry of each
+        architecture, the ``best`` by score at training and the ``recent`` latest."""
         sign = -1.0 if self.higher_is_better else 1.0
-        by_score = sorted(self.entries.values(), key=lambda e: (sign * e.score, e.trial))[: self.best]
-        latest = sorted(self.entries)[-self.recent:] if self.recent else []
+        replaced = self.replaced_by()
+        current = [e for t, e in self.entries.items() if t not in replaced]
+        by_score = sorted(current, key=lambda e: (sign * e.score, e.trial))[: self.best]
+        latest = sorted(e.trial for e in current)[-self.recent:] if self.recent else []
         return sorted({e.trial for e in by_score} | set(latest))
+
+    def changes(self, after_trial: int) -> PoolChanges:
+        """Who joined, left and stayed at the re-score after ``after_trial`` (recorded with
+        :meth:`record`), compared with the re-score before it. Pure function of the entries, so it
+        gives the same answer when the after-trial work is redone on resume."""
+        previous = max((j for e in self.entries.values() for j in e.rescores if j < after_trial), default=None)
+        now = self.members()
+        before = [] if previous is None else [t for t, e in sorted(self.entries.items()) if previous in e.rescores]
+        return PoolChanges(after_trial, previous, earlier=[t for t in now if t in before],
+                           joined=[t for t in now if t not in before], left=[t for t in before if t not in now])
+
+    def step_measures(self, after_trial: int) -> dict[str, float]:
+        """Every entry of :data:`STEP_MEASURES` at the re-score after ``after_trial``, over the
+        earlier members only (NaN when there are none), so that a candidate joining or leaving
+        does not move them:
+
+        * ``earlier_retained_mean``: their mean latest re-score;
+        * ``earlier_forgetting_mean``: their mean forgetting (score at training − latest);
+        * ``forgetting_this_trial``: their mean drop from the previous re-score to this one: the
+          forgetting that training this trial's candidate caused (negative: it helped them).
+        """
+        changes = self.changes(after_trial)
+        earlier = [self.entries[t] for t in changes.earlier]
+        sign = 1.0 if self.higher_is_better else -1.0
+        steps = [sign * (e.rescores[changes.previous] - e.rescores[after_trial]) for e in earlier
+                 if changes.previous in e.rescores and after_trial in e.rescores]
+        return {"earlier_retained_mean": _mean([e.latest for e in earlier]),
+                "earlier_forgetting_mean": _mean([e.forgetting for e in earlier]),
+                "forgetting_this_trial": _mean(steps)}
 
     def record(self, after_trial: int, scores: dict[int, float]) -> None:
         for trial, score in scores.items():
@@ -92,10 +175,20 @@ class RetainedPool:
         return {t: dict(e.rescores) for t, e in self.entries.items()}
 
     def to_json(self, *, after_trial: int | None = None, chance: float | None = None) -> dict[str, Any]:
-        """The pool as plain data: its members, its summary and every candidate's row."""
-        return {"after_trial": after_trial, "members": self.members(), "summary": self.summary(chance=chance),
+        """The pool as plain data: its members, its summary (with :meth:`step_measures` when
+        ``after_trial`` is given), who joined and left, and every candidate's row."""
+        summary = self.summary(chance=chance)
+        out: dict[str, Any] = {"after_trial": after_trial, "members": self.members(),
+                               "higher_is_better": self.higher_is_better}
+        if after_trial is not None:
+            changes = self.changes(after_trial)
+            summary |= self.step_measures(after_trial)
+            out |= {"earlier": changes.earlier, "joined": changes.joined, "left": changes.left}
+        replaced = self.replaced_by()
+        return {**out, "summary": summary,
                 "candidates": [{"trial": e.trial, "arch": e.arch, "score_at_training": e.score, "latest": e.latest,
-                                "forgetting": e.forgetting, "rescores": {str(j): v for j, v in e.rescores.items()}}
+                                "forgetting": e.forgetting, "replaced_by": replaced.get(e.trial),
+                                "rescores": {str(j): v for j, v in e.rescores.items()}}
                                for e in self.entries.values()]}
 
     def to_csv(self) -> str:

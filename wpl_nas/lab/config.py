@@ -23,6 +23,7 @@ import yaml
 from wpl_nas.config import coerce_field, read_yaml_mapping
 from wpl_nas.errors import ConfigError
 from wpl_nas.strategy_options import STRATEGY_SECTIONS, opt
+from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 
 __all__ = ["LabConfig", "load_lab_config", "parse_floats", "parse_ints"]
 
@@ -90,11 +91,10 @@ class LabConfig:
     name: str | None = opt(None, "Run folder name under --runs-dir [default: <scenario>-<dataset>].")
     runs_dir: str = opt("runs", "Parent folder of run folders.")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.")
-    # One thread by default: the lab's models are small, so extra threads gain little, and on a busy
-    # 2-core machine two threads waiting on each other made the default run ~9x slower (measured).
-    threads: int = opt(
-        1, "CPU threads for PyTorch (0: its default, one per core). The lab's models are small: more threads "
-        "gain little and, on a machine shared with other busy processes, wait on each other.")
+    # One thread by default, as every command (wpl_nas.threads): the lab's models are small, so extra
+    # threads gain little, and on a busy 2-core machine two threads waiting on each other made the
+    # default run ~9x slower (measured).
+    threads: int = opt(DEFAULT_THREADS, THREADS_HELP)
     sections: dict[str, Any] = field(default_factory=_default_sections)
 
     #: Fields that take comma-separated lists (YAML may also give a list or a single number).

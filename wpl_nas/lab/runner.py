@@ -41,6 +41,7 @@ from wpl_nas.lab.scenarios import SCENARIOS, Model, Plan, Scenario
 from wpl_nas.spaces import load_space
 from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy, resolve_strategy
 from wpl_nas.supernet import Supernet
+from wpl_nas.threads import use_threads
 from wpl_nas.training import CandidateTrainer
 
 __all__ = ["LabResult", "resolve_strategies", "run_lab", "strategy_bytes"]
@@ -144,8 +145,7 @@ class _Lab:
             load_space(config.space)  # a wrong name fails before a (possibly slow) data load
         self.device = resolve_device(config.device)
         _check_run_dir(config.run_dir)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        use_threads(config.threads)
         self.data: DataBundle = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                                              val_fraction=config.val_fraction, seed=config.seed)
         self.config = self.scenario.resolve(config.replace(strategies=",".join(self.strategies)), self.data)

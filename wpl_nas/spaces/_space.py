@@ -312,11 +312,11 @@ def same_space(a: str | Path, b: str | Path) -> bool:
     another folder). A file that cannot be read is the same as nothing else."""
     if str(a) == str(b):
         return True
-    files = space_file(a), space_file(b)
-    if files[0] is None or files[1] is None:
+    first, second = space_file(a), space_file(b)
+    if first is None or second is None:
         return False
     try:
-        texts = [yaml.safe_load(f.read_text(encoding="utf-8")) for f in files]
+        texts = [yaml.safe_load(f.read_text(encoding="utf-8")) for f in (first, second)]
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return texts[0] is not None and texts[0] == texts[1]

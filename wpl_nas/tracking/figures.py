@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import textwrap
 from collections.abc import Mapping
 
@@ -13,38 +14,78 @@ from matplotlib.figure import Figure
 
 from wpl_nas.spaces import Architecture, SearchSpace
 
-__all__ = ["cell_figure", "png_bytes", "retention_heatmap", "space_figure"]
+__all__ = ["ARTIFACT_DPI", "cell_figure", "cell_png", "forgetting_grid", "forgetting_heatmap", "png_bytes",
+           "space_figure"]
 
 
-def retention_heatmap(matrix: Mapping[int, Mapping[int, float]], *, title: str = "retention") -> Figure:
-    """The retention matrix as a heatmap: a row per candidate, a column per trial after which the
-    pool was re-scored, the score as colour (blank where the candidate was not scored).
+def forgetting_grid(matrix: Mapping[int, Mapping[int, float]], at_training: Mapping[int, float], *,
+                    higher_is_better: bool = True) -> tuple[list[int], list[int], np.ndarray]:
+    """The forgetting of each candidate at each re-score: rows (candidate trials), columns (the
+    trials after which the pool was re-scored) and the grid, NaN where a candidate was not scored.
+
+    Forgetting is the score at training minus the re-score (the re-score minus the score at
+    training when lower is better), so it is positive when a candidate got worse."""
+    rows = sorted(matrix)
+    cols = sorted({j for scores in matrix.values() for j in scores})
+    sign = 1.0 if higher_is_better else -1.0
+    grid = np.full((len(rows), len(cols)), np.nan)  # (candidates, re-scores)
+    for r, trial in enumerate(rows):
+        for c, after in enumerate(cols):
+            if after in matrix[trial] and trial in at_training:
+                grid[r, c] = sign * (at_training[trial] - matrix[trial][after])
+    return rows, cols, grid
+
+
+def forgetting_heatmap(matrix: Mapping[int, Mapping[int, float]], at_training: Mapping[int, float], *,
+                       higher_is_better: bool = True, metric: str = "accuracy",
+                       title: str = "forgetting") -> Figure:
+    """The forgetting matrix as a heatmap: a row per candidate, a column per trial after which the
+    pool was re-scored, the forgetting (:func:`forgetting_grid`) as colour on a diverging scale
+    centred on zero: red where the candidate got worse than at its training, blue where it got
+    better, white where it is as trained, hatched where it was not scored (before its training,
+    after it left the pool); each value printed in its cell while they fit. The scale is symmetric
+    (at least ±1% of the scores, so that re-scoring noise does not look saturated), so equal
+    colours mean equal changes either way, and the colour bar says which way is forgetting.
 
     Args:
         matrix: ``{candidate trial: {after trial: score}}`` (:meth:`RetainedPool.matrix`).
+        at_training: ``{candidate trial: score at training}``.
+        higher_is_better: False for scores where lower is better (perplexity).
+        metric: The score's name, for the colour bar's label.
         title: The figure's title.
     """
-    rows = sorted(matrix)
-    cols = sorted({j for scores in matrix.values() for j in scores})
-    grid = np.full((max(len(rows), 1), max(len(cols), 1)), np.nan)
-    for r, trial in enumerate(rows):
-        for c, after in enumerate(cols):
-            if after in matrix[trial]:
-                grid[r, c] = matrix[trial][after]
-    fig = Figure(figsize=(min(2.0 + 0.25 * len(cols), 14.0), min(1.5 + 0.22 * len(rows), 12.0)),
-                 layout="constrained")
+    rows, cols, grid = forgetting_grid(matrix, at_training, higher_is_better=higher_is_better)
+    shown = grid if grid.size else np.full((1, 1), np.nan)
+    finite = np.abs(shown[np.isfinite(shown)])
+    scale = max((abs(v) for v in at_training.values()), default=1.0)
+    limit = max(float(finite.max()) if finite.size else 0.0, 0.01 * scale, 1e-6)
+    big = len(cols) > 14 or len(rows) > 24  # too many cells to print each value in
+    fig = Figure(figsize=(min(3.2 + (0.25 if big else 0.5) * len(cols), 14.0),
+                          min(1.8 + (0.22 if big else 0.32) * len(rows), 12.0)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0,
-                      vmax=float(np.nanmax(grid)) if np.isfinite(grid).any() else 1.0)
-    ax.set_xlabel("after trial")
+    image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    # Cells never scored are hatched, so that they do not read as white (no change).
+    ax.patch.set(facecolor="white", edgecolor="#bbbbbb", hatch="///", linewidth=0.0)
+    if not big:
+        for (r, c), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                text = f"{value:+.2f}" if limit < 10 else f"{value:+.0f}"
+                ax.text(c, r, "0" if text[1:].strip("0.") == "" else text, ha="center", va="center",
+                        fontsize=7, color="white" if abs(value) > 0.6 * limit else "black")
+    ax.set_xlabel("re-scored after trial")
     ax.set_ylabel("candidate (trial)")
     step = max(1, len(cols) // 12)
     ax.set_xticks(range(0, len(cols), step), [str(c) for c in cols[::step]])
     step = max(1, len(rows) // 16)
     ax.set_yticks(range(0, len(rows), step), [str(r) for r in rows[::step]])
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="score")
+    what = "score at training − re-score" if higher_is_better else "re-score − score at training"
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(f"forgetting = {what} ({metric})", fontsize=8)
+    # Which way is which, at the ends of the bar.
+    bar.ax.set_title("forgot\n(worse than\nat training)", fontsize=7, color="#b2182b")
+    bar.ax.set_xlabel("improved\n(better than\nat training)", fontsize=7, color="#2166ac")
     return fig
 
 
@@ -57,9 +98,21 @@ def _rad(span: float) -> float:
     return min(0.25 + 0.1 * span, 0.6)
 
 
-def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
+def _wrap(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width`` characters, broken after the separators of
+    architecture strings (``;`` and NAS-Bench-201's ``+``) rather than inside an op name."""
+    lines = [""]
+    for piece in re.split(r"(?<=[;+])\s*", text):
+        if lines[-1] and len(lines[-1]) + len(piece) + 1 > width:
+            lines.append("")
+        lines[-1] += (" " if lines[-1] and lines[-1].endswith(";") else "") + piece
+    return "\n".join(line for part in lines for line in (textwrap.wrap(part, width) or [""]))
+
+
+def _dag_figure(graph: nx.DiGraph, title: str, *, fontsize: float = 7.0) -> Figure:
     """Draw a :meth:`SearchSpace.dag` graph: nodes at their ``pos``, one arrow per edge (arcs for
-    edges between nodes of one row that skip nodes), ``label`` on live edges, the others faint."""
+    edges between nodes of one row that skip nodes), ``label`` on live edges, the others faint;
+    edge labels and the title in ``fontsize`` points, node labels a little larger."""
     pos = {n: graph.nodes[n]["pos"] for n in graph.nodes}
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
@@ -80,31 +133,45 @@ def _dag_figure(graph: nx.DiGraph, title: str) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.set_axis_off()
-    nx.draw_networkx_nodes(graph, pos, ax=ax, node_color="#dde8f5", edgecolors="#4a6fa5", node_size=450)
+    short = all(len(graph.nodes[n]["label"]) < 4 for n in graph.nodes)
+    node_size = 450 * (fontsize / 7.0) ** 2  # in points²: nodes grow with their labels
+    nx.draw_networkx_nodes(graph, pos, ax=ax, node_color="#dde8f5", edgecolors="#4a6fa5", node_size=node_size)
     nx.draw_networkx_labels(graph, pos, labels={n: graph.nodes[n]["label"] for n in graph.nodes}, ax=ax,
-                            font_size=9 if all(len(graph.nodes[n]["label"]) < 4 for n in graph.nodes) else 6)
+                            font_size=fontsize * (9 / 7 if short else 6 / 7))
     for s, d, attrs in graph.edges(data=True):
         # Edges that skip nodes arc above the row, longer ones higher, so they do not overlap.
         style = f"arc3,rad={-_rad(span(s, d)) if span(s, d) > 1 else 0.0}"
         on = bool(attrs.get("live", True))
-        nx.draw_networkx_edges(graph, pos, edgelist=[(s, d)], ax=ax, node_size=450, connectionstyle=style,
+        nx.draw_networkx_edges(graph, pos, edgelist=[(s, d)], ax=ax, node_size=node_size, connectionstyle=style,
                                edge_color="#333333" if on else "#cccccc", style="solid" if on else "dotted",
                                width=1.5 if on else 1.0, arrows=True)
         if on and attrs.get("label"):
-            nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): attrs["label"]}, ax=ax, font_size=7,
+            nx.draw_networkx_edge_labels(graph, pos, edge_labels={(s, d): attrs["label"]}, ax=ax, font_size=fontsize,
                                          connectionstyle=style, bbox={"color": "white", "alpha": 0.8, "pad": 0.5})
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
     ax.set_aspect(_ASPECT)
     # Long architecture strings wrap at their separators rather than run off the figure.
-    per_line = max(40, int(16 * (scale * (right - left) + 0.4)))
-    ax.set_title("\n".join(textwrap.wrap(title.replace(";", "; "), per_line)), fontsize=7)
+    per_line = max(40, int(16 * 7.0 / fontsize * (scale * (right - left) + 0.4)))
+    ax.set_title(_wrap(title, per_line), fontsize=fontsize)
     return fig
 
 
-def cell_figure(space: SearchSpace, arch: Architecture) -> Figure:
+#: Resolution of the cell images attached to trials (optuna-dashboard shows them at this size).
+ARTIFACT_DPI = 150
+#: Font size (points) of the cell figures: at ARTIFACT_DPI an edge label is about 20 pixels tall.
+CELL_FONTSIZE = 10.0
+
+
+def cell_figure(space: SearchSpace, arch: Architecture, *, fontsize: float = CELL_FONTSIZE) -> Figure:
     """The network of ``arch`` (for a cell space: its cell, each live edge labelled with its op)."""
-    return _dag_figure(space.dag(arch), str(arch))
+    return _dag_figure(space.dag(arch), str(arch), fontsize=fontsize)
+
+
+def cell_png(space: SearchSpace, arch: Architecture) -> bytes:
+    """:func:`cell_figure` as the PNG attached to a trial: :data:`ARTIFACT_DPI`, so that its labels
+    read at the size the image is shown (optuna-dashboard's trial note, or the image opened alone)."""
+    return png_bytes(cell_figure(space, arch), dpi=ARTIFACT_DPI)
 
 
 def space_figure(space: SearchSpace) -> Figure:
