@@ -61,6 +61,8 @@ except ImportError:  # run from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import wpl_nas
 
+from _machine import cpu_name
+
 from wpl_nas import Architecture, SearchConfig, Supernet, load_space
 from wpl_nas.lab.scenarios import default_arch
 
@@ -267,14 +269,7 @@ def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
 
 def machine(device: torch.device) -> dict[str, Any]:
     """What the figures depend on besides the code: versions, CPU, threads, load (for the report header)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     if device.type == "cuda":
         cpu += f"; {torch.cuda.get_device_name(device)}"
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,

@@ -50,6 +50,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_name
+
 #: The tests' tiny 1-D cell space: a trial takes about a second on one thread.
 SPACE = Path(__file__).resolve().parent / "spaces" / "tiny1d.yaml"
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,14 +77,7 @@ def load_average() -> list[float] | None:
 
 def machine() -> dict[str, Any]:
     """What the figures depend on besides the code (without importing torch into this process)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = {}
     for package in ("torch", "wpl-nas"):
         try:
