@@ -365,3 +365,14 @@ def test_train_samples_keeps_the_first_n_of_the_training_split_only(data_dir):
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="train_samples"):
         load_dataset("mnist1d", data_dir=data_dir, train_samples=-1)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_download_that_cannot_reach_the_network_is_one_clear_error(name, tmp_path, monkeypatch):
+    """torchvision's real download code, sent through a proxy that refuses every connection."""
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")  # the discard port: nothing listens
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigError, match=f"could not download dataset '{name}'.*without --download"):
+        load_dataset(name, data_dir=tmp_path / "data", download=True)

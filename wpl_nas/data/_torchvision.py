@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from wpl_nas.data._bundle import DATASETS, DataBundle, make_bundle
-from wpl_nas.errors import ConfigError
+from wpl_nas.errors import ConfigError, reason
 
 __all__ = ["load_torchvision_dataset"]
 
@@ -65,8 +65,13 @@ def load_torchvision_dataset(
     for train in (True, False):
         try:
             dataset = dataset_class(root=str(data_dir), train=train, download=download)
-        except RuntimeError as error:
-            if download:  # A failed download: torchvision's own message is the useful one.
+        except (RuntimeError, OSError) as error:  # urllib's URLError is an OSError
+            if download:
+                raise ConfigError(
+                    f"could not download dataset {name!r} into '{data_dir}' ({reason(error, limit=200)}); "
+                    "check the network, or download its files on another machine and copy them into that "
+                    "directory, then run without --download") from None
+            if not isinstance(error, RuntimeError):
                 raise
             raise ConfigError(
                 f"dataset {name!r} not found (or corrupted) in data directory '{data_dir}'; "
