@@ -31,6 +31,7 @@ from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, 
 from wpl_nas.evaluation.scoring import Metric
 from wpl_nas.fidelity import RANK_DIR, RANKING_CSV, RANKING_MD
 from wpl_nas.objective import SupernetObjective
+from wpl_nas.selection import best_at_training
 from wpl_nas.spaces import Architecture
 from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import load_checkpoint, read_json, write_text_atomically
@@ -278,7 +279,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     metric = "accuracy" if higher_is_better else "perplexity"
     _forgetting_figure(figures[1], pool, higher_is_better=higher_is_better, metric=metric)
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    best = max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
+    best = best_at_training(run.study)  # the study's direction: perplexity is minimised
     summary = pool["summary"]
     measures = "\n".join(f"| {k} | {v:+.4f} |" for k, v in summary.items() if v is not None and v == v)
     parts = [f"# wpl-nas report: {run.study.study_name}", "",

@@ -33,7 +33,7 @@ from wpl_nas.objective import (
     saved_config,
     saved_study_name,
 )
-from wpl_nas.selection import FinalScores, latest_finished, load_final, rescore_final
+from wpl_nas.selection import FinalScores, best_at_training, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub
 from wpl_nas.study import PRUNERS, create_pruner, create_sampler
@@ -334,15 +334,12 @@ class _Search:
         self.objective.close()
 
     def result(self) -> SearchResult:
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        quality = self.objective.trainer.metric.quality
         best_arch, best_score = None, float("nan")
         by = self.config.choose_by if self.final is not None else "training"
         if self.final is not None and by == "final":
             row = self.final.best("final")
             best_arch, best_score = Architecture.parse(row["arch"]), float(row["final"])
-        elif complete:
-            best = max(complete, key=lambda t: (quality(t.values[0]), -t.number))
+        elif (best := best_at_training(self.study)) is not None:
             best_arch, best_score = Architecture.parse(best.user_attrs["arch"]), float(best.values[0])
         return SearchResult(
             study=self.study,

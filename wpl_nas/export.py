@@ -47,7 +47,7 @@ from wpl_nas.api import Run, load_run
 from wpl_nas.config import CHOOSE_BY
 from wpl_nas.errors import ConfigError
 from wpl_nas.objective import SupernetObjective
-from wpl_nas.selection import current_final
+from wpl_nas.selection import best_at_training, current_final
 from wpl_nas.spaces import Architecture
 from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import save_checkpoint, write_text_atomically
@@ -178,13 +178,13 @@ def choose_trial(run: Run, trial: int | None, *, by: str | None = None) -> optun
     if by not in CHOOSE_BY:
         raise ConfigError(f"unknown choose_by {by!r}; valid choices: {', '.join(CHOOSE_BY)}")
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
+    best = best_at_training(run.study)
+    if best is None:
         raise ConfigError(f"run {run.run_dir} has no complete trial to export")
     if trial is None and by == "final":
         trial = current_final(run.run_dir, run.study).best("final")["trial"]
-    elif trial is None:  # the best by the first objective (perplexity is minimised)
-        sign = 1.0 if run.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        return max(complete, key=lambda t: (sign * t.values[0], -t.number))
+    elif trial is None:
+        return best
     for t in complete:
         if t.number == trial:
             return t

@@ -38,8 +38,8 @@ from wpl_nas.spaces import Architecture
 from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import read_json, write_text_atomically
 
-__all__ = ["CHOOSE_BY", "FINAL_CSV", "FINAL_JSON", "FinalScores", "current_final", "latest_finished", "load_final",
-           "rescore_final", "select_run"]
+__all__ = ["CHOOSE_BY", "FINAL_CSV", "FINAL_JSON", "FinalScores", "best_at_training", "current_final",
+           "latest_finished", "load_final", "rescore_final", "select_run"]
 
 FINAL_JSON = "final.json"
 FINAL_CSV = "final.csv"
@@ -99,6 +99,14 @@ class FinalScores:
         study.set_user_attr("final_best_trial", self.best("final")["trial"])
         for key, value in self.measures().items():
             study.set_user_attr(f"final_{key}", value if math.isfinite(value) else None)
+
+
+def best_at_training(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The complete trial with the best score at training (its first objective, in the study's
+    direction: perplexity is minimised); ties: the earlier trial. None if no trial is complete."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    return max(complete, key=lambda t: (sign * t.values[0], -t.number), default=None)
 
 
 def latest_finished(study: optuna.Study) -> int | None:

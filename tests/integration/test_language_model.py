@@ -127,6 +127,17 @@ def test_export_and_retrain_report_perplexity(search):
     assert saved["test_perplexity"] == result.test_score and saved["recipe"]["grad_clip"] == 0.25
 
 
+def test_the_report_names_the_lowest_perplexity_as_best(search):
+    from wpl_nas.analysis import report_run
+
+    best = search.study.best_trial  # Optuna's, in the study's direction
+    worst = max(search.study.trials, key=lambda t: t.value)
+    assert best.number != worst.number
+    text = report_run(search.run_dir).path.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("**Best architecture**"))
+    assert best.user_attrs["arch"] in line and f"{best.value:.4f}" in line
+
+
 def search_net(search: wpl_nas.SearchResult, arch: wpl_nas.Architecture) -> torch.nn.Module:
     """The run's stand-alone network of ``arch`` with the supernet's final weights, in eval mode."""
     objective = wpl_nas.SupernetObjective(wpl_nas.load_run(search.run_dir).config, run_dir=search.run_dir)
