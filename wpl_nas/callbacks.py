@@ -260,8 +260,8 @@ def final_note(study: optuna.Study, final: FinalScores, *, shown: int = 20) -> N
     rows = [f"| {r['trial']} | {code_cell(r['arch'])} | {r['final']:.4f} | {r['at_training']:.4f} "
             f"| {r['forgetting']:+.4f} |" for r in ranked[:shown]]
     _save_note(study, "\n".join([
-        f"## Final selection after trial {final.after_trial}", "",
-        f"{len(final.rows)} candidates re-scored on the final supernet; chosen: trial {ranked[0]['trial']}. "
+        f"## Final re-scoring after trial {final.after_trial}", "",
+        f"{len(final.rows)} candidates re-scored on the final supernet; the best there: trial {ranked[0]['trial']}. "
         f"Forgetting over all of them: mean {m['forgetting_mean']:+.4f}, max {m['forgetting_max']:+.4f}; "
         f"rank stability (Kendall τ, training vs final) {m['stability_tau']:+.3f}.", "",
         "| trial | architecture | final score | score at training | forgetting |", "|---:|---|---:|---:|---:|",
@@ -505,7 +505,7 @@ class TensorBoardCallback:
             if value == value:
                 self.writer.add_scalar(f"final/{key}", value, final.after_trial)
         best = final.best("final")
-        self.writer.add_text("final/chosen", f"trial {best['trial']}: `{best['arch']}` ({best['final']:.4f} on the "
+        self.writer.add_text("final/best", f"trial {best['trial']}: `{best['arch']}` ({best['final']:.4f} on the "
                              "final supernet)", final.after_trial)
         self._settle(())
 

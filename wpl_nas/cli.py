@@ -527,18 +527,21 @@ def _trial_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--show", default=10, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
 @_threads_option
 def select_command(run_dir: str, top_k: int | None, show: int) -> None:
-    """Re-score every candidate on the run's final supernet and choose by it.
+    """Re-score every candidate on the run's final supernet.
 
-    Weight-sharing NAS chooses its architecture by scoring the candidates on the final supernet,
-    where all are judged by the same weights; a search does this when it ends, and this command
-    does it again (e.g. after extending a study in your own script). Writes RUN_DIR/final.json and
-    final.csv and the study's user attributes; `export` and `retrain` take the chosen trial.
+    Weight-sharing NAS often chooses its architecture by scoring the candidates on the final
+    supernet, where all are judged by the same weights; a search does this when it ends, and this
+    command does it again (e.g. after extending a study in your own script). Writes
+    RUN_DIR/final.json and final.csv and the study's user attributes; `export` and `retrain` take
+    the best of them when the run chooses by its final score (`--choose-by final`).
     """
+    from wpl_nas.api import load_run
     from wpl_nas.evaluation import METRICS
-    from wpl_nas.selection import select_run
+    from wpl_nas.selection import best_at_training, select_run
 
     with _usage_errors():
         final = select_run(run_dir, top_k=top_k)
+        run = load_run(run_dir)
     quality = METRICS.get(final.metric).quality
     ranked = sorted(final.rows, key=lambda r: (-quality(r["final"]), r["trial"]))
     m = final.measures()
@@ -548,7 +551,13 @@ def select_command(run_dir: str, top_k: int | None, show: int) -> None:
     click.echo(f"{'trial':>6}  {'final':>8}  {'training':>8}  architecture")
     for r in ranked[:show]:
         click.echo(f"{r['trial']:>6}  {r['final']:>8.4f}  {r['at_training']:>8.4f}  {r['arch']}")
-    click.echo(f"chosen: trial {ranked[0]['trial']} (written to {Path(run_dir) / 'final.json'})")
+    best, written = ranked[0]["trial"], Path(run_dir) / "final.json"
+    by_training = best_at_training(run.study)
+    if run.config.choose_by == "final" or by_training is None:
+        click.echo(f"chosen: trial {best} (the run chooses by the final score; written to {written})")
+    else:
+        click.echo(f"best on the final supernet: trial {best} (written to {written}); the run chooses by the score "
+                   f"at training: trial {by_training.number}. `export --choose-by final` takes trial {best}")
 
 
 @cli.command("export")

@@ -104,7 +104,7 @@ def test_dashboard_shows_architecture_and_final_scores_in_a_browser(tiny_space_f
         assert image.width >= 800  # served by the dashboard, at a readable size
         note = page_text(chromium, f"{base}/note", tmp_path / "profile")
         # at the end of the search the note is the final selection: every candidate re-scored
-        assert "Final selection after trial 2" in note and f"chosen: trial {chosen}" in note
+        assert "Final re-scoring after trial 2" in note and f"the best there: trial {chosen}" in note
         assert f"{final:.4f}" in note  # trial 0's score on the final supernet, rendered in the study's note
     finally:
         server.terminate()

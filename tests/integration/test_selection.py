@@ -86,6 +86,10 @@ def test_select_rescores_the_top_k_and_a_longer_search_takes_them_again(searched
     assert final is not None and len(final.rows) == 2
     training = sorted((t.value for t in searched.study.trials), reverse=True)
     assert sorted((r["at_training"] for r in final.rows), reverse=True) == training[:2]
+    # The run chooses by the score at training (the default): select says so rather than "chosen".
+    by_training = max(searched.study.trials, key=lambda t: (t.value, -t.number)).number
+    assert f"the run chooses by the score at training: trial {by_training}" in result.output
+    assert f"best on the final supernet: trial {final.best('final')['trial']}" in result.output
     assert CliRunner().invoke(cli, ["select", str(run_dir), "--top-k", "-1"]).exit_code == 2
     # Extending the study moves the supernet: the search ends by re-scoring everything again.
     longer = search_tiny(tiny_space_file, data_dir, tmp_path, trials=6, eval_samples=200, sampler="random",
