@@ -81,6 +81,7 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step.py, next to this file
 
+from _common import mean_std
 from bench_step import machine
 
 import wpl_nas
@@ -536,14 +537,6 @@ def _f(value: float, spec: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _ms(values: Sequence[float], spec: str) -> str:
-    """Mean ± sample std over seeds."""
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return "n/a"
-    text = format(statistics.fmean(kept), spec)
-    return text if len(kept) < 2 else f"{text} ± {format(statistics.stdev(kept), spec.lstrip('+'))}"
-
 
 def _ci(ci: Sequence[float], spec: str) -> str:
     return f"[{_f(ci[0], spec)}, {_f(ci[1], spec)}]"
@@ -576,7 +569,7 @@ def markdown(report: dict[str, Any]) -> str:
         rows = [per[f"{arm}/{seed}"] for seed in seeds]
 
         def col(key: str, spec: str, rows: list[dict[str, Any]] = rows) -> str:
-            return _ms([r[key] for r in rows], spec)
+            return mean_std([r[key] for r in rows], spec)
 
         lines.append(f"| {arm} | {col('tau_final', '+.3f')} | {col('tau_training', '+.3f')} "
                      f"| {col('ceiling_kendall_tau', '+.3f')} | {col('rho_final', '+.3f')} "
@@ -600,7 +593,7 @@ def markdown(report: dict[str, Any]) -> str:
               "| arm | measure | per seed (arm − baseline) | mean | 95% CI, candidates | 95% CI, seeds + candidates "
               "| P(better) | ceiling τ |",
               "|---|---|---|---:|---|---|---:|---:|"]
-    ceil = _ms([per[f"{baseline}/{seed}"]["ceiling_kendall_tau"] for seed in seeds], "+.3f")
+    ceil = mean_std([per[f"{baseline}/{seed}"]["ceiling_kendall_tau"] for seed in seeds], "+.3f")
     for arm in arms:
         if arm == baseline:
             continue

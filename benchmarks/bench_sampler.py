@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -44,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step.py, next to this file
 
+from _common import mean_std
 from bench_step import machine
 
 import wpl_nas
@@ -87,13 +87,6 @@ def one_search(args: argparse.Namespace, sampler: str, seed: int, runs_dir: Path
     return row
 
 
-def _stat(values: Sequence[float], spec: str) -> str:
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return "n/a"
-    text = format(statistics.fmean(kept), spec)
-    return text if len(kept) < 2 else f"{text} ± {format(statistics.stdev(kept), spec.lstrip('+'))}"
-
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| sampler | retained mean | forgetting mean | forgetting max | rank τ | best (supernet) "
@@ -102,11 +95,12 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     for sampler in SAMPLERS:
         group = [r for r in rows if r["sampler"] == sampler]
         lines.append("| " + " | ".join([
-            sampler, _stat([r["retained_mean"] for r in group], ".4f"),
-            _stat([r["forgetting_mean"] for r in group], "+.4f"), _stat([r["forgetting_max"] for r in group], "+.4f"),
-            _stat([r["rank_tau"] for r in group], "+.3f"), _stat([r["best_supernet"] for r in group], ".4f"),
-            _stat([r["best_standalone"] for r in group], ".4f"), _stat([r["mean_params"] for r in group], ",.0f"),
-            _stat([r["distinct"] for r in group], ".1f")]) + " |")
+            sampler, mean_std([r["retained_mean"] for r in group], ".4f"),
+            mean_std([r["forgetting_mean"] for r in group], "+.4f"),
+            mean_std([r["forgetting_max"] for r in group], "+.4f"),
+            mean_std([r["rank_tau"] for r in group], "+.3f"), mean_std([r["best_supernet"] for r in group], ".4f"),
+            mean_std([r["best_standalone"] for r in group], ".4f"), mean_std([r["mean_params"] for r in group], ",.0f"),
+            mean_std([r["distinct"] for r in group], ".1f")]) + " |")
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ except ImportError:  # run from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import wpl_nas
 
-from _machine import cpu_name
+from _common import cpu_name
 
 from wpl_nas import Architecture, SearchConfig, Supernet, load_space
 from wpl_nas.lab.scenarios import default_arch

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _machine import cpu_name
+from _common import cpu_name
 
 #: The tests' tiny 1-D cell space: a trial takes about a second on one thread.
 SPACE = Path(__file__).resolve().parent / "spaces" / "tiny1d.yaml"

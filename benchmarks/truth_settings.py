@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
@@ -123,22 +122,18 @@ def make_data(setting: Setting, *, split_seed: int = 0) -> DataBundle:
     """MNIST-1D generated in memory with ``setting.mnist1d``'s overrides, split as the library's loader
     splits it (``val_fraction`` 0.2, split seed ``split_seed``), the training split then cut to
     ``setting.train_subset`` samples if that is set."""
-    from mnist1d.data import get_dataset_args, make_dataset  # scipy, matplotlib: only here
+    from mnist1d.data import get_dataset_args  # scipy, matplotlib: only here
+
+    from wpl_nas.data._mnist1d import _generate  # the library's generation, global RNGs left as they were
 
     args = get_dataset_args()
     for key, value in setting.mnist1d.items():
         if not hasattr(args, key):
             raise SystemExit(f"mnist1d has no generation argument {key!r}")
         setattr(args, key, value)
-    # make_dataset reseeds numpy's and Python's global generators: put them back afterwards.
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
-        raw = make_dataset(args)
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
-    x, y = torch.from_numpy(raw["x"]).float().unsqueeze(1), torch.from_numpy(raw["y"]).long()
-    x_test, y_test = torch.from_numpy(raw["x_test"]).float().unsqueeze(1), torch.from_numpy(raw["y_test"]).long()
+    raw = _generate(args)
+    x, y = raw["x"].unsqueeze(1), raw["y"]
+    x_test, y_test = raw["x_test"].unsqueeze(1), raw["y_test"]
     bundle = make_bundle("mnist1d", (x, y), (x_test, y_test), num_classes=NUM_CLASSES, val_fraction=0.2,
                          seed=split_seed)
     if setting.train_subset:
