@@ -68,8 +68,8 @@ if TYPE_CHECKING:
     from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 
 __all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "MAX_SUPERNET_PARAMETERS", "RETRY_ATTR", "SPACE_DIR",
-           "SupernetObjective", "build_supernet", "resolve_device", "saved_config", "saved_history", "saved_study_name",
-           "space_copy"]
+           "SupernetObjective", "build_supernet", "check_supernet_size", "resolve_device", "saved_config",
+           "saved_history", "saved_study_name", "space_copy"]
 
 #: The most weights a supernet may hold (4 GiB in float32; the built-in spaces hold 0.1-16 million
 #: on their usual data): a larger one would not fit, or take very long to build.
@@ -114,24 +114,28 @@ def build_supernet(space: SearchSpace | str, data: Any, *, seed: int = 0) -> Sup
     """A freshly initialised supernet of ``space`` (a space or its name / path) for ``data`` (a DataBundle).
 
     Raises:
-        ConfigError: the space's dimensionality does not fit the data, or its supernet would hold
-            more than :data:`MAX_SUPERNET_PARAMETERS` weights.
+        ConfigError: the space's dimensionality does not fit the data.
     """
     space = load_space(space) if isinstance(space, str) else space
     space.check_data(data.name, tuple(data.input_shape))
+    torch.manual_seed(seed)
+    return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                    input_shape=tuple(data.input_shape))
 
-    def build() -> Supernet:
-        return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes,
-                        input_shape=tuple(data.input_shape))
 
-    with torch.device("meta"):  # shapes only, no memory: a space too large to build is refused first
-        size = sum(p.numel() for p in build().parameters())
+def check_supernet_size(space: SearchSpace, data: Any) -> None:
+    """Refuse a space whose supernet for ``data`` would hold more than :data:`MAX_SUPERNET_PARAMETERS`
+    weights, counted on the ``meta`` device (shapes only, no memory), before a search builds it.
+
+    Raises:
+        ConfigError: it is too large; the message gives its size and the limit.
+    """
+    with torch.device("meta"):
+        size = sum(p.numel() for p in build_supernet(space, data).parameters())
     if size > MAX_SUPERNET_PARAMETERS:
         raise ConfigError(f"space {space.name!r} makes a supernet of {size:,} weights on {data.name!r} "
                           f"({size * 4 / 2**30:.1f} GiB in float32, several times that while training), more than "
                           f"the limit of {MAX_SUPERNET_PARAMETERS:,}; make its layers narrower or fewer")
-    torch.manual_seed(seed)
-    return build()
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -228,6 +232,7 @@ class SupernetObjective:
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                                  val_fraction=config.val_fraction, seed=config.seed,
                                  train_samples=config.train_samples)
+        check_supernet_size(self.space, self.data)  # a search builds its supernet once: check it here
         self.supernet = build_supernet(self.space, self.data, seed=config.seed).to(self.device)
         self.strategy: Strategy = create_strategy(config.strategy, self.supernet, config).to(self.device)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.lr, momentum=config.momentum,
