@@ -17,7 +17,8 @@ The public API::
 from wpl_nas import threads as _threads  # noqa: F401  first: sets OpenMP's wait policy before torch loads
 
 # isort: split
-from wpl_nas.api import Run, SearchResult, build_supernet, load_run, resolve_device, run_search
+from wpl_nas.api import Run, SearchResult, load_run, run_search
+from wpl_nas.assembly import Assembly, assemble, build_supernet, resolve_device
 from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
 from wpl_nas.config import SearchConfig, WPLOptions, load_config
 from wpl_nas.data import DATASETS, DataBundle, load_dataset
@@ -25,10 +26,12 @@ from wpl_nas.errors import ConfigError, TrainingDiverged
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.lab import LabConfig, LabResult, run_lab
 from wpl_nas.objective import SupernetObjective
+from wpl_nas.run_folder import RunFolder
 from wpl_nas.sampler import ForgettingAwareSampler
 from wpl_nas.spaces import Architecture, Genotype, SearchSpace, builtin_spaces, load_space
 from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy
 from wpl_nas.supernet import Supernet
+from wpl_nas.tracking.signals import SearchInterrupted
 from wpl_nas.training import CandidateTrainer
 
 __version__ = "0.1.0"
@@ -37,6 +40,7 @@ __all__ = [
     "DATASETS",
     "STRATEGIES",
     "Architecture",
+    "Assembly",
     "CandidateTrainer",
     "ConfigError",
     "DataBundle",
@@ -47,7 +51,9 @@ __all__ = [
     "RetainedPool",
     "RetentionCallback",
     "Run",
+    "RunFolder",
     "SearchConfig",
+    "SearchInterrupted",
     "SearchResult",
     "SearchSpace",
     "Strategy",
@@ -56,6 +62,7 @@ __all__ = [
     "TensorBoardCallback",
     "TrainingDiverged",
     "WPLOptions",
+    "assemble",
     "build_supernet",
     "builtin_spaces",
     "create_strategy",

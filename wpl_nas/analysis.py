@@ -25,22 +25,29 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wpl_nas.api import load_run
-from wpl_nas.callbacks import ANATOMY_DIR, ANATOMY_JSON, RETENTION_JSON, SNAPSHOT_KEYS
+from wpl_nas.callbacks import SNAPSHOT_KEYS
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, stage_names
 from wpl_nas.evaluation.scoring import Metric
-from wpl_nas.fidelity import RANK_DIR, RANKING_CSV, RANKING_MD
-from wpl_nas.objective import SupernetObjective
+from wpl_nas.fidelity import RANKING_CSV, RANKING_MD
+from wpl_nas.run_folder import (
+    ANATOMY_DIR,
+    ANATOMY_JSON,
+    ANATOMY_MD,
+    ANATOMY_PNG,
+    CONFIG_FILE,
+    RANK_DIR,
+    REPORT_DIR,
+    RETENTION_JSON,
+)
 from wpl_nas.selection import best_at_training
 from wpl_nas.spaces import Architecture
-from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import load_checkpoint, read_json, write_text_atomically
 from wpl_nas.tracking.figures import forgetting_heatmap
 from wpl_nas.tracking.markdown import code_cell
 
 __all__ = ["AnatomyResult", "ReportResult", "anatomy_run", "report_run"]
 
-ANATOMY_MD = "anatomy.md"
 
 
 @dataclass(frozen=True)
@@ -155,15 +162,15 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
                           "has finished yet, or the search ran without the anatomy callback (your own study: pass "
                           "objective.anatomy_callback() to study.optimize), or by a wpl-nas without it")
     # The supernet's latest weights, on this process's threads (not the run's: wpl_nas.threads).
-    objective = SupernetObjective(run.config, run_dir=run.run_dir, threads=threads_in_use())
-    net, trainer = objective.supernet, objective.trainer
+    trained = run.folder.load_supernet()
+    net = trained.supernet
     names = stage_names(net)
-    probe = trainer.eval_x[:256]
+    probe = trained.eval_x[:256]
     bs = batch_size or run.config.eval_batch_size
     members: list[dict[str, Any]] = []
     for path in snapshots:
         try:
-            snap = load_checkpoint(path, map_location=objective.device, required=SNAPSHOT_KEYS,
+            snap = load_checkpoint(path, map_location=trained.device, required=SNAPSHOT_KEYS,
                                    what="anatomy snapshot")
         except ConfigError:
             if not path.exists():  # a running search replaced or dropped it since the listing
@@ -172,22 +179,22 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
         arch = Architecture.parse(snap["arch"])
         trial = int(path.stem.split("_")[1])
         features = stage_features(net, arch, probe[: len(next(iter(snap["features"].values())))])
-        reset = {stage: reset_stage(net, arch, snap["weights"], stage, trainer.eval_x, trainer.eval_y, batch_size=bs,
-                                    score=trainer.metric.compute) for stage in [*names, None]}
+        reset = {stage: reset_stage(net, arch, snap["weights"], stage, trained.eval_x, trained.eval_y, batch_size=bs,
+                                    score=trained.metric.compute) for stage in [*names, None]}
         reset["all"] = reset.pop(None)
-        entry = objective.pool.entries.get(trial)
+        entry = trained.pool.entries.get(trial)
         members.append({"trial": trial, "arch": str(arch),
                         "at_training": entry.score if entry is not None else math.nan,
-                        "now": objective.score(arch),
+                        "now": trained.score(arch),
                         "cka": {s: linear_cka(snap["features"][s], features[s]) for s in names}, "reset": reset})
-    metric = trainer.metric
+    metric = trained.metric
     stages = _summarise(members, names, metric)
     lost = sum(metric.quality(m["at_training"]) - metric.quality(m["now"]) >= _UNITS[metric.name].min_loss
                for m in members)
     table = _markdown(stages, len(members), lost, metric)
     history_path = run.run_dir / ANATOMY_JSON
     history = read_json(history_path, what="anatomy record") if history_path.is_file() else {}
-    plot = run.run_dir / "anatomy.png"
+    plot = run.run_dir / ANATOMY_PNG
     _plot(plot, stages, history, names, metric)
     rows = ["| member | architecture | at training | now | all stages reset |", "|---:|---|---:|---:|---:|",
             *(f"| {m['trial']} | {code_cell(m['arch'])} | {m['at_training']:.4f} | {m['now']:.4f} "
@@ -270,7 +277,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
         raise ConfigError(f"run {run.run_dir} has no retention.json: no trial has finished yet, or the run was made "
                           "by a wpl-nas that did not write it; run a new search")
     pool = read_json(retention_path, what="retention record")
-    out = run.run_dir / "report"
+    out = run.run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     figures = [out / "retention.png", out / "forgetting.png"]
     _retention_figure(figures[0], pool)
@@ -309,7 +316,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     if anatomy.is_file():
         table = anatomy.read_text().split("\n\n", 1)[1].split("\n\n")[0]
         parts += ["## Anatomy of forgetting", "", table, ""]
-    parts += ["## Configuration", "", "```yaml", (run.run_dir / "config.yaml").read_text().rstrip(), "```", ""]
+    parts += ["## Configuration", "", "```yaml", (run.run_dir / CONFIG_FILE).read_text().rstrip(), "```", ""]
     text = "\n".join(parts)
     if not html:
         path = out / "report.md"

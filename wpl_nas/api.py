@@ -25,26 +25,19 @@ from tqdm.auto import tqdm
 from wpl_nas.callbacks import final_note
 from wpl_nas.config import SearchConfig
 from wpl_nas.errors import ConfigError, reason
-from wpl_nas.objective import (
-    CONFIG_FILE,
-    SupernetObjective,
-    build_supernet,
-    resolve_device,
-    saved_config,
-    saved_study_name,
-)
+from wpl_nas.objective import SupernetObjective
+from wpl_nas.run_folder import CONFIG_FILE, LOCK_FILE, TENSORBOARD_DIR, RunFolder
 from wpl_nas.selection import FinalScores, best_at_training, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub
 from wpl_nas.study import PRUNERS, create_pruner, create_sampler
-from wpl_nas.tracking.lock import LOCK_FILE
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
 
 #: The study user attribute naming the last trial whose after-trial work (re-scores, anatomy,
 #: TensorBoard) is complete.
 OBSERVED_ATTR = "observed_after_trial"
 
-__all__ = ["Run", "SearchResult", "build_supernet", "load_run", "resolve_device", "run_search"]
+__all__ = ["Run", "SearchResult", "load_run", "run_search"]
 
 
 @dataclass
@@ -97,7 +90,7 @@ class SearchResult:
             f"forgetting mean {p['forgetting_mean']:+.4f}, max {p['forgetting_max']:+.4f}, "
             "rank stability τ " + ("n/a" if p["rank_tau"] != p["rank_tau"] else f"{p['rank_tau']:+.3f}"),
             f"run folder          {self.run_dir}  (retention.csv, anatomy.json, ...)",
-            f"TensorBoard         tensorboard --logdir {self.run_dir / 'tb'}",
+            f"TensorBoard         tensorboard --logdir {self.run_dir / TENSORBOARD_DIR}",
             f"Optuna dashboard    wpl-nas dashboard {self.run_dir}  (storage {storage})",
             f"then                wpl-nas anatomy | rank | report {self.run_dir}",
         ]
@@ -134,6 +127,11 @@ class Run:
     storage: str
     optuna_storage: optuna.storages.BaseStorage
 
+    @property
+    def folder(self) -> RunFolder:
+        """The run folder's files (:class:`~wpl_nas.run_folder.RunFolder`)."""
+        return RunFolder(self.run_dir)
+
 
 def load_run(run_dir: str | Path) -> Run:
     """Open a run folder written by :func:`run_search` (or a :class:`SupernetObjective`): its config
@@ -144,18 +142,17 @@ def load_run(run_dir: str | Path) -> Run:
     Raises:
         ConfigError: not a run folder, or its storage cannot be opened, or its study is not in it.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a wpl-nas run folder: {CONFIG_FILE} is missing")
-    config, name = saved_config(path), saved_study_name(path)
-    spec = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve().as_posix()}"
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
+        raise ConfigError(f"{folder.path} is not a wpl-nas run folder: {CONFIG_FILE} is missing")
+    config, name = folder.config(), folder.study_name()
+    spec = config.storage or folder.default_storage
     storage = open_storage(spec, create=False)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ConfigError(f"study {name!r} of run {run_dir} is not in {mask_storage(spec)}") from None
-    return Run(config, study, run_dir, mask_storage(spec), storage)
+        raise ConfigError(f"study {name!r} of run {folder.path} is not in {mask_storage(spec)}") from None
+    return Run(config, study, folder.path, mask_storage(spec), storage)
 
 
 class _Search:
@@ -280,8 +277,9 @@ class _Search:
 
     def _catch_up(self) -> None:
         """Redo the after-trial work of the last finished trial if a stop cut it short (or it was told
-        only now, by :meth:`SupernetObjective.reconcile`). It is idempotent: nothing has trained since,
-        so the re-scores, the anatomy and the logged values are those an uninterrupted run took."""
+        only now, by :meth:`SupernetObjective.reconcile`). It is idempotent: the pool's re-scores are
+        in the checkpoint, and nothing has trained since, so the anatomy and the logged values are
+        those an uninterrupted run took."""
         if not self.objective.finished:
             return
         last = max(self.objective.finished)

@@ -32,17 +32,23 @@ recent re-scores and its cell drawn large, rewritten while the candidate is in t
 It also writes the run folder's ``retention.json`` (members, measures and every candidate's row)
 and ``retention.csv`` (the matrix, one ``after_N`` column per trial), atomically, so they can be
 read while the search runs.
+
+The callbacks see a search through the parts they read (its retained pool, the trials it has
+finished, its supernet, its run folder), never the objective itself: a
+:class:`~wpl_nas.objective.SupernetObjective` hands them over in its ``*_callback`` methods. None
+of them changes the supernet or writes the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import torch
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
@@ -50,26 +56,23 @@ from torch.utils.tensorboard import SummaryWriter
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import MEASURES, METRICS, STEP_MEASURES, PoolChanges, RetainedPool
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
+from wpl_nas.run_folder import ANATOMY_JSON, RETENTION_CSV, RETENTION_JSON, RunFolder
 from wpl_nas.spaces import Architecture, SearchSpace
+from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import load_checkpoint, read_json, save_checkpoint, write_text_atomically
 from wpl_nas.tracking.figures import cell_figure, forgetting_heatmap
 from wpl_nas.tracking.hparams import experiment_summary, session_end_summary, session_start_summary
 from wpl_nas.tracking.markdown import code_cell
 
 if TYPE_CHECKING:
-    from wpl_nas.objective import SupernetObjective
     from wpl_nas.selection import FinalScores
 
-__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "RETENTION_CSV", "RETENTION_JSON", "SEARCH_RUN", "SNAPSHOT_KEYS",
-           "TRIALS_DIR", "AnatomyCallback", "RetentionCallback", "TensorBoardCallback", "final_note",
-           "trial_notes"]
+__all__ = ["SEARCH_RUN", "SNAPSHOT_KEYS", "TRIALS_DIR", "AnatomyCallback", "RetentionCallback", "TensorBoardCallback",
+           "final_note", "trial_notes"]
 
-#: The retention matrix in the run folder, rewritten after every trial.
-RETENTION_JSON = "retention.json"
-RETENTION_CSV = "retention.csv"
-#: Per-stage CKA of the pool members, and their snapshots (AnatomyCallback).
-ANATOMY_JSON = "anatomy.json"
-ANATOMY_DIR = "anatomy"
+#: The trials a search has finished: number -> (state name, value), as its checkpoint holds them.
+Finished = Mapping[int, tuple[str, Any]]
+#: What an anatomy snapshot holds.
 SNAPSHOT_KEYS = ("arch", "features", "weights")
 #: TensorBoard runs under the log folder: the search's own, and one per trial (its HPARAMS row).
 SEARCH_RUN = "search"
@@ -79,33 +82,30 @@ _NOTE_ROWS = 10
 
 
 class RetentionCallback:
-    """Re-scores the retained pool of a :class:`~wpl_nas.objective.SupernetObjective` after each trial.
+    """Records a search's retained pool after each trial: in the study (user attributes and
+    dashboard notes, see the module docstring) and in the run folder (``retention.json``,
+    ``retention.csv``).
 
-    After every trial the objective trained (complete or pruned: both moved shared weights), the
-    finished candidate joins the pool (replacing the entry of its architecture, if it has one),
-    every other member is re-scored on the fixed evaluation set, the study's user attributes and
-    notes are updated (see the module docstring) and the objective's checkpoint is rewritten with
-    the new pool. Trials the objective did not train (failed ones) are skipped. A candidate a crash
-    kept out of the pool joins it at the next call.
+    The search re-scores the pool inside each trial it trains (complete or pruned: both moved
+    shared weights), before its checkpoint; this callback publishes those re-scores. Trials the
+    search did not train (failed ones) are skipped. It is idempotent: calling it again for the
+    same trial writes the same records.
+
+    Args:
+        pool: The search's retained pool.
+        finished: The trials the search has trained (it reads, never changes them).
+        folder: The run folder.
+        chance: The chance score (1/classes) for the normalised measures; None for perplexity.
     """
 
-    def __init__(self, objective: SupernetObjective) -> None:
-        self.objective = objective
+    def __init__(self, pool: RetainedPool, finished: Finished, folder: RunFolder, *, chance: float | None) -> None:
+        self.pool, self.finished, self.folder, self.chance = pool, finished, folder, chance
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        objective, pool = self.objective, self.objective.pool
-        if trial.number not in objective.finished:
+        pool, chance = self.pool, self.chance
+        if trial.number not in self.finished:
             return
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.number in objective.finished and t.number not in pool.entries:
-                pool.add(t.number, t.user_attrs["arch"], t.user_attrs["score_at_training"])
-        rescores = {t: objective.score(pool.entries[t].arch) for t in pool.members() if t != trial.number}
-        if trial.number in pool.entries:
-            rescores[trial.number] = pool.entries[trial.number].score
-        pool.record(trial.number, rescores)
         changes = pool.changes(trial.number)
-        # Chance accuracy is 1/classes; perplexity has no such floor worth normalising by.
-        chance = 1.0 / objective.data.num_classes if objective.trainer.metric.higher_is_better else None
         study.set_user_attr("latest_rescore", {str(t): e.latest for t, e in pool.entries.items()})
         study.set_user_attr("latest_forgetting", {str(t): e.forgetting for t, e in pool.entries.items()})
         study.set_user_attr("retention", {str(t): {str(j): s for j, s in rows.items()}
@@ -117,10 +117,9 @@ class RetentionCallback:
         study.set_user_attr("pool_after_trial", trial.number)
         for key, value in {**pool.summary(chance=chance), **pool.step_measures(trial.number)}.items():
             study.set_user_attr(key, value)
-        objective.save()
-        write_text_atomically(objective.run_dir / RETENTION_JSON,
+        write_text_atomically(self.folder.path / RETENTION_JSON,
                               json.dumps(pool.to_json(after_trial=trial.number, chance=chance), indent=1))
-        write_text_atomically(objective.run_dir / RETENTION_CSV, pool.to_csv())
+        write_text_atomically(self.folder.path / RETENTION_CSV, pool.to_csv())
         _dashboard_note(study, pool, changes)
         trial_notes(study, {trial.number, *pool.members(), *changes.left})
 
@@ -271,43 +270,43 @@ def final_note(study: optuna.Study, final: FinalScores, *, shown: int = 20) -> N
 
 class AnatomyCallback:
     """Where in the network pool members forget: per-stage CKA after each trial (see
-    :mod:`wpl_nas.evaluation.anatomy`). Attach it after :class:`RetentionCallback` (it reads the pool).
+    :mod:`wpl_nas.evaluation.anatomy`).
 
-    After trial N: if N joined the pool, its stage representations on a fixed probe batch (the
-    first ``probe_size`` samples of the evaluation set) and the weights on its path are saved to
-    ``run_dir/anatomy/trial_NNNN.pt``; every other member with a snapshot is run on the probe
-    again and its linear CKA per stage against its snapshot goes to ``run_dir/anatomy.json``
-    (``{member: {after trial: {stage: CKA}}}``) and, as the mean over those members, to the
-    study's user attribute ``anatomy_cka`` (``{stage: CKA}``, with ``anatomy_after_trial``).
-    Snapshots of candidates that left the pool are deleted: they are no longer re-scored.
-    ``wpl-nas anatomy RUN_DIR`` reads these files.
+    After trial N: if N joined the pool, its stage representations on the fixed ``probe`` batch and
+    the weights on its path are saved to ``run_dir/anatomy/trial_NNNN.pt``; every other member with
+    a snapshot is run on the probe again and its linear CKA per stage against its snapshot goes to
+    ``run_dir/anatomy.json`` (``{member: {after trial: {stage: CKA}}}``) and, as the mean over
+    those members, to the study's user attribute ``anatomy_cka`` (``{stage: CKA}``, with
+    ``anatomy_after_trial``). Snapshots of candidates that left the pool are deleted: they are no
+    longer re-scored. ``wpl-nas anatomy RUN_DIR`` reads these files.
+
+    Args:
+        supernet: The search's supernet (read only).
+        pool: Its retained pool, as re-scored after the trial.
+        finished: The trials the search has trained.
+        folder: The run folder.
+        probe: The probe batch (at least 2 samples: CKA compares samples), on ``device``.
+        device: Where the supernet lives.
     """
 
-    def __init__(self, objective: SupernetObjective, *, probe_size: int = 256) -> None:
-        if probe_size < 2:
-            raise ValueError(f"probe_size must be >= 2 (CKA compares samples), but got {probe_size=}")
-        self.objective = objective
-        self.probe_size = probe_size
-
-    @property
-    def folder(self) -> Path:
-        return self.objective.run_dir / ANATOMY_DIR
-
-    def snapshot_path(self, trial: int) -> Path:
-        return self.folder / f"trial_{trial:04d}.pt"
+    def __init__(self, supernet: Supernet, pool: RetainedPool, finished: Finished, folder: RunFolder, *,
+                 probe: torch.Tensor, device: torch.device) -> None:
+        if len(probe) < 2:
+            raise ValueError(f"the probe must hold >= 2 samples (CKA compares samples), but got {len(probe)}")
+        self.supernet, self.pool, self.finished, self.folder = supernet, pool, finished, folder
+        self.probe, self.device = probe, device
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        objective, pool = self.objective, self.objective.pool
-        if trial.number not in objective.finished:
+        if trial.number not in self.finished:
             return
-        supernet, probe = objective.supernet, objective.trainer.eval_x[: self.probe_size]
-        members = pool.members()
+        supernet, probe, folder = self.supernet, self.probe, self.folder
+        members = self.pool.members()
         if trial.number in members:
-            arch = Architecture.parse(pool.entries[trial.number].arch)
-            save_checkpoint(self.snapshot_path(trial.number), {
+            arch = Architecture.parse(self.pool.entries[trial.number].arch)
+            save_checkpoint(folder.snapshot_path(trial.number), {
                 "arch": str(arch), "features": stage_features(supernet, arch, probe),
                 "weights": {n: p.detach().clone() for n, p in supernet.parameters_of(arch).items()}})
-        record_path = objective.run_dir / ANATOMY_JSON
+        record_path = folder.path / ANATOMY_JSON
         record: dict[str, dict[str, dict[str, float]]] = {}
         if record_path.is_file():
             try:
@@ -318,11 +317,11 @@ class AnatomyCallback:
                 record = {}
         now: dict[str, list[float]] = {}
         for member in members:
-            path = self.snapshot_path(member)
+            path = folder.snapshot_path(member)
             if member == trial.number or not path.is_file():
                 continue
             try:
-                snapshot = load_checkpoint(path, map_location=objective.device, required=SNAPSHOT_KEYS,
+                snapshot = load_checkpoint(path, map_location=self.device, required=SNAPSHOT_KEYS,
                                            what="anatomy snapshot")
             except ConfigError as exc:  # derived data: this member's CKA is skipped, the search goes on
                 warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
@@ -332,7 +331,7 @@ class AnatomyCallback:
             record.setdefault(str(member), {})[str(trial.number)] = cka
             for stage, value in cka.items():
                 now.setdefault(stage, []).append(value)
-        for path in self.folder.glob("trial_*.pt"):
+        for path in folder.anatomy_dir.glob("trial_*.pt"):
             if int(path.stem.split("_")[1]) not in members:
                 path.unlink()
         write_text_atomically(record_path, json.dumps(record, indent=1))

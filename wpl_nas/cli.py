@@ -207,12 +207,12 @@ def _resume_options(config: SearchConfig, *, given: set[str]) -> SearchConfig:
     Raises:
         ConfigError: the run's config.yaml cannot be read.
     """
-    from wpl_nas.objective import CONFIG_FILE, saved_config
+    from wpl_nas.run_folder import RunFolder
 
-    path = config.run_dir / CONFIG_FILE
-    if not path.is_file():
+    folder = RunFolder(config.run_dir)
+    if not folder.is_run():
         return config
-    saved = saved_config(path)
+    saved = folder.config()
     config = keep_saved(config, saved, given=given).validate()
     try:
         changes = resume_changes(saved, config, run_dir=config.run_dir)
@@ -221,8 +221,8 @@ def _resume_options(config: SearchConfig, *, given: set[str]) -> SearchConfig:
     shown = {k: v for k, v in changes.items() if k not in SearchConfig.MACHINE_OPTIONS and k != "trials"}
     if shown:
         text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in shown.items())
-        click.echo(f"resuming with changed options for the candidates still to come: {text} (recorded in {path})",
-                   err=True)
+        click.echo(f"resuming with changed options for the candidates still to come: {text} "
+                   f"(recorded in {folder.config_path})", err=True)
     return config
 
 
@@ -491,7 +491,7 @@ def dashboard(run_dir: str, host: str, port: int) -> None:
     note holds the retained pool, updated after each trial. Works while the search is running.
     """
     from wpl_nas.api import load_run
-    from wpl_nas.objective import ARTIFACTS
+    from wpl_nas.run_folder import ARTIFACTS
 
     try:
         import optuna_dashboard
@@ -537,6 +537,7 @@ def select_command(run_dir: str, top_k: int | None, show: int) -> None:
     """
     from wpl_nas.api import load_run
     from wpl_nas.evaluation import METRICS
+    from wpl_nas.run_folder import FINAL_JSON
     from wpl_nas.selection import best_at_training, select_run
 
     with _usage_errors():
@@ -551,7 +552,7 @@ def select_command(run_dir: str, top_k: int | None, show: int) -> None:
     click.echo(f"{'trial':>6}  {'final':>8}  {'training':>8}  architecture")
     for r in ranked[:show]:
         click.echo(f"{r['trial']:>6}  {r['final']:>8.4f}  {r['at_training']:>8.4f}  {r['arch']}")
-    best, written = ranked[0]["trial"], Path(run_dir) / "final.json"
+    best, written = ranked[0]["trial"], Path(run_dir) / FINAL_JSON
     by_training = best_at_training(run.study)
     if run.config.choose_by == "final" or by_training is None:
         click.echo(f"chosen: trial {best} (the run chooses by the final score; written to {written})")

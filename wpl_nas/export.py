@@ -44,18 +44,17 @@ import torch
 from torch import nn
 
 from wpl_nas.api import Run, load_run
+from wpl_nas.assembly import tensor_splits
 from wpl_nas.config import CHOOSE_BY
 from wpl_nas.errors import ConfigError
-from wpl_nas.objective import SupernetObjective
+from wpl_nas.run_folder import EXPORT_DIR
 from wpl_nas.selection import best_at_training, current_final
 from wpl_nas.spaces import Architecture
-from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import save_checkpoint, write_text_atomically
 
 __all__ = ["CALIBRATION_SAMPLES", "ExportResult", "choose_trial", "export_run", "recalibrate_batch_norm",
            "with_running_stats"]
 
-EXPORT_DIR = "export"
 #: Training samples on which an export estimates its batch norm's running statistics, by default:
 #: a few thousand give stable estimates (more change the scores by less than their noise) in
 #: seconds on a CPU; a training split with fewer samples is used whole.
@@ -218,37 +217,36 @@ def export_run(run_dir: str | Path, *, trial: int | None = None, choose_by: str 
     calibration_samples = _check_calibration_samples(calibration_samples)
     run = load_run(run_dir)
     chosen = choose_trial(run, trial, by=choose_by)
-    objective = SupernetObjective(run.config, run_dir=run.run_dir, threads=threads_in_use())
-    arch = objective.space.parse(chosen.user_attrs["arch"])
-    supernet_score = objective.score(arch)
-    net = objective.supernet.standalone(arch)
+    trained = run.folder.load_supernet()
+    arch = trained.space.parse(chosen.user_attrs["arch"])
+    supernet_score = trained.score(arch)
+    net = trained.supernet.standalone(arch)
     layers = len(_batch_norms(net))
-    batch_size = objective.config.batch_size
+    batch_size = run.config.batch_size
+    (train,) = tensor_splits(trained.data, "train")
     seen = recalibrate_batch_norm(with_running_stats(net), _calibration_batches(
-        objective.trainer.train_set.tensors[0], calibration_samples, batch_size=batch_size,
-        seed=objective.config.seed))
+        train.tensors[0].to(trained.device), calibration_samples, batch_size=batch_size, seed=run.config.seed))
     batches = -(-seen // batch_size)  # as _calibration_batches splits them
     batch_norm = {"layers": layers, "statistics": "running" if layers else None, "recalibrated": seen > 0,
                   "calibration_samples": seen, "calibration_batches": batches,
                   "calibration_batch_size": -(-seen // batches) if seen else None,  # the largest batch
                   "calibration_split": "train" if seen else None}
     net.eval()
-    data = objective.data
-    trainer = objective.trainer
-    score = trainer.metric.compute(net, arch, trainer.eval_x, trainer.eval_y, batch_size=trainer.eval_batch_size)
-    example = trainer.eval_x[:8]
+    data = trained.data
+    score = trained.metric.compute(net, arch, trained.eval_x, trained.eval_y, batch_size=trained.eval_batch_size)
+    example = trained.eval_x[:8]
     # Any batch size from 1: with running statistics a sample's output does not depend on its batch.
     program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    folder = run.run_dir / EXPORT_DIR / f"trial_{chosen.number:04d}"
+    folder = run.folder.trial_dir(EXPORT_DIR, chosen.number)
     folder.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, folder / "model.pt2")
     save_checkpoint(folder / "weights.pt", net.state_dict())
-    space_file = objective.space.source
+    space_file = trained.space.source
     write_text_atomically(folder / "arch.json", json.dumps({
-        "arch": str(arch), "trial": chosen.number, "space": objective.space.name,
+        "arch": str(arch), "trial": chosen.number, "space": trained.space.name,
         "space_yaml": Path(space_file).read_text() if space_file is not None else None,
         "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-        "params": objective.supernet.count_parameters(arch), "score_at_training": chosen.values[0],
+        "params": trained.supernet.count_parameters(arch), "score_at_training": chosen.values[0],
         "score_exported": score, "score_supernet": supernet_score, "batch_norm": batch_norm,
         "study": run.study.study_name,
     }, indent=1))

@@ -49,25 +49,21 @@ from typing import Any
 
 import optuna
 import torch
-from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from wpl_nas.api import load_run
+from wpl_nas.assembly import assemble, build_supernet
 from wpl_nas.config import MAX_SEED, SearchConfig
 from wpl_nas.data import DataBundle
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import kendall_tau, spearman_rho, top_k_overlap
-from wpl_nas.objective import SupernetObjective, build_supernet
+from wpl_nas.run_folder import RANK_DIR, TrainedSupernet
 from wpl_nas.spaces import Architecture
-from wpl_nas.strategies import create_strategy
-from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import read_json, write_text_atomically
 from wpl_nas.tracking.markdown import code_cell
-from wpl_nas.training import CandidateTrainer
 
 __all__ = ["RankResult", "rank_run", "train_standalone"]
 
-RANK_DIR = "rank"
 RANKING_MD = "ranking.md"
 RANKING_CSV = "ranking.csv"
 STANDALONE_JSON = "standalone.json"
@@ -122,18 +118,8 @@ def train_standalone(config: SearchConfig, data: DataBundle, arch: Architecture,
         Its score (accuracy, or perplexity) after the last epoch.
     """
     seed = config.seed if seed is None else seed
-    net = build_supernet(config.space, data, seed=seed).standalone(arch).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    train, val = data.train, data.val
-    if not (isinstance(val, TensorDataset) and isinstance(train, TensorDataset)):
-        raise TypeError(f"dataset {config.dataset!r} must load as TensorDatasets (see wpl_nas.data)")
-    n_eval = config.eval_samples or len(val)
-    eval_set = (val.tensors[0][:n_eval].to(device), val.tensors[1][:n_eval].to(device))
-    trainer = CandidateTrainer(net, create_strategy("naive", net), train_set=train, held_out=val, eval_set=eval_set,
-                               optimizer=optimizer, batch_size=config.batch_size, epochs=epochs,
-                               grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=seed,
-                               metric=data.metric)
+    parts = assemble(build_supernet(config.space, data, seed=seed).standalone(arch), config, device=device)
+    trainer = parts.trainer_for(data, epochs=epochs, seed=seed, eval_samples=config.eval_samples)
     return trainer.train(arch, trial_index=0).score
 
 
@@ -284,7 +270,7 @@ def _csv(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> str:
     return out.getvalue()
 
 
-def _standalone_truth(run_dir: Path, config: SearchConfig, objective: SupernetObjective,
+def _standalone_truth(run_dir: Path, config: SearchConfig, trained: TrainedSupernet,
                       chosen: Sequence[tuple[int, Architecture, float]], *, epochs: int, seeds: Sequence[int],
                       progress: bool,
                       on_trained: Callable[[Architecture, float], None] | None) -> dict[str, list[float]]:
@@ -294,7 +280,7 @@ def _standalone_truth(run_dir: Path, config: SearchConfig, objective: SupernetOb
     cache = _read_cache(cache_path) if cache_path.is_file() else {}
     todo = [(arch, seed) for _, arch, _ in chosen for seed in seeds if (str(arch), epochs, seed) not in cache]
     for arch, seed in tqdm(todo, desc="stand-alone", unit="run", disable=not progress):
-        score = train_standalone(config, objective.data, arch, epochs=epochs, device=objective.device, seed=seed)
+        score = train_standalone(config, trained.data, arch, epochs=epochs, device=trained.device, seed=seed)
         cache[(str(arch), epochs, seed)] = score
         _write_cache(cache_path, cache)
         if on_trained is not None:
@@ -340,8 +326,8 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
                           f"{MAX_SEED}; use seeds <= {MAX_SEED - run.config.seed + 1}")
     table = None if ground_truth == "standalone" else _read_table(Path(ground_truth), key=key_column, column=column)
     # The supernet's final weights, on this process's threads (not the run's: wpl_nas.threads).
-    objective = SupernetObjective(run.config, run_dir=run.run_dir, threads=threads_in_use())
-    quality = objective.trainer.metric.quality
+    trained = run.folder.load_supernet()
+    quality = trained.metric.quality
     chosen = _choose(run.study, archs, seed=run.config.seed)
     if len(chosen) < 2:
         raise ConfigError(f"run {run.run_dir} has {len(chosen)} distinct complete architecture(s); a ranking needs 2")
@@ -349,9 +335,9 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
     if table is None:
         budget = epochs or run.config.epochs
         seed_list = [run.config.seed + i for i in range(seeds)]
-        truths = _standalone_truth(run.run_dir, run.config, objective, chosen, epochs=budget, seeds=seed_list,
+        truths = _standalone_truth(run.run_dir, run.config, trained, chosen, epochs=budget, seeds=seed_list,
                                    progress=progress, on_trained=on_trained)
-        rows = [{"trial": trial, "arch": str(arch), "at_training": score, "final": objective.score(arch),
+        rows = [{"trial": trial, "arch": str(arch), "at_training": score, "final": trained.score(arch),
                  "ground_truth": statistics.fmean(truths[str(arch)]), "truth_seeds": truths[str(arch)]}
                 for trial, arch, score in chosen]
         truth_label = (f"stand-alone ({budget} epochs, seed {seed_list[0]})" if seeds == 1
@@ -359,7 +345,7 @@ def rank_run(run_dir: str | Path, *, ground_truth: str = "standalone", archs: in
     else:
         seed_list = []
         missing = [str(arch) for _, arch, _ in chosen if str(arch) not in table]
-        rows = [{"trial": trial, "arch": str(arch), "at_training": score, "final": objective.score(arch),
+        rows = [{"trial": trial, "arch": str(arch), "at_training": score, "final": trained.score(arch),
                  "ground_truth": table[str(arch)], "truth_seeds": []} for trial, arch, score in chosen
                 if str(arch) in table]
         if len(rows) < 2:

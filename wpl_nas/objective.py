@@ -21,13 +21,20 @@ it. Call order for one trial (``objective(trial)``):
    seed or schedule of the strategy) derives from its *position*: the number of trials finished
    before it (:attr:`SupernetObjective.position`, also its user attribute ``position``), not
    from its trial number, so a trial lost in flight does not shift the candidates after it;
-3. the strategy consolidates it; its user attributes are set; the checkpoint is written
-   atomically; the score is returned.
+3. the strategy consolidates it; its user attributes are set; it joins the retained pool (when
+   complete) and every other pool member is re-scored; the checkpoint is written atomically, once;
+   the score is returned.
 
-Callbacks run after the study has recorded the trial; each is optional:
-:meth:`~SupernetObjective.retention_callback` re-scores the retained pool,
-:meth:`~SupernetObjective.tensorboard_callback` writes TensorBoard events (attach it after the
-retention callback so it sees the pool's new re-scores).
+Callbacks run after the study has recorded the trial; each is optional and only publishes or
+measures (none of them writes the checkpoint):
+:meth:`~SupernetObjective.retention_callback` records the pool's re-scores in the study and the
+run folder, :meth:`~SupernetObjective.anatomy_callback` measures where the pool forgets,
+:meth:`~SupernetObjective.tensorboard_callback` writes TensorBoard events (attach it last, so it
+sees what the others recorded).
+
+The objective is a thin Optuna adapter: the run folder's files belong to
+:class:`~wpl_nas.run_folder.RunFolder`, the supernet, strategy, optimiser and trainer are built by
+:func:`~wpl_nas.assembly.assemble`.
 """
 
 from __future__ import annotations
@@ -38,150 +45,39 @@ import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import torch
-import yaml
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from wpl_nas.config import OBJECTIVES, RUN_RECORD_KEYS, SearchConfig, resume_changes
+from wpl_nas.assembly import assemble, build_supernet, check_supernet_size, resolve_device
+from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
+from wpl_nas.config import OBJECTIVES, SearchConfig, resume_changes
 from wpl_nas.data import DATASETS, load_dataset
 from wpl_nas.errors import ConfigError, TrainingDiverged, reason
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.evaluation.cost import count_flops, measure_latency
-from wpl_nas.spaces import Architecture, SearchSpace, load_space, space_file
-from wpl_nas.strategies import Strategy, create_strategy, resolve_strategy
-from wpl_nas.supernet import Supernet
+from wpl_nas.run_folder import ARTIFACTS, RunFolder
+from wpl_nas.spaces import Architecture, load_space
+from wpl_nas.strategies import resolve_strategy
 from wpl_nas.threads import use_threads
-from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_text_atomically
+from wpl_nas.tracking import capture_rng, restore_rng
 from wpl_nas.tracking.figures import cell_png
-from wpl_nas.tracking.lock import RunLock, create_run_folder
 from wpl_nas.tracking.signals import deferred
-from wpl_nas.training import CandidateTrainer, TrainResult
+from wpl_nas.training import TrainResult
 
-if TYPE_CHECKING:
-    from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
+__all__ = ["RETRY_ATTR", "RUN_ID_ATTR", "SupernetObjective"]
 
-__all__ = ["ARTIFACTS", "CHECKPOINT", "CONFIG_FILE", "MAX_SUPERNET_PARAMETERS", "RETRY_ATTR", "SPACE_DIR",
-           "SupernetObjective", "build_supernet", "check_supernet_size", "resolve_device", "saved_config",
-           "saved_history", "saved_study_name", "space_copy"]
-
-#: The most weights a supernet may hold (4 GiB in float32; the built-in spaces hold 0.1-16 million
-#: on their usual data): a larger one would not fit, or take very long to build.
-MAX_SUPERNET_PARAMETERS = 1_000_000_000
-
-CHECKPOINT = "checkpoints/last.pt"
-_CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rng")
 #: The study user attribute that ties a study to its run's checkpoint (a random id made when the
 #: study's first trial is checkpointed), so another run's checkpoint or study.db is recognised.
 RUN_ID_ATTR = "wpl_nas_run_id"
-CONFIG_FILE = "config.yaml"
-#: Where a run keeps a copy of the space file it was made from, under the file's own name (which
-#: names the study when no study name is given); none for a built-in space.
-SPACE_DIR = "space"
 #: The user attribute of a trial enqueued to train again the candidate of a trial lost in flight
 #: (its value: the lost trial's number).
 RETRY_ATTR = "retry_of"
-#: Optuna artifacts of the run (each trial's cell image), served by ``wpl-nas dashboard``.
-ARTIFACTS = "artifacts"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; anything else must be usable here.
-
-    Raises:
-        ConfigError: unknown device string, or a device that is not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N, mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for, but CUDA is not available here; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {name!r} was asked for, but MPS is not available here; use --device cpu")
-    return device
-
-
-def build_supernet(space: SearchSpace | str, data: Any, *, seed: int = 0) -> Supernet:
-    """A freshly initialised supernet of ``space`` (a space or its name / path) for ``data`` (a DataBundle).
-
-    Raises:
-        ConfigError: the space's dimensionality does not fit the data.
-    """
-    space = load_space(space) if isinstance(space, str) else space
-    space.check_data(data.name, tuple(data.input_shape))
-    torch.manual_seed(seed)
-    return Supernet(space, in_channels=data.input_shape[0], num_classes=data.num_classes,
-                    input_shape=tuple(data.input_shape))
-
-
-def check_supernet_size(space: SearchSpace, data: Any) -> None:
-    """Refuse a space whose supernet for ``data`` would hold more than :data:`MAX_SUPERNET_PARAMETERS`
-    weights, counted on the ``meta`` device (shapes only, no memory), before a search builds it.
-
-    Raises:
-        ConfigError: it is too large; the message gives its size and the limit.
-    """
-    with torch.device("meta"):
-        size = sum(p.numel() for p in build_supernet(space, data).parameters())
-    if size > MAX_SUPERNET_PARAMETERS:
-        raise ConfigError(f"space {space.name!r} makes a supernet of {size:,} weights on {data.name!r} "
-                          f"({size * 4 / 2**30:.1f} GiB in float32, several times that while training), more than "
-                          f"the limit of {MAX_SUPERNET_PARAMETERS:,}; make its layers narrower or fewer")
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the run's configuration {path} ({exc}); restore it from a copy") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a run's configuration must be a mapping of keys to values, but got {data!r}")
-    return data
-
-
-def saved_config(path: Path) -> SearchConfig:
-    """The :class:`SearchConfig` in force in a run folder's ``config.yaml`` (its top-level keys; the
-    ``command`` and the ``history`` of changes beside them are not options).
-
-    A run made from a space file keeps a copy of it (see :func:`space_copy`); the configuration
-    returned names that copy, so the run opens from any folder, and a space file edited since
-    cannot pass for the run's own.
-    """
-    data = {k: v for k, v in _read_record(path).items() if k not in RUN_RECORD_KEYS}
-    config = SearchConfig.from_dict(data, where=str(path))
-    copy = space_copy(path.parent, config.space)
-    return config.replace(space=str(copy)) if copy is not None and copy.is_file() else config
-
-
-def space_copy(run_dir: Path, space: str) -> Path | None:
-    """Where run ``run_dir`` keeps its copy of space file ``space``: ``SPACE_DIR/<its file name>``
-    (None for a built-in space)."""
-    return None if space_file(space) is None else run_dir / SPACE_DIR / Path(space).name
-
-
-def saved_study_name(path: Path) -> str:
-    """The name of the study of the run whose ``config.yaml`` is ``path``: as recorded (a run made
-    with a caller's own Optuna study may name it as it likes), else the one its options give."""
-    name = _read_record(path).get("study")
-    return name if isinstance(name, str) and name else saved_config(path).resolved_study_name
-
-
-def saved_history(path: Path) -> list[dict[str, Any]]:
-    """The options changed when the run in ``path`` (a ``config.yaml``) was resumed, oldest first:
-    ``{"at_trial": position, "changed": {option: [old, new]}, "command": [...]}`` each, where
-    ``at_trial`` is the position (finished trials before it) of the first candidate that used the new
-    values. Empty for a run never changed."""
-    history = _read_record(path).get("history") or []
-    return list(history) if isinstance(history, list) else []
 
 
 class SupernetObjective:
@@ -223,30 +119,20 @@ class SupernetObjective:
         resolve_strategy(config.strategy)
         self.device = resolve_device(config.device)
         use_threads(config.threads)
-        self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+        self.folder = RunFolder(run_dir if run_dir is not None else config.run_dir)
         #: Options that differ from the run folder's config.yaml: ``{name: [old, new]}`` (see
         #: ``SearchConfig.RESUMABLE_CHANGES``); recorded in its history by :meth:`reconcile`.
-        self.changes: dict[str, list[Any]] = {}
-        if (self.run_dir / CONFIG_FILE).is_file():
-            self.changes = resume_changes(saved_config(self.run_dir / CONFIG_FILE), config, run_dir=self.run_dir)
+        self.changes: dict[str, list[Any]] = (
+            resume_changes(self.folder.config(), config, run_dir=self.folder.path) if self.folder.is_run() else {})
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                                  val_fraction=config.val_fraction, seed=config.seed,
                                  train_samples=config.train_samples)
         check_supernet_size(self.space, self.data)  # a search builds its supernet once: check it here
-        self.supernet = build_supernet(self.space, self.data, seed=config.seed).to(self.device)
-        self.strategy: Strategy = create_strategy(config.strategy, self.supernet, config).to(self.device)
-        self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
-        val, train = self.data.val, self.data.train
-        if not (isinstance(val, TensorDataset) and isinstance(train, TensorDataset)):
-            raise TypeError(f"dataset {config.dataset!r} must load as TensorDatasets (see wpl_nas.data)")
-        n_eval = config.eval_samples or len(val)
-        eval_set = (val.tensors[0][:n_eval].to(self.device), val.tensors[1][:n_eval].to(self.device))
-        self.trainer = CandidateTrainer(
-            self.supernet, self.strategy, train_set=train, held_out=val, eval_set=eval_set,
-            optimizer=self.optimizer, batch_size=config.batch_size, epochs=config.epochs,
-            grad_clip=config.grad_clip, eval_batch_size=config.eval_batch_size, seed=config.seed,
-            metric=self.data.metric)
+        parts = assemble(build_supernet(self.space, self.data, seed=config.seed), config, device=self.device,
+                         strategy=config.strategy)
+        self.supernet, self.strategy, self.optimizer = parts.supernet, parts.strategy, parts.optimizer
+        self.trainer = parts.trainer_for(self.data, epochs=config.epochs, seed=config.seed,
+                                         eval_samples=config.eval_samples)
         self.objectives = config.objective_list
         self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent,
                                  higher_is_better=self.trainer.metric.higher_is_better)
@@ -260,20 +146,23 @@ class SupernetObjective:
         self._unusable: str | None = None  # why this objective's in-memory supernet is unusable
         #: Which study the checkpoint belongs to: its name, its run id (RUN_ID_ATTR) and the seed.
         self._identity: dict[str, Any] = {}
-        self._lock = RunLock(self.run_dir)
         self._restore()
         # Everything is valid: the folder may exist now (e.g. for an SQLite study file inside it).
-        create_run_folder(self.run_dir)
+        self.folder.create()
 
     # --- the run folder ------------------------------------------------------------------
     @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT
+        return self.folder.checkpoint_path
 
     def _restore(self) -> None:
-        if not self.checkpoint_path.is_file():
+        state = self.folder.load_checkpoint(map_location=self.device)
+        if state is None:
             return
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device, required=_CHECKPOINT_KEYS)
         identity = state.get("identity", {})
         if identity.get("seed", self.config.seed) != self.config.seed:
             raise ConfigError(f"checkpoint {self.checkpoint_path} was written by a search with seed "
@@ -289,7 +178,8 @@ class SupernetObjective:
                 group.update(lr=self.config.lr, momentum=self.config.momentum,
                              weight_decay=self.config.weight_decay)
             self.pool.load_state_dict(state["pool"])
-            self.finished = {int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()}
+            # In place: the callbacks hold this dict.
+            self.finished.update({int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()})
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
             raise ConfigError(f"checkpoint {self.checkpoint_path} does not fit this run ({reason(exc, whole=True)}): "
                               "it was written for another space, strategy or data set, or it is damaged; restore "
@@ -304,23 +194,17 @@ class SupernetObjective:
         strategies see as ``trial_index``; ``wpl-nas search`` seeds the sampler with it too."""
         return len(self.finished)
 
-    def save(self) -> None:
-        """Write the checkpoint atomically: supernet, strategy, optimiser, pool, finished trials, RNG,
-        and the identity of the study it belongs to. A signal (Ctrl-C, SIGTERM) during a search waits
-        until the write is done."""
-        with deferred():
-            self._save()
+    def state_dict(self) -> dict[str, Any]:
+        """What the checkpoint holds: supernet, strategy, optimiser, pool, finished trials, RNG states,
+        and the identity of the study it belongs to."""
+        return {"supernet": self.supernet.state_dict(), "strategy": self.strategy.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "pool": self.pool.state_dict(),
+                "finished": dict(self.finished), "rng": capture_rng(), "identity": self._identity}
 
-    def _save(self) -> None:
-        save_checkpoint(self.checkpoint_path, {
-            "supernet": self.supernet.state_dict(),
-            "strategy": self.strategy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "pool": self.pool.state_dict(),
-            "finished": dict(self.finished),
-            "rng": capture_rng(),
-            "identity": self._identity,
-        })
+    def save(self) -> None:
+        """Write the checkpoint atomically (:meth:`state_dict`). A signal (Ctrl-C, SIGTERM) during a
+        search waits until the write is done."""
+        self.folder.save_checkpoint(self.state_dict())
 
     def lock(self) -> None:
         """Take the run folder's write lock (idempotent; :meth:`reconcile` takes it too).
@@ -328,11 +212,11 @@ class SupernetObjective:
         Raises:
             RunLocked: another process is searching this run folder.
         """
-        self._lock.acquire()
+        self.folder.lock()
 
     def close(self) -> None:
         """Release the run folder's write lock (the end of the process releases it too)."""
-        self._lock.release()
+        self.folder.unlock()
 
     def reconcile(self, study: optuna.Study, *, running: int | None = None) -> None:
         """Take the run folder's write lock, bring ``study`` and the checkpoint into agreement,
@@ -373,8 +257,8 @@ class SupernetObjective:
                         self.tell_checkpointed(study, trial.number)
                     else:
                         self.mark_lost(study, trial.number)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._record_config(study.study_name)
+        self._pool_catch_up(study)
+        self.folder.record_config(self.config, study=study.study_name, command=self.command, position=self.position)
         self._reconciled = study.study_name
 
     def tell_checkpointed(self, study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -395,25 +279,20 @@ class SupernetObjective:
         if set(frozen.params) == set(self.space.choices):
             study.enqueue_trial(dict(frozen.params), user_attrs={RETRY_ATTR: number})
 
-    def _record_config(self, study_name: str) -> None:
-        """Write config.yaml for a new run (with the name of its study, which a caller's own study
-        need not take from the config), or add the options changed on resume to its history."""
-        path = self.run_dir / CONFIG_FILE
-        if not path.is_file():
-            copy = space_copy(self.run_dir, self.config.space)
-            if copy is not None:  # load_space has read it as UTF-8 already
-                write_text_atomically(copy, Path(self.config.space).read_text(encoding="utf-8"))
-            self.config.dump(path, extra={"command": self.command, "study": study_name})
+    def _pool_catch_up(self, study: optuna.Study) -> None:
+        """Bring the pool up to the last finished trial if the checkpoint's pool is a trial behind:
+        runs made before the pool was re-scored inside the trial (wpl-nas 0.1) saved it after the
+        study was told, so a stop in between left the last trial out. Nothing changes otherwise."""
+        last = max(self.finished, default=None)
+        if last is None or self.pool.recorded(last):
             return
-        changes = resume_changes(saved_config(path), self.config, run_dir=self.run_dir)
-        if not changes:
-            return
-        record = _read_record(path)
-        history = saved_history(path)
-        history.append({"at_trial": self.position, "changed": changes, "command": self.command})
-        with deferred():
-            self.config.dump(path, extra={"command": record.get("command"), "study": record.get("study"),
-                                          "history": history})
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == last)
+        complete = self.finished[last][0] == "COMPLETE"
+        if not (complete or self.pool.entries):
+            return  # a pruned trial and an empty pool: nothing to re-score
+        self._update_pool(last, frozen.user_attrs["arch"] if complete else None,
+                          frozen.user_attrs.get("score_at_training", math.nan))
+        self.save()
 
     def _check_identity(self, study: optuna.Study) -> None:
         """Refuse a study and checkpoint that belong to different runs; tie them together if new."""
@@ -513,10 +392,12 @@ class SupernetObjective:
             # Attributes go in before the checkpoint, so a trial that is checkpointed but not yet
             # told (an interruption in between) still carries them when it is told on resume.
             self._annotate(trial, result)
+            # The pool is re-scored before the checkpoint, so trial and pool are saved together, once.
+            self._update_pool(trial.number, None if result.pruned else str(arch), result.score)
             with deferred():  # `finished` in memory and in the checkpoint on disk change together
                 self.finished[trial.number] = outcome
                 try:
-                    self._save()
+                    self.save()
                 except BaseException:
                     del self.finished[trial.number]
                     raise
@@ -531,6 +412,18 @@ class SupernetObjective:
             raise optuna.TrialPruned(f"pruned after epoch {len(result.epoch_scores) - 1} "
                                      f"at score {result.score:.4f}")
         return result.score if single else tuple(values)
+
+    def _update_pool(self, number: int, arch: str | None, score: float) -> None:
+        """Trial ``number`` joins the retained pool (when it completed: ``arch`` given, with its
+        ``score`` at training), replacing the entry of its architecture, and every other member is
+        re-scored on the fixed evaluation set; the scores are recorded as taken after ``number``."""
+        pool = self.pool
+        if arch is not None:
+            pool.add(number, arch, score)
+        rescores = {t: self.score(pool.entries[t].arch) for t in pool.members() if t != number}
+        if number in pool.entries:
+            rescores[number] = pool.entries[number].score
+        pool.record(number, rescores)
 
     def _check_strategy_state(self, number: int) -> None:
         """Refuse to go on (and to save) once the strategy's state holds NaN or infinity: every later
@@ -577,26 +470,27 @@ class SupernetObjective:
             trial.set_user_attr("penalty", result.penalty)
 
     # --- callbacks --------------------------------------------------------------------
-    def retention_callback(self) -> RetentionCallback:
-        """A study callback that re-scores the retained pool after each trial (see
-        :class:`~wpl_nas.callbacks.RetentionCallback`)."""
-        from wpl_nas.callbacks import RetentionCallback
+    @property
+    def chance(self) -> float | None:
+        """The chance score (1/classes) when higher is better; None for perplexity, which has no
+        floor worth normalising by."""
+        return 1.0 / self.data.num_classes if self.trainer.metric.higher_is_better else None
 
-        return RetentionCallback(self)
+    def retention_callback(self) -> RetentionCallback:
+        """A study callback that records the retained pool's re-scores after each trial (see
+        :class:`~wpl_nas.callbacks.RetentionCallback`)."""
+        return RetentionCallback(self.pool, self.finished, self.folder, chance=self.chance)
 
     def anatomy_callback(self, *, probe_size: int = 256) -> AnatomyCallback:
         """A study callback that measures, per stage, how far the pool members' representations drift
-        (see :class:`~wpl_nas.callbacks.AnatomyCallback`); attach it after the retention callback."""
-        from wpl_nas.callbacks import AnatomyCallback
-
-        return AnatomyCallback(self, probe_size=probe_size)
+        (see :class:`~wpl_nas.callbacks.AnatomyCallback`)."""
+        return AnatomyCallback(self.supernet, self.pool, self.finished, self.folder,
+                               probe=self.trainer.eval_x[:probe_size], device=self.device)
 
     def tensorboard_callback(self, log_dir: str | Path | None = None) -> TensorBoardCallback:
         """A study callback that writes TensorBoard events to ``log_dir`` [default: ``run_dir/tb``]
         (see :class:`~wpl_nas.callbacks.TensorBoardCallback`)."""
-        from wpl_nas.callbacks import TensorBoardCallback
-
-        return TensorBoardCallback(log_dir if log_dir is not None else self.run_dir / "tb",
+        return TensorBoardCallback(log_dir if log_dir is not None else self.folder.tensorboard_dir,
                                    penalty_tag=self.strategy.penalty_tag, space=self.space,
                                    metric=self.trainer.metric.name)
 

@@ -28,27 +28,25 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from wpl_nas.api import load_run
-from wpl_nas.data import iterate_batches, load_dataset
+from wpl_nas.assembly import assemble, build_supernet, evaluation_set, resolve_device, tensor_splits
+from wpl_nas.data import load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import METRICS
 from wpl_nas.export import choose_trial
-from wpl_nas.objective import build_supernet, resolve_device
+from wpl_nas.run_folder import RETRAIN_DIR
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_text_atomically
 
 __all__ = ["RECIPES", "Recipe", "RetrainResult", "augment_crop_flip", "retrain_run"]
-
-RETRAIN_DIR = "retrain"
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -155,16 +153,17 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                         val_fraction=config.val_fraction, seed=config.seed)
-    train, val, test = data.train, data.val, data.test
-    if not all(isinstance(d, TensorDataset) for d in (train, val, test)):
-        raise TypeError(f"dataset {config.dataset!r} must load as TensorDatasets (see wpl_nas.data)")
-    train = TensorDataset(*(t.to(device) for t in train.tensors))  # type: ignore[attr-defined]
-    val_x, val_y = (t.to(device) for t in val.tensors)  # type: ignore[attr-defined]
+    train, val, test = tensor_splits(data, "train", "val", "test")
 
-    folder = run.run_dir / RETRAIN_DIR / f"trial_{chosen.number:04d}"
-    net = build_supernet(space, data, seed=config.seed).standalone(arch).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=recipe.momentum > 0, weight_decay=recipe.weight_decay)
+    folder = run.folder.trial_dir(RETRAIN_DIR, chosen.number)
+    # The search's trainer, with the recipe's optimiser and batches and a naive strategy.
+    parts = assemble(build_supernet(space, data, seed=config.seed).standalone(arch),
+                     SimpleNamespace(**asdict(recipe), eval_batch_size=config.eval_batch_size), device=device,
+                     nesterov=recipe.momentum > 0)
+    net, optimizer = parts.supernet, parts.optimizer
+    trainer = parts.trainer(train_set=train, held_out=val, eval_set=evaluation_set(data, samples=0, device=device),
+                            epochs=epochs, seed=config.seed, metric=data.metric)
+    augment = augment_crop_flip if recipe.augment and train.tensors[0].dim() == 4 else None
     metric = METRICS.get(data.metric)
     short = metric.short
     val_key = f"val_{short}"
@@ -196,25 +195,14 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
     writer = SummaryWriter(log_dir=str(folder / "tb"))
     bar = tqdm(total=epochs * steps_per_epoch, initial=start * steps_per_epoch, disable=not progress,
                desc=f"retrain trial {chosen.number}", unit="step", dynamic_ncols=True)
+    ctx = trainer.context(arch, 0)
     try:
         for epoch in range(start, epochs):
             net.train()
-            loss_sum, steps = torch.zeros((), device=device), 0
-            for x, y in iterate_batches(train, batch_size=recipe.batch_size, shuffle=True, generator=gen):
-                if recipe.augment and x.dim() == 4:
-                    x = augment_crop_flip(x, gen)
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(net(x), y)
-                loss.backward()
-                if recipe.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-                optimizer.step()
-                schedule.step()
-                loss_sum += loss.detach()
-                steps += 1
-                bar.update(1)
-            history["train_loss"].append(loss_sum.item() / max(steps, 1))
-            history[val_key].append(metric.compute(net, arch, val_x, val_y, batch_size=config.eval_batch_size))
+            ctx.epoch = epoch
+            loss, _ = trainer.run_epoch(ctx, gen, progress=bar.update, augment=augment, after_step=schedule.step)
+            history["train_loss"].append(loss)
+            history[val_key].append(trainer.score(arch))
             for tag, key in (("train/loss", "train_loss"), (f"val/{short}", val_key)):
                 writer.add_scalar(tag, history[key][-1], epoch)
             writer.add_scalar("train/lr", schedule.get_last_lr()[0], epoch)
@@ -225,7 +213,7 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
                                    "recipe": asdict(recipe), "arch": str(arch)})
             if on_epoch is not None:
                 on_epoch(epoch, {"train_loss": history["train_loss"][-1], val_key: history[val_key][-1]})
-        test_x, test_y = (t.to(device) for t in test.tensors)  # type: ignore[attr-defined]
+        test_x, test_y = (t.to(device) for t in test.tensors)
         test_score = metric.compute(net, arch, test_x, test_y, batch_size=config.eval_batch_size)  # the only test use
         writer.add_scalar(f"test/{short}", test_score, epochs)
     finally:

@@ -34,15 +34,13 @@ from optuna.trial import TrialState
 from wpl_nas.config import CHOOSE_BY
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import METRICS, kendall_tau
+from wpl_nas.run_folder import FINAL_CSV, FINAL_JSON
 from wpl_nas.spaces import Architecture
-from wpl_nas.threads import threads_in_use
 from wpl_nas.tracking import read_json, write_text_atomically
 
 __all__ = ["CHOOSE_BY", "FINAL_CSV", "FINAL_JSON", "FinalScores", "best_at_training", "current_final",
            "latest_finished", "load_final", "rescore_final", "select_run"]
 
-FINAL_JSON = "final.json"
-FINAL_CSV = "final.csv"
 
 
 @dataclass
@@ -180,15 +178,14 @@ def select_run(run_dir: str | Path, *, top_k: int | None = None) -> FinalScores:
     # Imported here: wpl_nas.api imports this module for the end of every search.
     from wpl_nas.api import load_run
     from wpl_nas.callbacks import final_note
-    from wpl_nas.objective import SupernetObjective
 
     run = load_run(run_dir)
     top_k = run.config.final_top_k if top_k is None else top_k
     if top_k < 0:
         raise ConfigError(f"top_k must be >= 0, but got top_k={top_k}")
     # Read-only: the checkpoint's weights, on this process's threads (not the run's: wpl_nas.threads).
-    objective = SupernetObjective(run.config, run_dir=run.run_dir, threads=threads_in_use())
-    final = rescore_final(run.study, objective.score, metric=objective.trainer.metric.name, top_k=top_k)
+    trained = run.folder.load_supernet()
+    final = rescore_final(run.study, trained.score, metric=trained.metric.name, top_k=top_k)
     if final is None:
         raise ConfigError(f"run {run.run_dir} has no complete trial to re-score")
     final.write(run.run_dir)

@@ -25,6 +25,7 @@ def test_api_snippet_runs(tmp_path, monkeypatch):
     assert len(result.study.trials) == 3  # type: ignore[attr-defined]
     assert (tmp_path / "runs" / "api-demo" / "study.db").is_file()
     assert tuple(namespace["logits"].shape) == (8, 10)  # type: ignore[attr-defined]
+    assert namespace["trained"].pool.members()  # type: ignore[attr-defined]
 
 
 def test_readme_names_the_two_commands_that_ci_runs():

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import wpl_nas
 from wpl_nas.cli import cli
-from wpl_nas.objective import saved_config, saved_history
+from wpl_nas.run_folder import RunFolder
 from wpl_nas.study import create_sampler
 from wpl_nas.tracking.lock import LOCK_FILE
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
@@ -262,6 +262,55 @@ def test_after_trial_work_cut_short_is_redone_on_resume(tiny_space_file, data_di
     assert {e.step for e in events.Scalars("retained/mean_acc")} == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
+def test_a_checkpoint_whose_pool_is_a_trial_behind_is_caught_up_on_resume(tiny_space_file, data_dir, tmp_path,
+                                                                          whole_runs, monkeypatch):
+    """Runs made before the pool was re-scored inside the trial saved it after the study was told, so a
+    stop in between left a checkpoint whose pool lacks the last trial: resuming such a run re-scores it
+    first and ends equal to an uninterrupted run."""
+    import wpl_nas.callbacks as callbacks
+
+    original, publish = wpl_nas.SupernetObjective._update_pool, callbacks.RetentionCallback.__call__
+
+    def old_order(self, number, arch, score):
+        if number == 1:  # the old checkpoint of trial 1: its pool as after trial 0
+            raise_at_callback.append(True)
+            return None
+        return original(self, number, arch, score)
+
+    def stop(self, study, trial):
+        raise _Stop("killed before the old retention callback re-scored the pool")
+
+    raise_at_callback: list[bool] = []
+    config = _config(tiny_space_file, data_dir, tmp_path, "old", 4, sampler="random")
+    with monkeypatch.context() as patch:
+        patch.setattr(wpl_nas.SupernetObjective, "_update_pool", old_order)
+        patch.setattr(callbacks.RetentionCallback, "__call__",
+                      lambda self, study, trial: stop(self, study, trial) if raise_at_callback
+                      else publish(self, study, trial))
+        with pytest.raises(_Stop):
+            wpl_nas.run_search(config, progress=False, command=["t"])
+    state = RunFolder(tmp_path / "old").load_checkpoint()
+    assert state is not None and sorted(state["finished"]) == [0, 1]
+    assert not any(1 in rescores for *_, rescores in state["pool"]["entries"])  # a trial behind
+    resumed = wpl_nas.run_search(config, progress=False, command=["t"])
+    _assert_same_run(whole_runs["random"], _by_position(resumed.run_dir))
+
+
+@pytest.mark.slow
+def test_the_checkpoint_is_written_once_per_trial(tiny_space_file, data_dir, tmp_path, monkeypatch):
+    writes: list[int] = []
+    original = RunFolder.save_checkpoint
+
+    def counted(self, state):
+        writes.append(len(state["finished"]))
+        return original(self, state)
+
+    monkeypatch.setattr(RunFolder, "save_checkpoint", counted)
+    wpl_nas.run_search(_config(tiny_space_file, data_dir, tmp_path, "once", 3), progress=False, command=["t"])
+    assert writes == [1, 2, 3]
+
+
 # --- what may change on resume ---------------------------------------------------------------
 
 
@@ -285,8 +334,8 @@ def test_a_diverged_run_resumes_with_a_lower_lr_and_the_change_is_recorded(tiny_
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
                                                      TrialState.COMPLETE]
     assert study.trials[2].user_attrs["retry_of"] == 1 and study.trials[2].params == study.trials[1].params
-    assert saved_config(run_dir / "config.yaml").lr == 0.01  # the top level: the options in force now
-    history = saved_history(run_dir / "config.yaml")
+    assert RunFolder(run_dir).config().lr == 0.01  # the top level: the options in force now
+    history = RunFolder(run_dir).history()
     assert [(h["at_trial"], h["changed"]) for h in history] == [
         (1, {"trials": [1, 3], "lr": [0.05, 1e12]}),
         (1, {"lr": [1e12, 0.01]}),
@@ -303,7 +352,7 @@ def test_a_diverged_run_resumes_with_a_lower_lr_and_the_change_is_recorded(tiny_
                                      "--space", str(tiny_space_file), "--strategy", "naive", "--data-dir",
                                      str(data_dir), "--eval-samples", "200", "--device", "cpu", "--threads", "1"])
     assert again.exit_code == 0, again.output
-    assert len(saved_history(run_dir / "config.yaml")) == 2 and len(_finished(study)) == 3
+    assert len(RunFolder(run_dir).history()) == 2 and len(_finished(study)) == 3
 
 
 def test_the_optimiser_takes_the_new_hyper_parameters_after_its_state_is_loaded(tiny_space_file, data_dir,

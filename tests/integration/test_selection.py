@@ -17,7 +17,8 @@ import wpl_nas
 from wpl_nas.cli import cli
 from wpl_nas.export import choose_trial
 from wpl_nas.objective import SupernetObjective
-from wpl_nas.selection import FINAL_CSV, FINAL_JSON, load_final
+from wpl_nas.run_folder import FINAL_CSV, FINAL_JSON
+from wpl_nas.selection import load_final
 
 
 @pytest.fixture(scope="module")

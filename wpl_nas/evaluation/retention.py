@@ -160,6 +160,10 @@ class RetainedPool:
                 "earlier_forgetting_mean": _mean([e.forgetting for e in earlier]),
                 "forgetting_this_trial": _mean(steps)}
 
+    def recorded(self, after_trial: int) -> bool:
+        """Whether a re-score after trial ``after_trial`` is recorded (for any entry)."""
+        return any(after_trial in e.rescores for e in self.entries.values())
+
     def record(self, after_trial: int, scores: dict[int, float]) -> None:
         for trial, score in scores.items():
             self.entries[trial].rescores[after_trial] = score

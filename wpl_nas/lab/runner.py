@@ -31,7 +31,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from wpl_nas.api import resolve_device
+from wpl_nas.assembly import assemble, resolve_device
 from wpl_nas.data import DATASETS, DataBundle, load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.lab.config import LabConfig
@@ -39,7 +39,7 @@ from wpl_nas.lab.metrics import LabRow, SeedOutcome, aggregate
 from wpl_nas.lab.report import plot_retention, write_outcome, write_results, write_seeds, write_tensorboard
 from wpl_nas.lab.scenarios import SCENARIOS, Model, Plan, Scenario
 from wpl_nas.spaces import load_space
-from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy, resolve_strategy
+from wpl_nas.strategies import STRATEGIES, Strategy, resolve_strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.threads import use_threads
 from wpl_nas.training import CandidateTrainer
@@ -198,18 +198,13 @@ class _Lab:
         config, device = self.config, self.device
         torch.manual_seed(seed)  # the same initial weights for every strategy and variant
         net = Supernet(plan.space, in_channels=self.data.input_shape[0], num_classes=plan.num_classes,
-                       input_shape=tuple(self.data.input_shape),
-                       heads=plan.heads).to(device)
-        strategy = create_strategy(name, net, config.strategy_options).to(device)
-        optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-        trainers = [
-            CandidateTrainer(net, strategy, train_set=m.train, held_out=m.held_out,
-                             eval_set=(m.eval_set[0].to(device), m.eval_set[1].to(device)), optimizer=optimizer,
-                             batch_size=config.batch_size, epochs=m.epochs, grad_clip=config.grad_clip,
-                             eval_batch_size=config.eval_batch_size, seed=seed)
-            for m in plan.models
-        ]
+                       input_shape=tuple(self.data.input_shape), heads=plan.heads)
+        parts = assemble(net, config, device=device, strategy=name, strategy_options=config.strategy_options)
+        strategy = parts.strategy
+        trainers = [parts.trainer(train_set=m.train, held_out=m.held_out,
+                                  eval_set=(m.eval_set[0].to(device), m.eval_set[1].to(device)), epochs=m.epochs,
+                                  seed=seed)
+                    for m in plan.models]
         outcome = SeedOutcome(name, plan.variant, dict(plan.params), seed, [m.label for m in plan.models],
                               [str(m.arch) for m in plan.models], [m.chance for m in plan.models])
         probe = _Probe(trainers[0], plan.models[0], outcome)

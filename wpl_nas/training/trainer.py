@@ -109,7 +109,6 @@ class CandidateTrainer:
         """
         net, strategy, opt = self.supernet, self.strategy, self.optimizer
         ctx = self.context(arch, trial_index)
-        path = list(ctx.params.values())
         result = TrainResult()
         start = time.perf_counter()
         net.set_arch(arch)
@@ -117,25 +116,8 @@ class CandidateTrainer:
         strategy.before_candidate(ctx)
         gen = self._generator(trial_index, 0)
         for epoch in range(self.epochs):
-            loss_sum = torch.zeros((), device=self.eval_y.device)  # summed on the device: no sync per step
-            steps = 0
             ctx.epoch = epoch
-            for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True,
-                                        generator=gen):
-                ctx.step, ctx.batch = steps, (x, y)
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(net(x), y)
-                loss.backward()
-                strategy.after_backward(ctx)
-                if self.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(path, self.grad_clip, foreach=True)
-                opt.step()
-                strategy.after_step(ctx)
-                loss_sum += loss.detach()
-                steps += 1
-                if progress is not None:
-                    progress()
-            result.loss = loss_sum.item() / max(steps, 1)
+            result.loss, steps = self.run_epoch(ctx, gen, progress=progress)
             if not math.isfinite(result.loss):
                 # NaN weights would poison every later candidate: stop before anything is saved.
                 raise TrainingDiverged(
@@ -152,6 +134,48 @@ class CandidateTrainer:
         ctx.batch = None
         result.seconds = time.perf_counter() - start
         return result
+
+    def run_epoch(self, ctx: CandidateContext, generator: torch.Generator, *,
+                  progress: Callable[[], object] | None = None,
+                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                  after_step: Callable[[], object] | None = None) -> tuple[float, int]:
+        """One pass over the training split in the order ``generator`` draws, with the strategy's
+        hooks: the inner loop of :meth:`train`, public for callers that run epochs themselves
+        (retraining, which resumes mid-way and steps a learning-rate schedule).
+
+        Args:
+            ctx: The candidate's context (:meth:`context`); its ``epoch`` is the caller's to set.
+            generator: Draws the batch order (and ``augment``'s randomness).
+            progress: Called after every step.
+            augment: Applied to each input batch before the forward pass.
+            after_step: Called after every optimiser step (e.g. a schedule's ``step``).
+
+        Returns:
+            The epoch's mean training loss and its number of steps.
+        """
+        net, strategy, opt = self.supernet, self.strategy, self.optimizer
+        path = list(ctx.params.values())
+        loss_sum = torch.zeros((), device=self.eval_y.device)  # summed on the device: no sync per step
+        steps = 0
+        for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator):
+            if augment is not None:
+                x = augment(x, generator)
+            ctx.step, ctx.batch = steps, (x, y)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            strategy.after_backward(ctx)
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(path, self.grad_clip, foreach=True)
+            opt.step()
+            strategy.after_step(ctx)
+            if after_step is not None:
+                after_step()
+            loss_sum += loss.detach()
+            steps += 1
+            if progress is not None:
+                progress()
+        return loss_sum.item() / max(steps, 1), steps
 
     def consolidate(self, arch: Architecture, *, trial_index: int, score: float | None = None) -> None:
         """Let the strategy consolidate the freshly trained ``arch`` (after :meth:`train`).
