@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["ConfigError", "RunLocked", "TrainingDiverged", "reason", "write_refused"]
+__all__ = ["ConfigError", "PluginWarning", "RunLocked", "TrainingDiverged", "reason", "write_refused"]
 
 #: ``errno`` values of a write the file system refused: a full disk or quota, a read-only file
 #: system, a folder the user may not write, a file larger than the process may write.
@@ -19,6 +19,11 @@ class ConfigError(ValueError):
     The message always names the offending value and, where there is a closed set, the
     valid choices. The CLI turns it into a usage error (exit code 2, no traceback).
     """
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin (an entry point of another package) could not be loaded, or clashes with a
+    name already taken; the message names its package and entry point. Searches go on without it."""
 
 
 class RunLocked(ConfigError):

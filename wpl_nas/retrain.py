@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from wpl_nas.api import load_run
 from wpl_nas.assembly import assemble, build_supernet, evaluation_set, resolve_device, tensor_splits
-from wpl_nas.data import load_dataset
+from wpl_nas.data import RECIPES, Recipe, load_dataset, recipe_for
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import METRICS
 from wpl_nas.export import choose_trial
@@ -47,38 +47,6 @@ from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_text_atomically
 
 __all__ = ["RECIPES", "Recipe", "RetrainResult", "augment_crop_flip", "retrain_run"]
-
-@dataclass(frozen=True)
-class Recipe:
-    """How an architecture is trained from scratch.
-
-    Attributes:
-        lr: Peak learning rate (cosine-annealed to 0 over the run).
-        weight_decay: SGD weight decay.
-        batch_size: Training batch size.
-        augment: Random crop (4-pixel zero padding) and horizontal flip of images.
-        momentum: SGD momentum (Nesterov when not 0).
-        grad_clip: Global gradient-norm clip (0: off).
-    """
-
-    lr: float
-    weight_decay: float
-    batch_size: int
-    augment: bool = False
-    momentum: float = 0.9
-    grad_clip: float = 0.0
-
-
-#: The recipe of each data set (CIFAR's is the usual one of the NAS literature; the others are plain).
-RECIPES = {
-    "mnist1d": Recipe(lr=0.05, weight_decay=5e-4, batch_size=64),
-    "mnist": Recipe(lr=0.05, weight_decay=5e-4, batch_size=128),
-    "fashion_mnist": Recipe(lr=0.05, weight_decay=5e-4, batch_size=128),
-    "cifar10": Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True),
-    "cifar100": Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True),
-    # ENAS's PTB training: plain SGD at a large learning rate with a tight gradient clip.
-    "ptb": Recipe(lr=20.0, weight_decay=1e-6, batch_size=64, momentum=0.0, grad_clip=0.25),
-}
 
 
 @dataclass
@@ -144,9 +112,7 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
         raise ConfigError(f"epochs must be >= 1, but got epochs={epochs}")
     run = load_run(run_dir)
     config = run.config
-    recipe = RECIPES.get(config.dataset)
-    if recipe is None:
-        raise ConfigError(f"no retraining recipe for dataset {config.dataset!r}; recipes: {', '.join(RECIPES)}")
+    recipe = recipe_for(config.dataset)
     chosen = choose_trial(run, trial, by=choose_by)
     space = load_space(config.space)
     arch = space.parse(chosen.user_attrs["arch"])

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from conftest import assert_round_trips, assert_standalone_matches
 
 import wpl_nas
-from wpl_nas.spaces import RNNSpace
+from wpl_nas.spaces import SPACE_KINDS, RNNSpace
+from wpl_nas.supernet import SUPERNETS
 from wpl_nas.tracking.figures import cell_figure, png_bytes, space_figure
 
 NAMES = list(wpl_nas.builtin_spaces())
@@ -21,6 +22,13 @@ NAMES = list(wpl_nas.builtin_spaces())
 
 def test_the_catalogue_has_every_space_the_docs_promise():
     assert set(NAMES) >= {"mnist1d", "nb201", "darts", "enas-micro", "enas-rnn", "mobilenet", "mlp"}
+
+
+@pytest.mark.parametrize("kind", SPACE_KINDS.names())
+def test_every_space_kind_has_its_network_and_a_space_in_the_catalogue(kind):
+    assert SPACE_KINDS.get(kind).kind == kind
+    assert issubclass(SUPERNETS.get(kind), wpl_nas.Supernet)
+    assert kind in {wpl_nas.load_space(name).kind for name in NAMES}
 
 
 @pytest.mark.parametrize("name", NAMES)

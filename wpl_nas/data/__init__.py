@@ -3,12 +3,24 @@
 Every split is a ``TensorDataset(inputs_float32, labels_int64)`` with normalised inputs, and
 :func:`iterate_batches` slices whole batches out of it. The validation split is carved from
 the training data, so search decisions never look at the test split.
+
+A dataset is one module: a module of this package that registers a loader with
+:func:`register_dataset` is found by :data:`DATASETS` with no other edit (so are plugins: entry
+point group ``wpl_nas.datasets``). Your own data: :meth:`DataBundle.from_tensors`.
 """
 
 from __future__ import annotations
 
-# Imported for their side effect: each module registers its loaders in DATASETS.
-from wpl_nas.data import _mnist1d, _text, _torchvision  # noqa: F401
-from wpl_nas.data._bundle import DATASETS, DataBundle, iterate_batches, load_dataset
+from wpl_nas.data._bundle import (
+    DATASETS,
+    RECIPES,
+    DataBundle,
+    Recipe,
+    iterate_batches,
+    load_dataset,
+    recipe_for,
+    register_dataset,
+)
 
-__all__ = ["DATASETS", "DataBundle", "iterate_batches", "load_dataset"]
+__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "iterate_batches", "load_dataset", "recipe_for",
+           "register_dataset"]

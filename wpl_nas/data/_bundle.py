@@ -1,15 +1,18 @@
-"""The :class:`DataBundle` every dataset loads into, the dataset registry, and batch iteration."""
+"""The :class:`DataBundle` every dataset loads into, the dataset registry and its retraining
+recipes, and batch iteration."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -17,7 +20,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.registry import Registry
 
-__all__ = ["DATASETS", "DataBundle", "iterate_batches", "load_dataset", "make_bundle"]
+__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "iterate_batches", "load_dataset", "make_bundle",
+           "recipe_for", "register_dataset"]
+
+#: What :meth:`DataBundle.from_tensors` takes as tensors: a tensor, a NumPy array, or a nested list.
+TensorLike = Tensor | np.ndarray[Any, Any] | list[Any]
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,194 @@ class DataBundle:
     input_shape: tuple[int, ...]
     metric: str = "accuracy"
 
+    @classmethod
+    def from_tensors(
+        cls,
+        x_train: TensorLike,
+        y_train: TensorLike,
+        *,
+        x_test: TensorLike | None = None,
+        y_test: TensorLike | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        name: str = "custom",
+        metric: str = "accuracy",
+        num_classes: int | None = None,
+    ) -> DataBundle:
+        """A bundle of data you hold in memory: the way to search your own data.
 
-#: Dataset loaders by name. Each is called as
-#: ``loader(data_dir=Path, download=bool, val_fraction=float, seed=int)`` and returns a :class:`DataBundle`.
-DATASETS: Registry[Callable[..., DataBundle]] = Registry("dataset")
+        ::
+
+            bundle = DataBundle.from_tensors(x, y, x_test=x_test, y_test=y_test, seed=0)
+
+        Register a function that returns it (:func:`register_dataset`) to search it by name.
+        The inputs are used as given: scale them first (e.g. to zero mean and unit variance,
+        with statistics of the training data).
+
+        Args:
+            x_train: Training inputs, one sample per row: ``(N, C, L)`` sequences, ``(N, C, H, W)``
+                images, or an ``(N, F)`` table of features, which is read as ``(N, 1, F)`` (one
+                channel of ``F`` values: what ``mlp`` and 1-D spaces take). Converted to float32.
+                With ``metric="perplexity"``: ``(N, T)`` integer token ids.
+            y_train: Class labels ``0 .. num_classes - 1``, shape ``(N,)``; with
+                ``metric="perplexity"``, the next tokens, shape ``(N, T)``.
+            x_test: Test inputs, only for final reporting (``wpl-nas retrain``).
+            y_test: Their labels; give both or neither.
+            val_fraction: Fraction of the training data held out (at random) as the validation
+                split, on which candidates are scored.
+            test_fraction: Without ``x_test``, the fraction of ``x_train`` held out (at random,
+                before the validation split) as the test split.
+            seed: Seed of the random splits; the same seed always gives the same splits.
+            name: The dataset's name in messages (:func:`load_dataset` sets it to the registered name).
+            metric: ``accuracy`` (classification) or ``perplexity`` (language modelling).
+            num_classes: Number of classes (the vocabulary size for ``perplexity``) [default: the
+                largest label (or token id) + 1].
+
+        Raises:
+            ConfigError: mismatched lengths, labels that are not integer classes, an unknown
+                ``metric``, only one of ``x_test``/``y_test``, or a fraction that leaves a split empty.
+        """
+        from wpl_nas.evaluation import METRICS  # imports supernets, which import this module
+
+        METRICS.get(metric)
+        tokens = metric == "perplexity"
+        x, y = _as_samples(x_train, y_train, tokens=tokens, what="x_train/y_train")
+        if (x_test is None) != (y_test is None):
+            raise ConfigError(f"dataset {name!r}: give both x_test and y_test, or neither")
+        if x_test is not None and y_test is not None:
+            test = _as_samples(x_test, y_test, tokens=tokens, what="x_test/y_test")
+        else:
+            (x, y), test = _split(x, y, test_fraction, seed, f"test_fraction of dataset {name!r}")
+        labels = torch.cat([t.flatten() for t in (x, y, *test)]) if tokens else torch.cat([y, test[1]])
+        found = int(labels.max()) + 1 if len(labels) else 0
+        if num_classes is None:
+            num_classes = found
+        elif num_classes < found:
+            raise ConfigError(f"dataset {name!r}: num_classes={num_classes}, but a label (or token id) is {found - 1}")
+        bundle = make_bundle(name, (x, y), test, num_classes=num_classes, val_fraction=val_fraction, seed=seed)
+        return dataclasses.replace(bundle, metric=metric)
+
+
+def _as_samples(x_in: TensorLike, y_in: TensorLike, *, tokens: bool, what: str) -> tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` as :meth:`DataBundle.from_tensors` stores them, checked."""
+    x, y = torch.as_tensor(x_in), torch.as_tensor(y_in)
+    if len(x) != len(y):
+        raise ConfigError(f"{what}: {len(x)} inputs but {len(y)} labels")
+    for tensor, role in [(y, "labels"), (x, "token ids")] if tokens else [(y, "labels")]:
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise ConfigError(f"{what}: {role} must be integers (class indices), but they are {tensor.dtype}")
+        if len(tensor) and int(tensor.min()) < 0:
+            raise ConfigError(f"{what}: {role} must be >= 0, but one is {int(tensor.min())}")
+    if tokens:
+        if x.dim() != 2 or x.shape != y.shape:
+            raise ConfigError(f"{what}: token data must be (N, T) inputs and (N, T) next tokens, but got "
+                              f"{tuple(x.shape)} and {tuple(y.shape)}")
+        return x.long(), y.long()
+    if y.dim() != 1:
+        raise ConfigError(f"{what}: labels must be one class index per sample, shape (N,), but got {tuple(y.shape)}")
+    if x.dim() < 2:
+        raise ConfigError(f"{what}: inputs must have one row per sample, shape (N, ...), but got {tuple(x.shape)}")
+    x = x.float()
+    return (x.unsqueeze(1) if x.dim() == 2 else x), y.long()
+
+
+def _split(x: Tensor, y: Tensor, fraction: float, seed: int,
+           what: str) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``((x, y) kept, (x, y) held out)``: ``fraction`` of the samples at random, seeded."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"{what} must be in (0, 1), but got {fraction}")
+    n_out = round(fraction * len(x))
+    if not 0 < n_out < len(x):
+        raise ConfigError(f"{what}={fraction} of {len(x)} samples leaves an empty split")
+    # A private generator: the split depends on ``seed`` only, never on the global torch RNG.
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    out, kept = order[:n_out], order[n_out:]
+    return (x[kept], y[kept]), (x[out], y[out])
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How ``wpl-nas retrain`` trains an architecture from scratch on a dataset.
+
+    Attributes:
+        lr: Peak learning rate (cosine-annealed to 0 over the run).
+        weight_decay: SGD weight decay.
+        batch_size: Training batch size.
+        augment: Random crop (4-pixel zero padding) and horizontal flip of images.
+        momentum: SGD momentum (Nesterov when not 0).
+        grad_clip: Global gradient-norm clip (0: off).
+    """
+
+    lr: float
+    weight_decay: float
+    batch_size: int
+    augment: bool = False
+    momentum: float = 0.9
+    grad_clip: float = 0.0
+
+
+#: Dataset loaders by name: this package's modules (``wpl_nas/data/*.py``) and plugins (entry point
+#: group ``wpl_nas.datasets``) register theirs with :func:`register_dataset`.
+DATASETS: Registry[Callable[..., DataBundle]] = Registry("dataset", package=__package__,
+                                                         entry_points="wpl_nas.datasets")
+#: The retraining recipe of each dataset registered with one (look one up with :func:`recipe_for`,
+#: which loads the plugins first).
+RECIPES: dict[str, Recipe] = {}
+
+Loader = TypeVar("Loader", bound=Callable[..., DataBundle])
+
+
+def register_dataset(name: str, *, recipe: Recipe | None = None) -> Callable[[Loader], Loader]:
+    """Register a function that returns a :class:`DataBundle` as dataset ``name``.
+
+    ::
+
+        @wpl_nas.register_dataset("my-data", recipe=wpl_nas.Recipe(lr=0.05, weight_decay=5e-4, batch_size=64))
+        def my_data(*, val_fraction: float, seed: int) -> wpl_nas.DataBundle:
+            return wpl_nas.DataBundle.from_tensors(x, y, val_fraction=val_fraction, seed=seed)
+
+    Once the module that does this is imported (or installed as a plugin, or dropped into
+    ``wpl_nas/data/``), the name works wherever a dataset is named: ``wpl-nas search --dataset
+    my-data``, ``SearchConfig(dataset="my-data")``, ``SupernetObjective(dataset="my-data")``,
+    :func:`load_dataset`.
+
+    The function is called with keyword arguments, those of the following that it accepts:
+    ``data_dir`` (:class:`~pathlib.Path`, where data files live: ``--data-dir``), ``download``
+    (bool: whether it may download missing files: ``--download``), ``val_fraction`` (float in
+    (0, 1): the fraction of the training data to hold out for validation) and ``seed`` (int: the
+    seed of that split). Honour ``val_fraction`` and ``seed`` (pass them to
+    :meth:`DataBundle.from_tensors`), so the options of a search mean what they say.
+
+    Args:
+        name: The dataset's name.
+        recipe: How ``wpl-nas retrain`` trains an architecture on it from scratch; without one it
+            cannot be retrained.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+
+    def decorator(loader: Loader) -> Loader:
+        DATASETS.add(name, loader)
+        if recipe is not None:
+            RECIPES[name] = recipe
+        return loader
+
+    return decorator
+
+
+def recipe_for(name: str) -> Recipe:
+    """The retraining recipe of dataset ``name``.
+
+    Raises:
+        ConfigError: unknown dataset, or one registered without a recipe.
+    """
+    DATASETS.get(name)  # loads the plugins, whose recipes register with their datasets
+    if name not in RECIPES:
+        raise ConfigError(f"no retraining recipe for dataset {name!r}; recipes: {', '.join(RECIPES)} (register one "
+                          "with wpl_nas.register_dataset(name, recipe=wpl_nas.Recipe(...)))")
+    return RECIPES[name]
 
 
 def check_val_fraction(val_fraction: float) -> None:
@@ -70,8 +261,8 @@ def load_dataset(
     """Load a registered dataset by name.
 
     Args:
-        name: A name in :data:`DATASETS` (``"mnist1d"``, ``"mnist"``, ``"fashion_mnist"``,
-            ``"cifar10"``, ``"cifar100"``).
+        name: A name in :data:`DATASETS`: ``"mnist1d"``, ``"mnist"``, ``"fashion_mnist"``,
+            ``"cifar10"``, ``"cifar100"``, ``"ptb"``, or one registered with :func:`register_dataset`.
         data_dir: Where dataset files live (and caches are written).
         download: Whether torchvision datasets may be downloaded when missing.
         val_fraction: Fraction of the training data held out as the validation split.
@@ -90,7 +281,15 @@ def load_dataset(
     check_val_fraction(val_fraction)
     if train_samples < 0:
         raise ConfigError(f"train_samples must be >= 0 (0: all), but got {train_samples=}")
-    bundle = loader(data_dir=Path(data_dir), download=download, val_fraction=val_fraction, seed=seed)
+    offered = {"data_dir": Path(data_dir), "download": download, "val_fraction": val_fraction, "seed": seed}
+    parameters = inspect.signature(loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        offered = {key: value for key, value in offered.items() if key in parameters}
+    bundle = loader(**offered)
+    if not isinstance(bundle, DataBundle):
+        raise TypeError(f"dataset {name!r}: its loader returned {type(bundle).__name__}, not a DataBundle")
+    if bundle.name != name:
+        bundle = dataclasses.replace(bundle, name=name)
     if train_samples:
         if not isinstance(bundle.train, TensorDataset):
             raise ConfigError(f"train_samples needs a data set held in memory; {name!r} is not")

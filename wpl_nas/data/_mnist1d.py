@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wpl_nas.data._bundle import DATASETS, DataBundle, make_bundle
+from wpl_nas.data._bundle import DataBundle, Recipe, make_bundle, register_dataset
 from wpl_nas.tracking.checkpoint import save_checkpoint
 
 __all__ = ["load_mnist1d"]
@@ -27,7 +27,7 @@ __all__ = ["load_mnist1d"]
 _NUM_CLASSES = 10
 
 
-@DATASETS.register("mnist1d")
+@register_dataset("mnist1d", recipe=Recipe(lr=0.05, weight_decay=5e-4, batch_size=64))
 def load_mnist1d(
     *, data_dir: Path, download: bool = False, val_fraction: float = 0.2, seed: int = 0
 ) -> DataBundle:

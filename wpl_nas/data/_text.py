@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from wpl_nas.data._bundle import DATASETS, DataBundle
+from wpl_nas.data._bundle import DataBundle, Recipe, register_dataset
 from wpl_nas.errors import ConfigError
 
 __all__ = ["EOS", "SEQUENCE_LENGTH", "UNK", "load_text_dataset", "read_vocabulary"]
@@ -77,7 +77,8 @@ def load_text_dataset(name: str, *, data_dir: Path, download: bool = False, val_
                       input_shape=(sequence_length,), metric="perplexity")
 
 
-@DATASETS.register("ptb")
+# ENAS's PTB training: plain SGD at a large learning rate with a tight gradient clip.
+@register_dataset("ptb", recipe=Recipe(lr=20.0, weight_decay=1e-6, batch_size=64, momentum=0.0, grad_clip=0.25))
 def load_ptb(*, data_dir: Path, download: bool = False, val_fraction: float = 0.2, seed: int = 0) -> DataBundle:
     """Penn Treebank (Mikolov et al. 2010's preprocessed release), or any text in its layout,
     from ``data_dir/ptb/``; see :func:`load_text_dataset`."""

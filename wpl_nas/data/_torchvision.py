@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wpl_nas.data._bundle import DATASETS, DataBundle, make_bundle
+from wpl_nas.data._bundle import DataBundle, Recipe, make_bundle, register_dataset
 from wpl_nas.errors import ConfigError, reason
 
 __all__ = ["load_torchvision_dataset"]
@@ -24,20 +24,24 @@ __all__ = ["load_torchvision_dataset"]
 
 @dataclass(frozen=True)
 class _Spec:
-    """How to read one torchvision dataset: its class name and per-channel statistics."""
+    """How to read one torchvision dataset (its class name and per-channel statistics) and retrain on it."""
 
     class_name: str
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    recipe: Recipe
 
 
+_PLAIN = Recipe(lr=0.05, weight_decay=5e-4, batch_size=128)
+# The usual recipe of the NAS literature.
+_CIFAR = Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True)
 # The usual per-channel mean/std of each training set, on the [0, 1] pixel scale.
 _SPECS = {
-    "mnist": _Spec("MNIST", 10, (0.1307,), (0.3081,)),
-    "fashion_mnist": _Spec("FashionMNIST", 10, (0.2860,), (0.3530,)),
-    "cifar10": _Spec("CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": _Spec("CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "mnist": _Spec("MNIST", 10, (0.1307,), (0.3081,), _PLAIN),
+    "fashion_mnist": _Spec("FashionMNIST", 10, (0.2860,), (0.3530,), _PLAIN),
+    "cifar10": _Spec("CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), _CIFAR),
+    "cifar100": _Spec("CIFAR100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), _CIFAR),
 }
 
 
@@ -97,5 +101,5 @@ def _images(data: Any, spec: _Spec) -> Tensor:
     return x.sub_(mean).div_(std)
 
 
-for _name in _SPECS:
-    DATASETS.add(_name, functools.partial(load_torchvision_dataset, _name))
+for _name, _spec in _SPECS.items():
+    register_dataset(_name, recipe=_spec.recipe)(functools.partial(load_torchvision_dataset, _name))

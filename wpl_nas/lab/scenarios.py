@@ -116,7 +116,8 @@ class Scenario:
         raise NotImplementedError
 
 
-SCENARIOS: Registry[type[Scenario]] = Registry("scenario")
+#: Scenarios by name; plugins add theirs through the entry point group ``wpl_nas.scenarios``.
+SCENARIOS: Registry[type[Scenario]] = Registry("scenario", entry_points="wpl_nas.scenarios")
 
 
 # --- data helpers ----------------------------------------------------------------------------

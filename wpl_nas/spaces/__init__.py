@@ -12,10 +12,11 @@ from wpl_nas.spaces._space import (
                                    SpecReader,
                                    builtin_spaces,
                                    load_space,
+                                   named_spaces,
                                    same_space,
                                    space_file,
 )
 
 __all__ = ["SPACE_KINDS", "Architecture", "CellSpace", "DartsSpace", "Genotype", "MLPSpace", "MobileNetSpace",
            "RNNSpace", "SearchSpace", "SpecReader", "StageSpec", "builtin_spaces", "edge_label", "load_space",
-           "same_space", "space_file"]
+           "named_spaces", "same_space", "space_file"]

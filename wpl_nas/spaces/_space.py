@@ -3,13 +3,20 @@
 A space file says which kind of space it describes (``kind: cell`` when it says nothing); the
 kind's class reads the rest of the file. Every kind exposes its choices the same way: a mapping
 from choice labels to the values allowed there, which is exactly the Optuna search space.
+
+A kind is one module: a module of this package (or a plugin's, entry point group
+``wpl_nas.space_kinds``) that registers its space class in :data:`SPACE_KINDS` and its network in
+:data:`wpl_nas.supernet.SUPERNETS` under the same name. Named spaces are the YAML files of
+``search_spaces/`` and those that plugins ship (entry point group ``wpl_nas.spaces``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
+import warnings
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -20,14 +27,18 @@ import networkx as nx
 import optuna
 import yaml
 
-from wpl_nas.errors import ConfigError
-from wpl_nas.registry import Registry
+from wpl_nas.errors import ConfigError, PluginWarning
+from wpl_nas.registry import Registry, load_entry_points, plugin_failures, plugin_label
 from wpl_nas.spaces._architecture import Architecture, Genotype
 
-__all__ = ["SPACE_KINDS", "SearchSpace", "SpecReader", "builtin_spaces", "load_space", "same_space", "space_file"]
+__all__ = ["SPACE_KINDS", "SearchSpace", "SpecReader", "builtin_spaces", "load_space", "named_spaces", "same_space",
+           "space_file"]
 
-#: Space classes by the ``kind`` a space file names.
-SPACE_KINDS: Registry[type[SearchSpace]] = Registry("search space kind")
+#: Space classes by the ``kind`` a space file names: this package's modules and plugins register theirs.
+SPACE_KINDS: Registry[type[SearchSpace]] = Registry("search space kind", package=__package__,
+                                                    entry_points="wpl_nas.space_kinds")
+#: The entry point group of plugins that ship space files: each names a package whose ``*.yaml`` files are spaces.
+SPACES_GROUP = "wpl_nas.spaces"
 
 
 class SpecReader:
@@ -87,7 +98,8 @@ class SearchSpace:
     Subclasses (one per ``kind``) give :attr:`choices`, read their file in :meth:`from_spec`,
     and may refine :meth:`make`, :meth:`validate`, :meth:`parse`, :meth:`describe` and
     :meth:`dag`. Suggesting, sampling, enumerating and counting are shared: they only need
-    the choices. The supernet of a kind is registered in :data:`wpl_nas.supernet.SUPERNETS`.
+    the choices. The supernet of a kind is registered in :data:`wpl_nas.supernet.SUPERNETS` (in
+    the kind's own module, for a new kind: see the module docstring).
 
     Attributes:
         name: Short name (``nb201``).
@@ -282,20 +294,44 @@ def builtin_spaces() -> dict[str, Path]:
     return {f.stem: f for f in sorted(root.glob("*.yaml"))}
 
 
+def named_spaces() -> dict[str, Path]:
+    """``{name: file}`` for every space known by name: the built-in ones (:func:`builtin_spaces`), then
+    those of installed plugins (entry point group ``wpl_nas.spaces``: the ``*.yaml`` files of the
+    package each entry point names). A plugin's space whose name is taken is left out with a warning.
+    """
+    return {**builtin_spaces(), **_plugin_spaces()}
+
+
+@functools.cache
+def _plugin_spaces() -> dict[str, Path]:
+    taken = builtin_spaces()
+    spaces: dict[str, Path] = {}
+    for point, module in load_entry_points(SPACES_GROUP):
+        folders = getattr(module, "__path__", None) or [Path(str(module.__file__)).parent]
+        for file in sorted(f for folder in folders for f in Path(folder).glob("*.yaml")):
+            other = taken.get(file.stem) or spaces.get(file.stem)
+            if other is not None:
+                warnings.warn(f"{plugin_label(point)}: its space {file.stem!r} ({file}) is left out: the name is "
+                              f"taken by {other}", PluginWarning, stacklevel=2)
+            else:
+                spaces[file.stem] = file
+    return spaces
+
+
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load a built-in space by name, or a user's space file by path.
+    """Load a space by name (built in, or a plugin's), or a user's space file by path.
 
     Raises:
-        ConfigError: unknown name (the message lists the built-in spaces) or invalid file.
+        ConfigError: unknown name (the message lists the named spaces) or invalid file.
     """
     text = str(name_or_path)
     if space_file(text) is not None:
         return SearchSpace.from_yaml(text)
-    spaces = builtin_spaces()
+    spaces = named_spaces()
     if text not in spaces:
         raise ConfigError(
             f"unknown search space {text!r}; valid choices: {', '.join(spaces)} "
-            "(or a path to a space .yaml file)"
+            f"(or a path to a space .yaml file){plugin_failures(SPACES_GROUP)}"
         )
     return SearchSpace.from_yaml(spaces[text])
 

@@ -197,5 +197,5 @@ class Supernet(nn.Module):
 
 #: The dicts whose ``[unit][variant]`` modules only the candidates that name them use.
 _PATH_DICTS = ("edges", "slices")
-#: Supernet classes by the space kind they build.
+#: Supernet classes by the space kind they build; a new kind registers its network here from its own module.
 SUPERNETS: Registry[type[Supernet]] = Registry("supernet for space kind")
