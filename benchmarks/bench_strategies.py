@@ -413,7 +413,7 @@ def summarise(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], bool])
 def bench_importance(space: SearchSpace, archs: list[tuple[str, Architecture]], data: Data, cfg: SearchConfig,
                      args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     rows = []
-    size = cfg.wpl.fisher_batch_size
+    size = cfg.sections["wpl"].fisher_batch_size
     hx, hy = data.held_out.tensors
     batches = [(hx[i * size: (i + 1) * size], hy[i * size: (i + 1) * size]) for i in range(args.fisher_batches)]
     sync = device_sync(device)

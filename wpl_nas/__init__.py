@@ -20,7 +20,7 @@ from wpl_nas import threads as _threads  # noqa: F401  first: sets OpenMP's wait
 from wpl_nas.api import Run, SearchResult, load_run, run_search
 from wpl_nas.assembly import Assembly, assemble, build_supernet, resolve_device
 from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
-from wpl_nas.config import SearchConfig, WPLOptions, load_config
+from wpl_nas.config import SearchConfig, load_config
 from wpl_nas.data import DATASETS, DataBundle, Recipe, load_dataset, register_dataset
 from wpl_nas.errors import ConfigError, TrainingDiverged
 from wpl_nas.evaluation import RetainedPool
@@ -29,7 +29,7 @@ from wpl_nas.objective import SupernetObjective
 from wpl_nas.run_folder import RunFolder
 from wpl_nas.sampler import ForgettingAwareSampler
 from wpl_nas.spaces import Architecture, Genotype, SearchSpace, builtin_spaces, load_space, named_spaces
-from wpl_nas.strategies import STRATEGIES, Strategy, create_strategy
+from wpl_nas.strategies import STRATEGIES, Strategy, WPLOptions, create_strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.tracking.signals import SearchInterrupted
 from wpl_nas.training import CandidateTrainer

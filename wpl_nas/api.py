@@ -361,7 +361,7 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
     trial in flight is lost, and its candidate is trained again first, so the completed candidates,
     their scores and the final supernet equal an uninterrupted run's. ``trials`` is the number of
     finished (complete or pruned) trials the study ends with, so a larger value extends it.
-    Options of ``SearchConfig.RESUMABLE_CHANGES`` may differ from the run's (e.g. a lower ``lr``
+    Options of ``SearchConfig.may_change_on_resume()`` may differ from the run's (e.g. a lower ``lr``
     after a divergence): they apply to the candidates still to come and are recorded in the run
     folder's config.yaml (``history``).
 

@@ -1,7 +1,8 @@
 """The ``wpl-nas`` command line. It only translates flags into :mod:`wpl_nas.api` calls.
 
-Every ``search`` flag is generated from a field of :class:`~wpl_nas.config.SearchConfig`, so the
-flags, the YAML keys and the defaults cannot drift apart.
+Every ``search`` (``forgetting``) flag is generated from a field of :class:`~wpl_nas.config.SearchConfig`
+(:class:`~wpl_nas.lab.LabConfig`) or of a registered strategy's options, so the flags, the YAML
+keys and the defaults cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,18 +17,11 @@ from typing import Any
 
 import click
 
-from wpl_nas.config import (
-    CHOOSE_BY,
-    SECTIONS,
-    SearchConfig,
-    field_type,
-    keep_saved,
-    load_config,
-    read_yaml_mapping,
-    resume_changes,
-)
+from wpl_nas.config import CHOOSE_BY, SearchConfig, keep_saved, load_config, resume_changes
+from wpl_nas.configs import Config, Options, field_type, read_yaml_mapping, section_name
 from wpl_nas.errors import ConfigError, TrainingDiverged, write_refused
 from wpl_nas.export import CALIBRATION_SAMPLES
+from wpl_nas.lab.config import LabConfig
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP, threads_line, use_threads
 from wpl_nas.tracking.markdown import plain_text
 
@@ -36,8 +30,7 @@ __all__ = ["cli", "main"]
 _TYPES: dict[type, Any] = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
-def _flag(name: str, f: dataclasses.Field[Any], owner: type, default: Any, *,
-          hidden: bool = False) -> Callable[[Any], Any]:
+def _flag(name: str, f: dataclasses.Field[Any], owner: type, default: Any, *, hidden: bool = False) -> click.Option:
     """A click option for dataclass field ``f`` (default None = "not given on the command line");
     ``hidden``: left out of ``--help`` (a strategy's options: ``wpl-nas strategies show NAME``)."""
     flag = "--" + name.replace("_", "-")
@@ -45,39 +38,58 @@ def _flag(name: str, f: dataclasses.Field[Any], owner: type, default: Any, *,
     help_text = f"{f.metadata.get('help', '')} {shown}".strip()
     kind = field_type(owner, f.name)
     if kind is bool:
-        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text,
+        return click.Option([f"{flag}/--no-{name.replace('_', '-')}", name], default=None, help=help_text,
                             hidden=hidden)
-    return click.option(flag, name, type=_TYPES[kind], default=None, help=help_text, hidden=hidden)
+    return click.Option([flag, name], type=_TYPES[kind], default=None, help=help_text, hidden=hidden)
 
 
-def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate ``command`` with one option per config field (sections as ``--<section>-<key>``, left
-    out of ``--help``: ``wpl-nas strategies show NAME`` lists them)."""
-    defaults = SearchConfig()
-    options = []
-    for f in dataclasses.fields(SearchConfig):
-        if f.name in SECTIONS:
-            section = getattr(defaults, f.name)
-            for sf in dataclasses.fields(SECTIONS[f.name]):
-                options.append(_flag(f"{f.name}_{sf.name}", sf, SECTIONS[f.name], getattr(section, sf.name),
-                                     hidden=True))
-        else:
-            options.append(_flag(f.name, f, SearchConfig, getattr(defaults, f.name)))
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _section_flags(section: str, options: type[Options], *, hidden: bool = True) -> list[click.Option]:
+    """The flags ``--<section>-<option>`` of one strategy's options."""
+    defaults = options()
+    return [_flag(f"{section}_{f.name}", f, options, getattr(defaults, f.name), hidden=hidden)
+            for f in options.option_fields()]
 
 
-def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags given on the command line, shaped like ``SearchConfig.replace`` wants them."""
+class _ConfigCommand(click.Command):
+    """A command with one flag per option of a :class:`~wpl_nas.configs.Config`: its fields, then every
+    registered strategy's options as ``--<section>-<option>`` (left out of ``--help``: ``wpl-nas
+    strategies show NAME`` lists them). The flags are made from the registry when the command runs, so a
+    strategy imported after this module has its flags.
+
+    Args:
+        config: The config class whose options the command takes.
+    """
+
+    def __init__(self, *args: Any, config: type[Config], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = config
+        self._made_for: dict[str, type[Options]] | None = None  # the sections the flags below were made for
+        self._flags: list[click.Option] = []
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        sections = self.config.section_types()
+        if sections != self._made_for:  # made once per registry state: click asks several times per call
+            config, defaults = self.config, self.config()
+            self._flags = [_flag(f.name, f, config, getattr(defaults, f.name)) for f in config.option_fields()]
+            self._flags += [flag for section, options in sections.items() for flag in _section_flags(section, options)]
+            self._made_for = sections
+        help_option = self.get_help_option(ctx)
+        return [*self.params, *self._flags, *([help_option] if help_option is not None else [])]
+
+
+def _overrides(config: type[Config], flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags given on the command line, shaped like ``Config.replace`` wants them (sections as partial dicts)."""
+    by_flag = {f"{section}_{f.name}": (section, f.name) for section, options in config.section_types().items()
+               for f in options.option_fields()}
     out: dict[str, Any] = {}
-    for section in SECTIONS:
-        prefix = section + "_"
-        given = {k[len(prefix):]: v for k, v in flags.items() if k.startswith(prefix) and v is not None}
-        if given:
-            out[section] = given
-    section_keys = {k for k in flags for s in SECTIONS if k.startswith(s + "_")}
-    out.update({k: v for k, v in flags.items() if v is not None and k not in section_keys})
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name in by_flag:
+            section, key = by_flag[name]
+            out.setdefault(section, {})[key] = value
+        else:
+            out[name] = value
     return out
 
 
@@ -120,11 +132,10 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.command(cls=_ConfigCommand, config=SearchConfig)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML file with any of the options below (flags given here override it).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: on]")
-@_config_options
 def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     """Run (or resume) an architecture search.
 
@@ -148,7 +159,7 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     threading.excepthook = _quiet_refused_writes  # e.g. TensorBoard's writer thread on a full disk
     try:
         base = load_config(config_file) if config_file else SearchConfig()
-        overrides = _overrides(flags)
+        overrides = _overrides(SearchConfig, flags)
         config = base.replace(**overrides).validate()
         config = _resume_options(config, given=_given(overrides, config_file))
         click.echo(threads_line(use_threads(config.threads)), err=True)  # the search applies the same
@@ -193,7 +204,7 @@ def _given(overrides: dict[str, Any], config_file: str | None) -> set[str]:
     given = set()
     for layer in layers:
         for key, value in layer.items():
-            if key in SECTIONS and isinstance(value, dict):
+            if key in SearchConfig.section_types() and isinstance(value, dict):
                 given |= {f"{key}.{name}" for name in value}
             else:
                 given.add(str(key))
@@ -229,12 +240,12 @@ def _resume_options(config: SearchConfig, *, given: set[str]) -> SearchConfig:
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def spaces(ctx: click.Context) -> None:
-    """List the built-in search spaces (or `spaces show NAME` for one)."""
+    """List the named search spaces, built in and from installed plugins (or `spaces show NAME` for one)."""
     if ctx.invoked_subcommand is not None:
         return
-    from wpl_nas.spaces import builtin_spaces, load_space
+    from wpl_nas.spaces import load_space, named_spaces
 
-    names = list(builtin_spaces())
+    names = list(named_spaces())
     width = max(len(name) for name in names)
     for name in names:
         space = load_space(name)
@@ -299,10 +310,10 @@ def strategies_show(name: str) -> None:
         if options is None:
             formatter.write_text("No options.")
             continue
-        section = next(key for key, kind in SECTIONS.items() if kind is options)
+        section = section_name(label)
         formatter.write_text(" ".join((options.__doc__ or "").split()))
         with formatter.section(f"Options (in a --config file: {section}: {{option: value}})"):
-            formatter.write_dl(_option_help(section))
+            formatter.write_dl(_option_help(section, options))
     click.echo(formatter.getvalue().rstrip("\n"))
 
 
@@ -310,38 +321,11 @@ def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n")[0]
 
 
-def _option_help(section: str) -> list[tuple[str, str]]:
-    """The ``--help`` rows of section ``section``'s flags, as ``search`` would show them."""
-    cls, defaults = SECTIONS[section], SECTIONS[section]()
-
-    def holder() -> None:
-        pass
-
-    for sf in reversed(dataclasses.fields(cls)):
-        holder = _flag(f"{section}_{sf.name}", sf, cls, getattr(defaults, sf.name))(holder)
-    command = click.command()(holder)
-    ctx = click.Context(command)
-    return [record for p in command.params if (record := p.get_help_record(ctx)) is not None]
-
-
-def _lab_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate ``command`` with one option per lab config field, and the strategies' option flags
-    ``--<section>-<key>`` exactly as ``search`` has them (left out of ``--help`` as there)."""
-    from wpl_nas.lab import LabConfig
-
-    defaults = LabConfig()
-    options = []
-    for f in dataclasses.fields(LabConfig):
-        if f.name == "sections":
-            for section, cls in SECTIONS.items():
-                values = defaults.sections[section]
-                options += [_flag(f"{section}_{sf.name}", sf, cls, getattr(values, sf.name), hidden=True)
-                            for sf in dataclasses.fields(cls)]
-        else:
-            options.append(_flag(f.name, f, LabConfig, getattr(defaults, f.name)))
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _option_help(section: str, options: type[Options]) -> list[tuple[str, str]]:
+    """The ``--help`` rows of the flags of strategy section ``section``, as ``search`` would show them."""
+    ctx = click.Context(click.Command("show"))
+    return [record for flag in _section_flags(section, options, hidden=False)
+            if (record := flag.get_help_record(ctx)) is not None]
 
 
 def _forgetting_help() -> str:
@@ -371,18 +355,17 @@ def _forgetting_help() -> str:
     return "\n\n".join(paragraphs)
 
 
-@cli.command(help=_forgetting_help())
+@cli.command(cls=_ConfigCommand, config=LabConfig, help=_forgetting_help())
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML file with any of the options below (flags given here override it); a run folder's "
                    "config.yaml reruns that run.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars. [default: on]")
-@_lab_options
 def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
-    from wpl_nas.lab import LabConfig, load_lab_config, run_lab
+    from wpl_nas.lab import load_lab_config, run_lab
 
     try:
         base = load_lab_config(config_file) if config_file else LabConfig()
-        config = base.replace(**_overrides(flags)).validate()
+        config = base.replace(**_overrides(LabConfig, flags)).validate()
         result = run_lab(config, progress=progress, command=["wpl-nas", *sys.argv[1:]])
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

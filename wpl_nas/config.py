@@ -8,38 +8,17 @@ name (``--batch-size`` <-> ``batch_size``; ``--wpl-alpha`` <-> ``wpl: {alpha: ..
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
-import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
+from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
 from wpl_nas.storage import mask_storage
-from wpl_nas.strategy_options import (
-    STRATEGY_SECTIONS,
-    ANPyCOptions,
-    DistillOptions,
-    EWCOptions,
-    HATOptions,
-    MASOptions,
-    OnlineEWCOptions,
-    SIOptions,
-    SyntheticOptions,
-    WPLOptions,
-    opt,
-    require_finite,
-)
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 
-__all__ = ["CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "SECTIONS", "ConfigError", "SearchConfig", "WPLOptions",
-           "keep_saved", "load_config", "resume_changes"]
+__all__ = ["CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "ConfigError", "SearchConfig", "keep_saved", "load_config",
+           "resume_changes"]
 
 #: How the best architecture is chosen: by its score on the final supernet, or at its own training.
 CHOOSE_BY = ("final", "training")
@@ -48,97 +27,106 @@ CHOOSE_BY = ("final", "training")
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "flops": "minimize", "latency": "minimize"}
 
 
-_opt = opt  # the same field helper as the strategy sections
+#: Keys a run folder's config.yaml holds beside the options: the command that started the run, the
+#: name of its study and the history of the options changed on resume (see :func:`resume_changes`).
+RUN_RECORD_KEYS = ("command", "study", "history")
 
 
 @dataclass
-class SearchConfig:
-    """Everything ``wpl-nas search`` needs. The defaults run a small search on MNIST-1D."""
+class SearchConfig(Config):
+    """Everything ``wpl-nas search`` needs. The defaults run a small search on MNIST-1D.
+
+    Besides the fields below, it holds one section per registered strategy with options
+    (:attr:`~wpl_nas.configs.Config.sections`: ``wpl``, ``ewc``, ...), top-level keys in YAML.
+    """
 
     # What to search.
-    space: str = _opt("mnist1d", "Search space: a built-in name (see `wpl-nas spaces`) or a path to a .yaml file.")
-    dataset: str = _opt("mnist1d", "Data set: mnist1d (generated locally), mnist, fashion_mnist, cifar10, cifar100.")
-    data_dir: str = _opt("data", "Where torchvision data sets live (or are downloaded to) and MNIST-1D is cached.")
-    download: bool = _opt(False, "Download torchvision data sets into --data-dir if missing.")
-    val_fraction: float = _opt(0.2, "Share of the training data held out for scoring, Fisher and retention.")
-    train_samples: int = _opt(0, "Train on the first N samples of the training split only (0: all); the validation "
+    space: str = opt("mnist1d", "Search space: a built-in name (see `wpl-nas spaces`) or a path to a .yaml file.")
+    dataset: str = opt("mnist1d", "Data set: mnist1d (generated locally), mnist, fashion_mnist, cifar10, cifar100, "
+                       "ptb, or one registered with wpl_nas.register_dataset (e.g. by an installed plugin).")
+    data_dir: str = opt("data", "Where torchvision data sets live (or are downloaded to) and MNIST-1D is cached.")
+    download: bool = opt(False, "Download torchvision data sets into --data-dir if missing.")
+    val_fraction: float = opt(0.2, "Share of the training data held out for scoring, Fisher and retention.")
+    train_samples: int = opt(0, "Train on the first N samples of the training split only (0: all); the validation "
                                  "split is unchanged. Less data makes architectures differ more.")
-    strategy: str = _opt(
+    strategy: str = opt(
         "wpl", "Consolidation strategy: naive (plain weight sharing), wpl, ewc, online-ewc, si, mas, anpyc, hat, "
         "distill, synthetic, or two joined by '+' (e.g. hat+distill, wpl+distill).")
     # How Optuna searches.
-    objectives: str = _opt(
+    objectives: str = opt(
         "accuracy", "Comma-separated objectives: accuracy (always first: the data's score, maximised accuracy, or "
         "minimised perplexity for language data such as ptb), then any of params, flops, latency (minimised; "
         "latency measured on --device). More than one runs a multi-objective study.")
-    sampler: str = _opt(
+    sampler: str = opt(
         "auto", "Optuna sampler: auto (tpe for one objective, nsga2 for several), tpe, random, nsga2, grid (spaces "
         "up to 10,000 architectures) or forgetting-aware (TPE steered away from candidates that overlap the best "
         "ones harmfully; see wpl_nas.ForgettingAwareSampler).")
-    pruner: str = _opt("none", "Optuna pruner on per-epoch scores: none, median or halving.")
-    trials: int = _opt(24, "Finished trials (candidates) the study ends with, failed ones aside; rerunning with a "
+    pruner: str = opt("none", "Optuna pruner on per-epoch scores: none, median or halving.")
+    trials: int = opt(24, "Finished trials (candidates) the study ends with, failed ones aside; rerunning with a "
                            "larger number extends it.")
-    study_name: str | None = _opt(None, "Study name and run folder name (default: <space>-<strategy>).")
-    storage: str | None = _opt(
+    study_name: str | None = opt(None, "Study name and run folder name (default: <space>-<strategy>).")
+    storage: str | None = opt(
         None, "Optuna storage: a database URL (default sqlite:///runs/<study>/study.db), e.g. "
         "postgresql://user:password@host/db (any installed driver; pip install 'wpl-nas[postgres]'), or a journal "
         "file ending in .log or .jsonl, e.g. runs/<study>/journal.log. A password is never saved or shown (it reads "
         "***): to resume, give the full URL again or put it in the environment variable WPL_NAS_STORAGE.")
-    runs_dir: str = _opt("runs", "Parent folder of run folders.")
+    runs_dir: str = opt("runs", "Parent folder of run folders.")
     # How each candidate trains.
-    epochs: int = _opt(2, "Training epochs per candidate (a score is reported to Optuna after each).")
-    batch_size: int = _opt(64, "Training batch size.")
-    lr: float = _opt(0.05, "SGD learning rate of the shared weights.")
-    momentum: float = _opt(0.9, "SGD momentum.")
-    weight_decay: float = _opt(1e-4, "SGD weight decay.")
-    grad_clip: float = _opt(5.0, "Clip the global gradient norm to this (0: off).")
+    epochs: int = opt(2, "Training epochs per candidate (a score is reported to Optuna after each).")
+    batch_size: int = opt(64, "Training batch size.")
+    lr: float = opt(0.05, "SGD learning rate of the shared weights.")
+    momentum: float = opt(0.9, "SGD momentum.")
+    weight_decay: float = opt(1e-4, "SGD weight decay.")
+    grad_clip: float = opt(5.0, "Clip the global gradient norm to this (0: off).")
     # How candidates are scored and the retained pool re-scored.
-    eval_samples: int = _opt(0, "Size of the fixed validation subset used for scores (0: the whole split).")
-    eval_batch_size: int = _opt(256, "Evaluation batch size (batch norm uses batch statistics, so keep it fixed).")
-    pool_best: int = _opt(5, "Retained pool: the best candidates kept and re-scored after every trial.")
-    pool_recent: int = _opt(3, "Retained pool: the most recent candidates kept and re-scored.")
+    eval_samples: int = opt(0, "Size of the fixed validation subset used for scores (0: the whole split).")
+    eval_batch_size: int = opt(256, "Evaluation batch size (batch norm uses batch statistics, so keep it fixed).")
+    pool_best: int = opt(5, "Retained pool: the best candidates kept and re-scored after every trial.")
+    pool_recent: int = opt(3, "Retained pool: the most recent candidates kept and re-scored.")
     # How the search ends: every candidate re-scored on the final supernet (wpl_nas.selection).
-    final_top_k: int = _opt(0, "At the end, re-score on the final supernet only the best K candidates by score at "
+    final_top_k: int = opt(0, "At the end, re-score on the final supernet only the best K candidates by score at "
                                "training (0: every candidate).")
     # training, not final: with the default WPL the score at training chose truer architectures on both
     # fidelity benchmarks (benchmarks/README.md); final helps only a strong pull (--wpl-alpha 1000).
-    choose_by: str = _opt("training", "Which score picks the best architecture (the summary, export, retrain): "
+    choose_by: str = opt("training", "Which score picks the best architecture (the summary, export, retrain): "
                                       "training (the candidate's score right after its own training) or final (on "
                                       "the final supernet, as weight-sharing NAS often chooses).", choices=CHOOSE_BY)
     # Reproducibility and hardware.
-    seed: int = _opt(0, "Seed for weights, data order, splits and the sampler.")
-    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps.")
+    seed: int = opt(0, "Seed for weights, data order, splits and the sampler.")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps.")
     # One thread: the fastest for the small built-in spaces, and it never stalls when other processes
     # hold the cores (wpl_nas.threads; benchmarks/bench_threads.py). It was 0 (one per core) before issue 16,
     # and scores depend on the thread count: the default run's figures changed with it.
-    threads: int = _opt(DEFAULT_THREADS, THREADS_HELP)
-    # Strategy options: one section per strategy (only the chosen strategy's section is used).
-    wpl: WPLOptions = field(default_factory=WPLOptions)
-    ewc: EWCOptions = field(default_factory=EWCOptions)
-    online_ewc: OnlineEWCOptions = field(default_factory=OnlineEWCOptions)
-    si: SIOptions = field(default_factory=SIOptions)
-    mas: MASOptions = field(default_factory=MASOptions)
-    anpyc: ANPyCOptions = field(default_factory=ANPyCOptions)
-    hat: HATOptions = field(default_factory=HATOptions)
-    distill: DistillOptions = field(default_factory=DistillOptions)
-    synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
+    threads: int = opt(DEFAULT_THREADS, THREADS_HELP)
 
-    # Options that may change when a run is resumed (everything else must match; section options
-    # are named ``section.key``). Three kinds: where and on what the run goes on (device, threads,
-    # storage, runs_dir: a run folder may move); how far it goes and how it chooses at the end
-    # (trials, final_top_k, choose_by); how *later* candidates train (the SGD hyper-parameters,
-    # epochs, batch size and the strategies' strengths), which is how a diverged run is rescued
-    # with a lower lr. Not the space, data, seed, sampler, pruner, objectives, strategy kind or any
+    positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best")
+    non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent", "threads",
+                    "final_top_k", "train_samples")
+    open_unit = ("val_fraction",)
+    record_keys = RUN_RECORD_KEYS
+
+    # Options that may change when a run is resumed (everything else must match; :meth:`may_change_on_resume`
+    # adds the strategies' strengths, named ``section.key``). Three kinds: where and on what the run
+    # goes on (device, threads, storage, runs_dir: a run folder may move); how far it goes and how
+    # it chooses at the end (trials, final_top_k, choose_by); how *later* candidates train (the SGD
+    # hyper-parameters, epochs, batch size and the strategies' strengths), which is how a diverged
+    # run is rescued with a lower lr. Not the space, data, seed, sampler, pruner, objectives, strategy kind or any
     # option that shapes saved state (pool sizes, Fisher estimates, folds, protected sets): the
     # checkpoint and the study would no longer mean what they say. Every change is recorded in
     # the run folder's config.yaml (``history``).
-    RESUMABLE_CHANGES = ("trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by",
-                         "lr", "momentum", "weight_decay", "grad_clip", "epochs", "batch_size",
-                         "wpl.alpha", "ewc.lam", "online_ewc.lam", "si.c", "mas.lam", "anpyc.lam", "hat.c",
-                         "distill.lam", "synthetic.lam")
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
+        "trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by",
+        "lr", "momentum", "weight_decay", "grad_clip", "epochs", "batch_size")
     # Of those, the ones that describe this machine rather than the run: a resumed search on the
     # command line takes them from the defaults or flags, not from the run's config.yaml.
-    MACHINE_OPTIONS = ("device", "threads", "runs_dir")
+    MACHINE_OPTIONS: ClassVar[tuple[str, ...]] = ("device", "threads", "runs_dir")
+
+    @classmethod
+    def may_change_on_resume(cls) -> tuple[str, ...]:
+        """Every option (dotted name) that may change when a run is resumed: :attr:`RESUMABLE_CHANGES`,
+        then each strategy section's ``resumable`` options (its strength: ``wpl.alpha``, ``ewc.lam``, ...)."""
+        return cls.RESUMABLE_CHANGES + tuple(f"{key}.{name}" for key, options in cls.section_types().items()
+                                             for name in options.resumable)
 
     @property
     def objective_list(self) -> list[str]:
@@ -170,8 +158,7 @@ class SearchConfig:
         Names (space, dataset, strategy, sampler, pruner) are checked against their
         registries by :func:`wpl_nas.api.run_search` before anything is written.
         """
-        require_finite(self)
-        _positive(self, "trials", "epochs", "batch_size", "eval_batch_size", "pool_best")
+        super().validate()
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be in [0, {MAX_SEED}] (NumPy takes 32-bit seeds), but got seed={self.seed}")
         if self.study_name is not None:
@@ -180,10 +167,6 @@ class SearchConfig:
             if path.exists() and not path.is_dir():
                 raise ConfigError(f"{name} {str(path)!r} is a file, not a folder; give another --runs-dir or "
                                   "--study-name")
-        _non_negative(self, "lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent",
-                      "threads", "final_top_k", "train_samples")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), but got val_fraction={self.val_fraction}")
         objectives = self.objective_list
         if objectives[0] != "accuracy" or len(set(objectives)) != len(objectives) or \
                 not set(objectives) <= set(OBJECTIVES):
@@ -192,58 +175,7 @@ class SearchConfig:
         if len(objectives) > 1 and self.pruner != "none":
             raise ConfigError(f"pruner={self.pruner!r} needs a single objective (Optuna prunes on one reported "
                               f"value), but objectives={self.objectives!r}; use --pruner none")
-        for section in SECTIONS:
-            getattr(self, section).validate()
-        for f in dataclasses.fields(self):
-            _check_choice(self, f)
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def flat(self) -> dict[str, Any]:
-        """Every option by its dotted name: top-level fields as they are, section options as
-        ``section.key`` (``wpl.alpha``), the names :attr:`RESUMABLE_CHANGES` uses."""
-        out: dict[str, Any] = {}
-        for key, value in self.to_dict().items():
-            if key in SECTIONS:
-                out.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                out[key] = value
-        return out
-
-    def dump(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> None:
-        """Write the config (plus ``extra`` keys such as the command line) as YAML, atomically (a
-        reader, or an interruption, sees the old file or the new one). No password is written: every
-        ``scheme://user:password@`` in it (the storage, a command line) reads ``***``."""
-        from wpl_nas.tracking.checkpoint import write_text_atomically  # torch: only when writing a run
-
-        data = {**self.to_dict(), **(extra or {})}
-        write_text_atomically(path, mask_storage(yaml.safe_dump(data, sort_keys=False)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> SearchConfig:
-        """Build from a (possibly partial) mapping; unknown keys and wrong types are errors."""
-        return _build(cls, data, where=where)
-
-    def replace(self, **overrides: Any) -> SearchConfig:
-        """A copy with top-level fields (or ``section={...}`` partial dicts) overridden."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            if key in SECTIONS and isinstance(value, Mapping):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        return SearchConfig.from_dict(data)
-
-
-#: Nested option sections of :class:`SearchConfig` (one per strategy with options).
-SECTIONS: dict[str, type] = STRATEGY_SECTIONS
-
-
-#: Keys a run folder's config.yaml holds beside the options: the command that started the run, the
-#: name of its study and the history of the options changed on resume (see :func:`resume_changes`).
-RUN_RECORD_KEYS = ("command", "study", "history")
 
 
 def load_config(path: str | Path) -> SearchConfig:
@@ -254,8 +186,7 @@ def load_config(path: str | Path) -> SearchConfig:
         ConfigError: missing file, malformed YAML, not a mapping, unknown key or wrong type;
             the message names the file and the key.
     """
-    data = {k: v for k, v in read_yaml_mapping(path).items() if k not in RUN_RECORD_KEYS}
-    return _build(SearchConfig, data, where=str(path))
+    return SearchConfig.load(path)
 
 
 def resume_changes(saved: SearchConfig, config: SearchConfig, *, run_dir: str | Path) -> dict[str, list[Any]]:
@@ -267,7 +198,7 @@ def resume_changes(saved: SearchConfig, config: SearchConfig, *, run_dir: str | 
         run_dir: The run folder, for the message.
 
     Raises:
-        ConfigError: an option outside :attr:`SearchConfig.RESUMABLE_CHANGES` differs; the message
+        ConfigError: an option outside :meth:`SearchConfig.may_change_on_resume` differs; the message
             names each one with both values.
     """
     from wpl_nas.spaces import same_space
@@ -280,12 +211,13 @@ def resume_changes(saved: SearchConfig, config: SearchConfig, *, run_dir: str | 
     # Compared without passwords: a run folder keeps its storage URL masked (wpl_nas.storage).
     old["storage"], new["storage"] = (mask_storage(c.storage) if c.storage else c.storage for c in (saved, config))
     changed = {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
-    forbidden = [k for k in changed if k not in SearchConfig.RESUMABLE_CHANGES]
+    resumable = saved.may_change_on_resume()
+    forbidden = [k for k in changed if k not in resumable]
     if forbidden:
         diffs = "; ".join(f"{k}: saved {changed[k][0]!r}, now {changed[k][1]!r}" for k in forbidden)
         raise ConfigError(
             f"run folder {run_dir} holds a study with a different configuration ({diffs}). "
-            f"Only {', '.join(SearchConfig.RESUMABLE_CHANGES)} may change when resuming; "
+            f"Only {', '.join(resumable)} may change when resuming; "
             "pass a new --study-name to start another study")
     return changed
 
@@ -297,8 +229,8 @@ def keep_saved(config: SearchConfig, saved: SearchConfig, *, given: set[str]) ->
     started with ``--epochs 5`` keeps 5 epochs instead of going back to the default. Options of
     :attr:`SearchConfig.MACHINE_OPTIONS` are left as they are (they describe where this process runs).
     """
-    keep = {k: v for k, v in saved.flat().items() if k in SearchConfig.RESUMABLE_CHANGES
-            and k not in SearchConfig.MACHINE_OPTIONS and k not in given}
+    resumable = set(saved.may_change_on_resume()) - set(SearchConfig.MACHINE_OPTIONS) - given
+    keep = {k: v for k, v in saved.flat().items() if k in resumable}
     top = {k: v for k, v in keep.items() if "." not in k}
     sections: dict[str, dict[str, Any]] = {}
     for key, value in keep.items():
@@ -306,28 +238,6 @@ def keep_saved(config: SearchConfig, saved: SearchConfig, *, given: set[str]) ->
             section, _, name = key.partition(".")
             sections.setdefault(section, {})[name] = value
     return config.replace(**top, **sections)
-
-
-def read_yaml_mapping(path: str | Path) -> Mapping[str, Any]:
-    """The mapping in YAML file ``path`` (an empty file is an empty mapping).
-
-    Raises:
-        ConfigError: missing file, malformed YAML or not a mapping, naming the file.
-    """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (a binary file?)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: a config file must be a mapping of keys to values, but got {data!r}")
-    return data
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -347,73 +257,3 @@ def check_study_name(name: str) -> str:
         raise ConfigError(f"study_name must be one folder name (not empty, no '/', '\\', '.' or '..'), so that the "
                           f"run stays inside runs_dir, but got study_name={name!r}")
     return name
-
-
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value <= 0:
-            raise ConfigError(f"{name} must be > 0, but got {name}={value!r}")
-
-
-def _non_negative(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0, but got {name}={value!r}")
-
-
-def _check_choice(obj: Any, f: dataclasses.Field[Any], prefix: str = "") -> None:
-    choices = f.metadata.get("choices")
-    value = getattr(obj, f.name)
-    if choices and value not in choices:
-        raise ConfigError(f"unknown {prefix}{f.name} {value!r}; valid choices: {', '.join(choices)}")
-
-
-def field_type(cls: type, name: str) -> Any:
-    """The resolved type of field ``name`` of dataclass ``cls``, with ``X | None`` unwrapped."""
-    hint = typing.get_type_hints(cls)[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        hint = args[0]
-    return hint
-
-
-def coerce_field(value: Any, cls: type, name: str, where: str) -> Any:
-    """``value`` as the type of field ``name`` of dataclass ``cls`` (ints pass as floats; NaN and
-    infinity do not), or a ConfigError naming ``where`` and the key."""
-    kind = field_type(cls, name)
-    optional = typing.get_type_hints(cls)[name] != kind
-    if value is None and optional:
-        return None
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-        if ok and not math.isfinite(value):  # NaN slips through every range check (nan <= 0 is False)
-            raise ConfigError(f"{where}: key {name!r} must be a finite number, but got {value!r}")
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ConfigError(f"{where}: key {name!r} must be of type {kind.__name__}, but got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Mapping[str, Any], *, where: str) -> Any:
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(names)}")
-        if cls is SearchConfig and key in SECTIONS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: key {key!r} must be a mapping of options, but got {value!r}")
-            kwargs[key] = _build(SECTIONS[key], value, where=f"{where}: {key}")
-        else:
-            kwargs[key] = coerce_field(value, cls, key, where)
-    return cls(**kwargs)

@@ -88,7 +88,7 @@ class SupernetObjective:
     explanation. The objective checkpoints itself into ``run_dir`` after every trial; a new
     objective on the same ``run_dir`` restores the supernet, strategy, optimiser, retained pool and
     RNG states, so a second ``study.optimize`` on the reopened study continues where the first
-    stopped. On an existing run folder only the options of ``SearchConfig.RESUMABLE_CHANGES`` may
+    stopped. On an existing run folder only the options of ``SearchConfig.may_change_on_resume()`` may
     differ from its ``config.yaml`` (e.g. ``lr`` for the candidates still to come); each change is
     recorded there by :meth:`reconcile`. Any other difference is refused.
 
@@ -121,7 +121,7 @@ class SupernetObjective:
         use_threads(config.threads)
         self.folder = RunFolder(run_dir if run_dir is not None else config.run_dir)
         #: Options that differ from the run folder's config.yaml: ``{name: [old, new]}`` (see
-        #: ``SearchConfig.RESUMABLE_CHANGES``); recorded in its history by :meth:`reconcile`.
+        #: ``SearchConfig.may_change_on_resume()``); recorded in its history by :meth:`reconcile`.
         self.changes: dict[str, list[Any]] = (
             resume_changes(self.folder.config(), config, run_dir=self.folder.path) if self.folder.is_run() else {})
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
@@ -173,7 +173,7 @@ class SupernetObjective:
             self.strategy.load_state_dict(state["strategy"])
             self.optimizer.load_state_dict(state["optimizer"])
             # load_state_dict puts the saved hyper-parameters back; those of this config rule the
-            # candidates still to come (they may change on resume: SearchConfig.RESUMABLE_CHANGES).
+            # candidates still to come (they may change on resume: SearchConfig.may_change_on_resume()).
             for group in self.optimizer.param_groups:
                 group.update(lr=self.config.lr, momentum=self.config.momentum,
                              weight_decay=self.config.weight_decay)
@@ -226,7 +226,7 @@ class SupernetObjective:
         between the two) is told its result; any other running trial (but ``running``, the one
         being trained now) was lost in flight and is marked ``FAIL``, and its candidate is enqueued
         to be trained again (:meth:`mark_lost`). Then ``config.yaml`` is written, or, when options
-        changed since it was (``SearchConfig.RESUMABLE_CHANGES``), rewritten with the options in
+        changed since it was (``SearchConfig.may_change_on_resume()``), rewritten with the options in
         force and one more ``history`` entry. The first ``objective(trial)`` calls this; call it
         yourself to do it before asking for a trial.
 

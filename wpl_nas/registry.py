@@ -106,6 +106,15 @@ class Registry(Generic[T]):
         """Register ``item`` under ``name`` (the non-decorator form)."""
         self.register(name)(item)
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (e.g. a component a test registered).
+
+        Raises:
+            ConfigError: ``name`` is not registered.
+        """
+        self.get(name)
+        del self._items[name]
+
     def get(self, name: str) -> T:
         """Return the component called ``name``.
 

@@ -17,7 +17,7 @@ def python_blocks() -> list[str]:
 @pytest.mark.slow
 def test_api_snippet_runs(tmp_path, monkeypatch):
     blocks = python_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)  # the snippet writes runs/ and data/ where it runs
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
@@ -53,3 +53,24 @@ def test_optuna_plugin_snippet_runs_and_a_second_run_continues(tmp_path, monkeyp
         assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2 * run
     assert study.user_attrs["pool_after_trial"] == 3
     assert (tmp_path / "runs" / "mine" / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_extending_snippets_run(tmp_path, monkeypatch):
+    """The "Extending wpl-nas" section: its dataset registers and is searched, its space file loads."""
+    import wpl_nas
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    try:
+        exec(compile(python_blocks()[2], str(README), "exec"), namespace)
+        result = namespace["result"]
+        assert len(result.study.trials) == 3 and result.best_score > 0.25  # type: ignore[attr-defined]  # 4 classes
+        assert wpl_nas.load_dataset("blobs").num_classes == 4
+    finally:
+        if "blobs" in wpl_nas.DATASETS:
+            wpl_nas.DATASETS.unregister("blobs")
+    (space_yaml,) = re.findall(r"```yaml\n(kind: mlp\n.*?)```", README.read_text(), flags=re.S)
+    (tmp_path / "my_mlp.yaml").write_text(space_yaml)
+    space = wpl_nas.load_space(str(tmp_path / "my_mlp.yaml"))
+    assert space.name == "my_mlp" and space.size == 16  # (2 widths x 2 activations) ** 2 layers

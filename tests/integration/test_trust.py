@@ -305,12 +305,12 @@ def test_a_strategy_state_gone_non_finite_is_never_saved(data_dir, tmp_path):
     """SI with a vanishing damping ξ divides by ~0: the search stops at that trial and the checkpoint
     keeps the last finite state (the old behaviour saved it, and the next candidate 'diverged')."""
     from wpl_nas.errors import TrainingDiverged
-    from wpl_nas.strategy_options import SIOptions
+    from wpl_nas.strategies import SIOptions
 
     # ξ = 1e-300 is 0 in float32: SI's Ω divides by zero where a weight on the path did not move.
     config = wpl_nas.SearchConfig(data_dir=str(data_dir), runs_dir=str(tmp_path), study_name="si", trials=3,
                                   epochs=1, train_samples=256, eval_samples=200, device="cpu", threads=1,
-                                  strategy="si", si=SIOptions(xi=1e-300), sampler="random")
+                                  strategy="si", sampler="random").replace(si=SIOptions(xi=1e-300))
     with pytest.raises(TrainingDiverged, match="strategy's state NaN or infinite"):
         wpl_nas.run_search(config, progress=False, command=["t"])
     state = torch.load(tmp_path / "si" / "checkpoints" / "last.pt", weights_only=True)

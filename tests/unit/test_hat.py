@@ -11,9 +11,8 @@ import torch
 from conftest import make_trainer
 
 import wpl_nas
-import wpl_nas.strategies.hat  # registers "hat" before test_strategies.py is collected
+from wpl_nas.strategies import HATOptions
 from wpl_nas.strategies.hat import HATStrategy
-from wpl_nas.strategy_options import HATOptions
 
 A = "|conv_5~0|+|conv_5~0|conv_5~1|+|none~0|skip_connect~1|conv_5~2|"
 B = "|conv_5~0|+|skip_connect~0|conv_5~1|+|conv_5~0|none~1|conv_5~2|"

@@ -262,7 +262,7 @@ def test_config_yaml_layers_and_validation(tmp_path):
     path.write_text("scenario: split\ntasks: 2\nshared: [1, 3]\nwpl: {alpha: 30}\ncommand: [wpl-nas, forgetting]\n")
     config = load_lab_config(path)
     assert (config.scenario, config.tasks, config.shared, config.sections["wpl"].alpha) == ("split", 2, "1,3", 30.0)
-    assert config.strategy_options.wpl.alpha == 30.0  # what create_strategy reads
+    assert config.strategy_options["wpl"].alpha == 30.0  # what create_strategy reads
     assert config.replace(wpl={"form": "gradient"}).sections["wpl"].alpha == 30.0
     assert LabConfig.from_dict(config.to_dict()) == config
     assert LabConfig().run_dir == Path("runs/two-model-mnist1d")

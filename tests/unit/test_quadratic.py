@@ -9,11 +9,14 @@ from conftest import make_trainer
 import wpl_nas
 from wpl_nas.strategies import (
     STRATEGIES,
+    ANPyCOptions,
     ANPyCStrategy,
     EWCStrategy,
     MASStrategy,
+    OnlineEWCOptions,
     OnlineEWCStrategy,
     QuadraticStrategy,
+    SIOptions,
     SIStrategy,
     create_strategy,
     resolve_strategy,
@@ -25,7 +28,6 @@ from wpl_nas.strategies.importance import (
     per_sample_grads_loop,
     squared_output_norm,
 )
-from wpl_nas.strategy_options import ANPyCOptions, OnlineEWCOptions, SIOptions
 
 A = "|conv_5~0|+|conv_5~0|conv_5~1|+|none~0|skip_connect~1|conv_5~2|"
 B = "|conv_5~0|+|skip_connect~0|conv_5~1|+|conv_5~0|none~1|conv_5~2|"
@@ -46,8 +48,13 @@ def consolidated(space, data, name, options=None, arch=A):
     return tr, tr.strategy, a
 
 
-def test_the_family_is_registered():
-    assert set(QUADRATIC) == {"wpl", "ewc", "online-ewc", "si", "mas", "anpyc"}
+@pytest.mark.parametrize("name", QUADRATIC)
+def test_every_quadratic_strategy_has_the_options_its_base_reads(name):
+    options = STRATEGIES.get(name).Options
+    assert options is not None
+    fields = {f.name: f for f in options.option_fields()}
+    assert fields["form"].metadata["choices"] == ("proximal", "gradient") and "include_global" in fields
+    assert len(options.resumable) == 1 and options.resumable[0] in options.non_negative  # its strength
 
 
 @pytest.mark.parametrize("loss", [cross_entropy, squared_output_norm])

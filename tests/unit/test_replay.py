@@ -14,12 +14,9 @@ from torch.func import functional_call
 from torch.utils.data import TensorDataset
 
 import wpl_nas
-import wpl_nas.strategies.distill  # both register on import
-import wpl_nas.strategies.synthetic
-from wpl_nas.strategies import CandidateContext
+from wpl_nas.strategies import CandidateContext, DistillOptions, SyntheticOptions
 from wpl_nas.strategies.distill import DistillStrategy
 from wpl_nas.strategies.synthetic import SyntheticStrategy
-from wpl_nas.strategy_options import DistillOptions, SyntheticOptions
 
 A = "|conv_5~0|+|conv_5~0|conv_5~1|+|none~0|skip_connect~1|conv_5~2|"
 B = "|conv_5~0|+|skip_connect~0|conv_5~1|+|conv_5~0|none~1|conv_5~2|"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 from conftest import make_trainer
 
 import wpl_nas
-from wpl_nas.config import WPLOptions
-from wpl_nas.strategies import STRATEGIES, WPLStrategy
-from wpl_nas.strategy_options import SyntheticOptions
+from wpl_nas.configs import Options, section_name
+from wpl_nas.strategies import STRATEGIES, SyntheticOptions, WPLOptions, WPLStrategy
 
 A = "|conv_5~0|+|conv_5~0|conv_5~1|+|none~0|skip_connect~1|conv_5~2|"
 B = "|conv_5~0|+|skip_connect~0|conv_5~1|+|conv_5~0|none~1|conv_5~2|"
@@ -34,7 +34,7 @@ def _combinations() -> list[str]:
 #: Every registered strategy and the compositions the docs advertise.
 CONTRACT = STRATEGIES.names() + _combinations()
 #: Options for the contract runs: defaults, except a cheaper meta-learning for synthetic rehearsal.
-CHEAP = wpl_nas.SearchConfig(synthetic=SyntheticOptions(outer_steps=2, inner_steps=1))
+CHEAP = wpl_nas.SearchConfig().replace(synthetic=SyntheticOptions(outer_steps=2, inner_steps=1))
 
 
 # --- the contract, parametrised over the registry ------------------------------------------
@@ -154,6 +154,73 @@ def test_seeded_runs_are_deterministic(name, tiny_space, mnist1d):
         assert torch.equal(v, results[1][0][k]), k
     for k, v in results[0][1].items():
         assert torch.equal(v, results[1][1][k]), k
+
+
+# --- every strategy's options: built from the registry, one section and one flag each -----------------
+WITH_OPTIONS = [n for n in STRATEGIES.names() if STRATEGIES.get(n).Options is not None]
+
+
+def _other_values(options: type[Options]) -> dict[str, Any]:
+    """A value other than the default for every option (not necessarily a valid one: this tests the plumbing)."""
+    defaults, values = options(), {}
+    for f in options.option_fields():
+        default, choices = getattr(defaults, f.name), f.metadata.get("choices")
+        values[f.name] = (choices[-1] if choices else not default if isinstance(default, bool)
+                          else default * 2 + 1 if isinstance(default, (int, float)) else f"{default}-x")
+    return values
+
+
+def _flags(name: str, values: dict[str, Any]) -> list[str]:
+    args = []
+    for key, value in values.items():
+        flag = f"{name}-{key.replace('_', '-')}"
+        args += ([f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)])
+    return args
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_builds_with_defaults_from_none_its_options_a_config_or_a_mapping(name, tiny_space, mnist1d):
+    net = wpl_nas.build_supernet(tiny_space, mnist1d, seed=0)
+    options = STRATEGIES.get(name).Options
+    given = [None, wpl_nas.SearchConfig(), wpl_nas.LabConfig().strategy_options, *([options()] if options else [])]
+    built = [wpl_nas.create_strategy(name, net, g) for g in given]
+    assert all(type(s) is STRATEGIES.get(name) and s.options == built[0].options for s in built)
+    assert (built[0].options is None) == (options is None)
+
+
+@pytest.mark.parametrize("name", WITH_OPTIONS)
+def test_its_options_round_trip_through_yaml_and_the_command_line(name, tmp_path):
+    from wpl_nas.cli import _overrides, cli
+
+    section, options = section_name(name), STRATEGIES.get(name).Options
+    values = _other_values(options)
+    expected = wpl_nas.SearchConfig().replace(**{section: values})
+    assert expected.strategy_options[name] == options(**values) != options()
+    path = tmp_path / "c.yaml"
+    expected.dump(path)
+    assert wpl_nas.load_config(path) == expected
+    for command, kind in (("search", wpl_nas.SearchConfig), ("forgetting", wpl_nas.LabConfig)):
+        params = cli.commands[command].make_context(command, _flags(name, values)).params
+        flags = {k: v for k, v in params.items() if k != "progress"}  # the one flag that is not an option
+        assert kind().replace(**_overrides(kind, flags)).sections[section] == options(**values), command
+
+
+@pytest.mark.parametrize("name", WITH_OPTIONS)
+def test_its_options_name_their_section_in_messages(name):
+    options = STRATEGIES.get(name).Options
+    assert options.section == section_name(name)
+    assert options().validate() == options() and options.resumable  # a default is valid; its strength resumes
+
+
+def test_another_strategy_s_options_are_refused(tiny_space, mnist1d):
+    net = wpl_nas.build_supernet(tiny_space, mnist1d, seed=0)
+    with pytest.raises(TypeError, match="the options of 'wpl' must be WPLOptions, but got SyntheticOptions"):
+        wpl_nas.create_strategy("wpl", net, {"wpl": SyntheticOptions()})
+    with pytest.raises(TypeError, match="belong to none of its parts"):
+        wpl_nas.create_strategy("wpl", net, SyntheticOptions())
+    both = wpl_nas.create_strategy("wpl+synthetic", net, SyntheticOptions(per_class=1))
+    assert [type(p.options).__name__ for p in both.parts] == ["WPLOptions", "SyntheticOptions"]
+    assert both.parts[1].options.per_class == 1
 
 
 # --- WPL ---------------------------------------------------------------------------------------
@@ -330,7 +397,7 @@ C = "|skip_connect~0|+|conv_5~0|conv_5~1|+|conv_5~0|conv_5~1|none~2|"
 def _protecting(tiny_space, mnist1d, k: int, scores: dict[str, float]) -> wpl_nas.CandidateTrainer:
     """A WPL trainer protecting the best ``k``, after training the candidates of ``scores`` in order
     (each consolidated with the given score, so the test decides who is best)."""
-    tr = make_trainer(tiny_space, mnist1d, "wpl", options=wpl_nas.SearchConfig(wpl=WPLOptions(protect=k)),
+    tr = make_trainer(tiny_space, mnist1d, "wpl", options=wpl_nas.SearchConfig().replace(wpl=WPLOptions(protect=k)),
                       train_samples=256)
     for i, (arch, score) in enumerate(scores.items()):
         tr.train(tiny_space.parse(arch), trial_index=i)
@@ -360,7 +427,7 @@ def test_wpl_protected_set_pulls_towards_the_best_k_only(tiny_space, mnist1d):
 
 def test_wpl_protected_set_round_trips_and_goes_on_identically(tiny_space, mnist1d):
     tr = _protecting(tiny_space, mnist1d, 2, {A: 0.5, B: 0.9})
-    fresh = wpl_nas.create_strategy("wpl", tr.supernet, wpl_nas.SearchConfig(wpl=WPLOptions(protect=2)))
+    fresh = wpl_nas.create_strategy("wpl", tr.supernet, wpl_nas.SearchConfig().replace(wpl=WPLOptions(protect=2)))
     fresh.load_state_dict(copy.deepcopy(tr.strategy.state_dict()))
     assert [str(a) for a in fresh.protected.members] == [A, B] and fresh._slots == tr.strategy._slots
     original, state = tr.strategy, weights(tr.supernet)
@@ -378,7 +445,7 @@ def test_wpl_protecting_the_first_candidate_retains_more_than_naive(seed, tiny_s
     """The two-model scenario with a protected set of one: A is protected, so B's training moves it less."""
     a, b = archs(tiny_space)
     drops = {}
-    for name, options in (("naive", CHEAP), ("wpl", wpl_nas.SearchConfig(wpl=WPLOptions(protect=1)))):
+    for name, options in (("naive", CHEAP), ("wpl", wpl_nas.SearchConfig().replace(wpl=WPLOptions(protect=1)))):
         tr = make_trainer(tiny_space, mnist1d, name, options=options, epochs=2, train_samples=3200, seed=seed)
         tr.train(a, trial_index=0)
         tr.consolidate(a, trial_index=0, score=0.9)

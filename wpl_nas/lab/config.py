@@ -9,38 +9,26 @@ default"); the runner refuses them for the other scenarios instead of silently i
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
-from wpl_nas.config import coerce_field, read_yaml_mapping
+from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
-from wpl_nas.strategy_options import STRATEGY_SECTIONS, opt
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 
 __all__ = ["LabConfig", "load_lab_config", "parse_floats", "parse_ints"]
 
 
-def _default_sections() -> dict[str, Any]:
-    return {name: cls() for name, cls in STRATEGY_SECTIONS.items()}
-
-
 @dataclass
-class LabConfig:
+class LabConfig(Config):
     """Everything ``wpl-nas forgetting`` needs. The defaults run the WPL paper's two-model
     experiment on MNIST-1D with naive weight sharing and WPL in about a minute on a 2-core CPU.
 
-    Attributes:
-        sections: The strategies' option sections, ``{section: options}`` (``wpl``, ``ewc``, ...),
-            one per entry of :data:`~wpl_nas.strategy_options.STRATEGY_SECTIONS`; in YAML and
-            on the command line they are top-level keys (``wpl: {alpha: 300}``, ``--wpl-alpha``).
+    Besides the fields below, it holds one section per registered strategy with options
+    (:attr:`~wpl_nas.configs.Config.sections`: ``wpl``, ``ewc``, ...), top-level keys in YAML
+    (``wpl: {alpha: 300}``) and flags on the command line (``--wpl-alpha``), as in a search.
     """
 
     # What to measure.
@@ -48,7 +36,8 @@ class LabConfig:
     strategies: str = opt(
         "naive,wpl", "Comma-separated strategies to compare (each a registered name or two joined by '+', "
         "e.g. wpl+distill), or 'all' for every registered strategy.")
-    dataset: str = opt("mnist1d", "Data set: mnist1d (generated locally), mnist, fashion_mnist, cifar10, cifar100.")
+    dataset: str = opt("mnist1d", "Data set: mnist1d (generated locally), mnist, fashion_mnist, cifar10, cifar100, "
+                       "ptb, or one registered with wpl_nas.register_dataset (e.g. by an installed plugin).")
     data_dir: str = opt("data", "Where torchvision data sets live (or are downloaded to) and MNIST-1D is cached.")
     download: bool = opt(False, "Download torchvision data sets into --data-dir if missing.")
     val_fraction: float = opt(0.2, "Share of the training data held out for scores, Fisher and the like.")
@@ -95,10 +84,16 @@ class LabConfig:
     # threads gain little, and on a busy 2-core machine two threads waiting on each other made the
     # default run ~9x slower (measured).
     threads: int = opt(DEFAULT_THREADS, THREADS_HELP)
-    sections: dict[str, Any] = field(default_factory=_default_sections)
 
+    positive = ("epochs", "batch_size", "eval_batch_size", "seeds", "channels")
+    non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "probe_every", "train_samples",
+                    "threads", "a_epochs")
+    open_unit = ("val_fraction",)
+    #: The command line a run folder's ``config.yaml`` records: skipped, so ``--config runs/<name>/config.yaml``
+    #: reruns a lab run.
+    record_keys = ("command",)
     #: Fields that take comma-separated lists (YAML may also give a list or a single number).
-    LIST_FIELDS = ("shared", "a_fraction")
+    LIST_FIELDS: ClassVar[tuple[str, ...]] = ("shared", "a_fraction")
 
     # --- derived ------------------------------------------------------------------------
     @property
@@ -113,12 +108,6 @@ class LabConfig:
     def seed_list(self) -> list[int]:
         return [self.seed + i for i in range(self.seeds)]
 
-    @property
-    def strategy_options(self) -> SimpleNamespace:
-        """One attribute per strategy section (``.wpl``, ``.ewc``, ...): what
-        :func:`~wpl_nas.strategies.create_strategy` reads a strategy's options from."""
-        return SimpleNamespace(**self.sections)
-
     # --- checks -------------------------------------------------------------------------
     def validate(self) -> LabConfig:
         """Check every value that needs no data or registry; return self.
@@ -130,14 +119,11 @@ class LabConfig:
         Raises:
             ConfigError: the first bad value, naming it.
         """
-        _require(self, ("epochs", "batch_size", "eval_batch_size", "seeds"), lambda v: v > 0, "> 0")
-        _require(self, ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "probe_every",
-                        "train_samples", "threads"), lambda v: v >= 0, ">= 0")
-        _require(self, ("candidates", "tasks"), lambda v: v is None or v >= 2, ">= 2")
-        _require(self, ("channels",), lambda v: v is None or v > 0, "> 0")
-        _require(self, ("a_epochs",), lambda v: v is None or v >= 0, ">= 0")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), but got val_fraction={self.val_fraction}")
+        super().validate()
+        for name in ("candidates", "tasks"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ConfigError(f"{name} must be >= 2, but got {name}={value!r}")
         if not self.strategies.strip():
             raise ConfigError("strategies must name at least one strategy, but got strategies=''")
         if self.shared is not None:
@@ -147,57 +133,17 @@ class LabConfig:
                 if not 0.0 < value <= 1.0:
                     raise ConfigError(f"a_fraction values must be in (0, 1], but got {value!r} "
                                       f"in a_fraction={self.a_fraction!r}")
-        for section in self.sections.values():
-            section.validate()
         return self
 
-    # --- dict / YAML --------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data, with the strategy sections as top-level keys (the YAML layout)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sections"}
-        data.update({name: dataclasses.asdict(section) for name, section in self.sections.items()})
-        return data
-
-    def dump(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> None:
-        """Write the config (plus ``extra`` keys such as the command line) as YAML."""
-        Path(path).write_text(yaml.safe_dump({**self.to_dict(), **(extra or {})}, sort_keys=False,
-                                             allow_unicode=True))
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> LabConfig:
-        """Build from a (possibly partial) mapping; unknown keys and wrong types are errors.
-
-        A ``command`` key (the command line a run folder's ``config.yaml`` records) is ignored,
-        so ``--config runs/<name>/config.yaml`` reruns a lab run.
-        """
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "sections"}
-        kwargs: dict[str, Any] = {}
-        sections = _default_sections()
-        for key, value in data.items():
-            if key == "command":
-                continue
-            if key in STRATEGY_SECTIONS:
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"{where}: key {key!r} must be a mapping of options, but got {value!r}")
-                sections[key] = _build_section(STRATEGY_SECTIONS[key], value, where=f"{where}: {key}")
-            elif key in fields:
-                kwargs[key] = _coerce(cls, key, value, where)
-            else:
-                valid = [*fields, *STRATEGY_SECTIONS]
-                close = difflib.get_close_matches(str(key), valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
-        return cls(**kwargs, sections=sections)
-
-    def replace(self, **overrides: Any) -> LabConfig:
-        """A copy with fields (or ``section={...}`` partial dicts for strategy options) overridden."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            if key in STRATEGY_SECTIONS and isinstance(value, Mapping):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        return LabConfig.from_dict(data)
+    def coerce(cls, name: str, value: Any, where: str) -> Any:
+        """As :meth:`Config.coerce`, except that a list field may be given as a list or a single number."""
+        if name in cls.LIST_FIELDS:
+            if isinstance(value, list) and value and all(_is_number(v) for v in value):
+                value = ",".join(str(v) for v in value)
+            elif _is_number(value):
+                value = str(value)
+        return super().coerce(name, value, where)
 
 
 def load_lab_config(path: str | Path) -> LabConfig:
@@ -207,7 +153,7 @@ def load_lab_config(path: str | Path) -> LabConfig:
         ConfigError: missing file, malformed YAML, not a mapping, unknown key or wrong type;
             the message names the file and the key.
     """
-    return LabConfig.from_dict(read_yaml_mapping(path), where=str(path))
+    return LabConfig.load(path)
 
 
 def parse_ints(text: str, name: str, *, choices: range | None = None) -> list[int]:
@@ -248,36 +194,5 @@ def parse_floats(text: str, name: str) -> list[float]:
 
 
 # --- helpers -------------------------------------------------------------------------------
-def _require(config: LabConfig, names: tuple[str, ...], ok: Any, what: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        # Written as "not ok" so that NaN fails every range.
-        if value is not None and not ok(value):
-            raise ConfigError(f"{name} must be {what}, but got {name}={value!r}")
-
-
-def _coerce(owner: type, name: str, value: Any, where: str) -> Any:
-    """``value`` as the type of field ``name`` of ``owner``, or a ConfigError naming the key."""
-    if owner is LabConfig and name in LabConfig.LIST_FIELDS:
-        # YAML may spell a list field as a list or as a single number.
-        if isinstance(value, list) and value and all(_is_number(v) for v in value):
-            value = ",".join(str(v) for v in value)
-        elif _is_number(value):
-            value = str(value)
-    return coerce_field(value, owner, name, where)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _build_section(cls: type, data: Mapping[str, Any], *, where: str) -> Any:
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(names)}")
-        kwargs[key] = _coerce(cls, key, value, where)
-    return cls(**kwargs)

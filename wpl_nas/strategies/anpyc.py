@@ -21,16 +21,47 @@ mid-training.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from wpl_nas.configs import Options, opt
 from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.importance import entropy_taylor_importance, output_entropy
-from wpl_nas.strategies.quadratic import QuadraticStrategy
+from wpl_nas.strategies.quadratic import FORM_HELP, GLOBAL_HELP, QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.strategy_options import ANPyCOptions
 from wpl_nas.supernet import Supernet
 
-__all__ = ["ANPyCStrategy"]
+__all__ = ["ANPyCOptions", "ANPyCStrategy"]
+
+
+@dataclass
+class ANPyCOptions(Options):
+    """Adversarial neural pruning and synaptic consolidation (Peng et al., TNNLS 2021).
+
+    Importance Ω = max(0, g·θ + ½θ²g²) with g the gradient of the output entropy (label
+    free), accumulated by element-wise max. Part way through a candidate's training
+    (``prune_at``), a share ``prune`` of its cell weights that no earlier candidate protects
+    (Ω = 0) and that matter least to it is set to zero and held there for the rest of its
+    training, freeing them for later candidates; the share shrinks by ``prune_decay`` with
+    every consolidated candidate: 50%, 40%, 32%, 25.6%, ...
+    """
+
+    resumable = ("lam",)  # its strength may change on resume
+    positive = ("batches", "batch_size")
+    non_negative = ("lam", "prune_min")
+    unit = ("prune", "prune_decay", "prune_at")
+
+    lam: float = opt(3.0, "Strength λ of λ·Σ Ω(θ−θ*)² (the paper's value).")
+    batches: int = opt(4, "Held-out batches used to estimate the importance.")
+    batch_size: int = opt(100, "Batch size for the importance estimate (the paper's 100).")
+    prune: float = opt(0.5, "Share of the first candidate's free cell weights pruned (0: off; the paper's 50%).")
+    prune_decay: float = opt(0.8, "The pruned share is multiplied by this after each candidate (the paper's 0.8).")
+    prune_min: float = opt(0.01, "Pruning stops once the share falls below this.")
+    prune_at: float = opt(0.5, "When a candidate prunes, as a fraction of its training steps; the steps after "
+                               "it retrain the candidate with the pruned weights held at zero.")
+    form: str = opt("proximal", FORM_HELP, choices=("proximal", "gradient"))
+    include_global: bool = opt(False, GLOBAL_HELP + " Pruning never touches them.")
 
 
 @STRATEGIES.register("anpyc")
@@ -41,7 +72,7 @@ class ANPyCStrategy(QuadraticStrategy):
 
     Args:
         supernet: The supernet to protect.
-        options: :class:`~wpl_nas.strategy_options.ANPyCOptions`.
+        options: :class:`ANPyCOptions`.
     """
 
     Options = ANPyCOptions

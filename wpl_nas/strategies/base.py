@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from wpl_nas import configs
 from wpl_nas.spaces import Architecture
 from wpl_nas.supernet import Supernet
 
@@ -96,8 +97,9 @@ class Strategy(nn.Module):
         options: The strategy's options dataclass (``Options``), if it has one.
     """
 
-    #: Options dataclass of the strategy (a section of the search config), or None.
-    Options: ClassVar[type | None] = None
+    #: Options dataclass of the strategy, or None. It becomes the config section named after the
+    #: strategy's registry name (``--wpl-alpha``, ``wpl: {alpha: ...}``); see ``wpl_nas.configs``.
+    Options: ClassVar[type[configs.Options] | None] = None
     #: TensorBoard tag of the penalty, or None if the strategy adds none.
     penalty_tag: str | None = None
     #: Kind of protection; ``a+b`` composes two strategies only from different families.

@@ -7,19 +7,36 @@ data and protects the *function* of the shared weights rather than their values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from wpl_nas.configs import Options, opt
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies._replay import Member, ReplayStrategy, distil_on
 from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.flat import FlatLayout
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.strategy_options import DistillOptions
 from wpl_nas.supernet import Supernet
 
-__all__ = ["DistillStrategy"]
+__all__ = ["DistillOptions", "DistillStrategy"]
+
+
+@dataclass
+class DistillOptions(Options):
+    """Distillation from earlier candidates (LwF-style, Li & Hoiem, ECCV 2016)."""
+
+    resumable = ("lam",)  # its strength may change on resume
+    positive = ("temperature", "protect", "teachers_per_step")
+    non_negative = ("lam",)
+
+    lam: float = opt(1.0, "Weight λ of the distillation loss (Avalanche's LwF default).")
+    temperature: float = opt(2.0, "Softmax temperature T of the distillation targets.")
+    protect: int = opt(5, "Teachers: the best candidates (by score at training) whose outputs are kept close.")
+    teachers_per_step: int = opt(1, "Teachers distilled on each training batch (round robin among "
+                                    "those sharing weights with the current candidate).")
 
 
 @STRATEGIES.register("distill")
@@ -54,7 +71,7 @@ class DistillStrategy(ReplayStrategy):
 
     Args:
         supernet: The supernet to protect.
-        options: :class:`~wpl_nas.strategy_options.DistillOptions`.
+        options: :class:`DistillOptions`.
     """
 
     Options = DistillOptions

@@ -38,16 +38,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from wpl_nas.configs import Options, opt
 from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies.base import Batches, CandidateContext, Strategy
 from wpl_nas.strategies.protected import ProtectedSet
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.strategy_options import HATOptions
 from wpl_nas.supernet import Supernet
 from wpl_nas.supernet.network import Cell, ResidualReduction
 
-__all__ = ["HATStrategy"]
+__all__ = ["HATOptions", "HATStrategy"]
 
 #: Attribute of the supernet holding its gate router: the hooks are registered once per supernet.
 _ROUTER = "_hat_gate_router"
@@ -152,6 +152,26 @@ class _OpGate:
         return output * g.view(1, -1, *([1] * (output.dim() - 2)))  # broadcast over batch and positions
 
 
+@dataclass
+class HATOptions(Options):
+    """Hard attention to the task (Serrà et al., ICML 2018), one attention mask per candidate."""
+
+    resumable = ("c",)  # its strength may change on resume
+    positive = ("s_max", "thres_emb", "thres_cosh", "protect")
+    non_negative = ("c",)
+
+    c: float = opt(0.75, "Strength c of the sparsity regulariser on the attention masks (paper: 0.75).")
+    s_max: float = opt(400.0, "Final gate steepness s_max; s is annealed from 1/s_max within each epoch.")
+    thres_emb: float = opt(6.0, "Embeddings are clamped to ±thres_emb after each step.")
+    thres_cosh: float = opt(50.0, "s·e is clamped to ±thres_cosh in the gradient compensation.")
+    protect: int = opt(
+        5, "Size of the protected set: the best candidates (by score at training) whose units are "
+        "masked from later updates; a better candidate releases the worst, so the supernet never fills up.")
+    include_global: bool = opt(
+        True, "Also gate and protect the stem and reductions, as the paper gates every layer (heads are never "
+        "gated). Off, the shared skeleton carries the forgetting: measured, HAT then drops more than naive.")
+
+
 @STRATEGIES.register("hat")
 class HATStrategy(Strategy):
     """Hard attention to the task: per-candidate channel gates, protected channels frozen.
@@ -192,7 +212,7 @@ class HATStrategy(Strategy):
         supernet: The supernet to protect; its cell ops get forward hooks (once per supernet,
             owned by the most recently built HAT strategy, held weakly: once the strategy is
             gone, the supernet runs ungated).
-        options: :class:`~wpl_nas.strategy_options.HATOptions`.
+        options: :class:`HATOptions`.
     """
 
     Options = HATOptions

@@ -7,16 +7,36 @@ The paper's penalty λ·Σ Ω(θ − θ*)² has no ½, so α here (the base's st
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from wpl_nas.configs import Options, opt
 from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.importance import mas_importance
-from wpl_nas.strategies.quadratic import QuadraticStrategy
+from wpl_nas.strategies.quadratic import FORM_HELP, GLOBAL_HELP, PER_SAMPLE_HELP, QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.strategy_options import MASOptions
 from wpl_nas.supernet import Supernet
 
-__all__ = ["MASStrategy"]
+__all__ = ["MASOptions", "MASStrategy"]
+
+
+@dataclass
+class MASOptions(Options):
+    """Memory aware synapses (Aljundi et al., ECCV 2018): label-free importance E|∂‖f(x)‖²/∂θ|."""
+
+    resumable = ("lam",)  # its strength may change on resume
+    positive = ("batches", "batch_size")
+    non_negative = ("lam",)
+    unit = ("alpha",)
+
+    lam: float = opt(1.0, "Strength λ of λ·Σ Ω(θ−θ*)².")
+    alpha: float = opt(0.5, "Ω ← αΩ + (1−α)Ω_new when a candidate is consolidated (Avalanche's default).")
+    batches: int = opt(8, "Held-out batches used to estimate the importance.")
+    batch_size: int = opt(32, "Batch size for the importance estimate.")
+    per_sample: bool = opt(True, PER_SAMPLE_HELP)
+    form: str = opt("proximal", FORM_HELP, choices=("proximal", "gradient"))
+    include_global: bool = opt(True, GLOBAL_HELP)
 
 
 @STRATEGIES.register("mas")
@@ -25,7 +45,7 @@ class MASStrategy(QuadraticStrategy):
 
     Args:
         supernet: The supernet to protect.
-        options: :class:`~wpl_nas.strategy_options.MASOptions`.
+        options: :class:`MASOptions`.
     """
 
     Options = MASOptions

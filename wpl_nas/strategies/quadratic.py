@@ -12,6 +12,9 @@ estimated and how it is folded into Ω and θ*; this module holds the rest, once
   which cannot overshoot θ* however large α is.
 - Only tensors on the current path with some importance are touched; a candidate's private
   weights move freely.
+
+Papers that write the penalty without the ½ (SI, MAS, ANPyC) keep their own constant in their
+options, and the strategy doubles it, so each paper's published value means what it meant there.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from wpl_nas.strategies.base import Batches, CandidateContext, Strategy
 from wpl_nas.strategies.flat import FlatLayout
 from wpl_nas.supernet import Supernet
 
-__all__ = ["QuadraticStrategy"]
+__all__ = ["FORM_HELP", "GLOBAL_HELP", "PER_SAMPLE_HELP", "QuadraticStrategy"]
+
+#: Help texts of the options every quadratic strategy's options share.
+FORM_HELP = ("How the pull is applied: 'proximal' (implicit step θ←(θ+ηαΩθ*)/(1+ηαΩ) after the optimiser step; "
+         "stable for any strength) or 'gradient' (closed-form gradient αΩ(θ−θ*) added before the step; "
+         "diverges once lr·α·max Ω exceeds ~2).")
+GLOBAL_HELP = ("Also protect the skeleton's weights (stem, reductions, head) that every candidate shares; "
+           "off, only the cell ops are protected.")
+PER_SAMPLE_HELP = ("Importance from per-sample gradients (torch.func.vmap; each sample is its own batch for "
+               "batch norm) rather than from batch gradients (B·mean of squared batch gradients).")
 
 
 class QuadraticStrategy(Strategy):

@@ -10,15 +10,31 @@ penalty c·Σ Ω(θ − θ*)² has no ½: the base's strength α is 2c.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from wpl_nas.configs import Options, opt
 from wpl_nas.strategies.base import Batches, CandidateContext
-from wpl_nas.strategies.quadratic import QuadraticStrategy
+from wpl_nas.strategies.quadratic import FORM_HELP, GLOBAL_HELP, QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.strategy_options import SIOptions
 from wpl_nas.supernet import Supernet
 
-__all__ = ["SIStrategy"]
+__all__ = ["SIOptions", "SIStrategy"]
+
+
+@dataclass
+class SIOptions(Options):
+    """Synaptic intelligence (Zenke, Poole, Ganguli, ICML 2017): path-integral importance."""
+
+    resumable = ("c",)  # its strength may change on resume
+    positive = ("xi",)
+    non_negative = ("c",)
+
+    c: float = opt(0.1, "Strength c of c·Σ Ω(θ−θ*)² (the paper's permuted-MNIST value).")
+    xi: float = opt(0.1, "Damping ξ in Ω += ω/(Δθ² + ξ).")
+    form: str = opt("proximal", FORM_HELP, choices=("proximal", "gradient"))
+    include_global: bool = opt(True, GLOBAL_HELP)
 
 
 @STRATEGIES.register("si")
@@ -31,7 +47,7 @@ class SIStrategy(QuadraticStrategy):
 
     Args:
         supernet: The supernet to protect.
-        options: :class:`~wpl_nas.strategy_options.SIOptions`.
+        options: :class:`SIOptions`.
     """
 
     Options = SIOptions

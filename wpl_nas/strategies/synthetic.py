@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from wpl_nas.configs import Options, opt
 from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies._replay import Member, ReplayStrategy, distil_on, kd_loss
 from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.strategy_options import SyntheticOptions
 from wpl_nas.supernet import Supernet
 
-__all__ = ["Synthesis", "SyntheticStrategy"]
+__all__ = ["Synthesis", "SyntheticOptions", "SyntheticStrategy"]
 
 #: Real held-out samples per outer step (the outer loss's batch).
 REAL_BATCH = 128
@@ -50,6 +50,28 @@ class Synthesis:
     targets: torch.Tensor
     initial: torch.Tensor
     outer_losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class SyntheticOptions(Options):
+    """Synthetic rehearsal (after Masarczyk & Tautkute, CVPR-W 2020): a small learned data set per
+    protected candidate, replayed with distillation while later candidates train."""
+
+    resumable = ("lam",)  # its strength may change on resume
+    positive = ("temperature", "protect", "per_class", "inner_steps", "outer_steps", "inner_lr", "meta_lr")
+    non_negative = ("lam", "noise")
+
+    lam: float = opt(1.0, "Weight λ of the replayed distillation loss.")
+    temperature: float = opt(2.0, "Softmax temperature T of the replayed targets.")
+    protect: int = opt(5, "Candidates with a synthetic set (best by score at training); memory is "
+                          "protect × classes × per-class × input size.")
+    per_class: int = opt(4, "Synthetic samples per class.")
+    inner_steps: int = opt(3, "Unrolled SGD steps on the synthetic set inside each meta-gradient.")
+    outer_steps: int = opt(20, "Meta-gradient steps that learn a candidate's synthetic set (compute per "
+                               "candidate ≈ outer × (inner + 1) forward-backward passes).")
+    inner_lr: float = opt(0.05, "Learning rate of the unrolled inner steps.")
+    meta_lr: float = opt(0.05, "Adam learning rate of the synthetic inputs.")
+    noise: float = opt(0.05, "Relative size of the weight perturbation the synthetic set must repair.")
 
 
 @STRATEGIES.register("synthetic")
@@ -90,7 +112,7 @@ class SyntheticStrategy(ReplayStrategy):
 
     Args:
         supernet: The supernet to protect.
-        options: :class:`~wpl_nas.strategy_options.SyntheticOptions`.
+        options: :class:`SyntheticOptions`.
     """
 
     Options = SyntheticOptions

@@ -20,20 +20,56 @@ set stops pulling, so the supernet is not frozen by the Fisher of every mediocre
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from wpl_nas.configs import Options, opt
 from wpl_nas.strategies._replay import decode_state, encode_state
 from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.importance import empirical_fisher
 from wpl_nas.strategies.protected import ProtectedSet
-from wpl_nas.strategies.quadratic import QuadraticStrategy
+from wpl_nas.strategies.quadratic import FORM_HELP, GLOBAL_HELP, PER_SAMPLE_HELP, QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.strategy_options import WPLOptions
 from wpl_nas.supernet import Supernet
 
-__all__ = ["WPLStrategy"]
+__all__ = ["WPLOptions", "WPLStrategy"]
+
+
+@dataclass
+class WPLOptions(Options):
+    """Weight plasticity loss (Benyahia et al., ICML 2019). Defaults: see each field."""
+
+    resumable = ("alpha",)  # its strength may change on resume
+    positive = ("fisher_batches", "fisher_batch_size", "normalize_norm")
+    non_negative = ("alpha", "alpha_decay", "start_trial", "alpha_decay_after", "protect")
+    unit = ("decay",)
+
+    # 100, not the 1000 that the two-model experiment prefers: ranked against stand-alone truth, whole
+    # searches rank and choose better at 100 (benchmarks/README.md, bench_fidelity.py; issue 13).
+    alpha: float = opt(
+        100.0, "Strength α of the pull α/2·Σ Ω(θ−θ*)² on shared weights; kept apart from Ω (never folded in).")
+    form: str = opt("proximal", FORM_HELP, choices=("proximal", "gradient"))
+    fisher_batches: int = opt(8, "Held-out batches used to estimate a candidate's diagonal Fisher.")
+    fisher_batch_size: int = opt(32, "Batch size for the Fisher estimate.")
+    per_sample: bool = opt(False, PER_SAMPLE_HELP + " Off: the reference code's batch estimate.")
+    accumulate: str = opt(
+        "sum", "How Ω combines candidates: 'sum' (Ω+=F), 'decay' (Ω←γΩ+F) or 'max' (Ω←max(Ω,F)).",
+        choices=("sum", "decay", "max"))
+    decay: float = opt(0.9, "γ for accumulate=decay.")
+    normalize: bool = opt(
+        False, "Rescale each tensor's Fisher to Frobenius norm --wpl-normalize-norm before accumulating "
+        "(what the reference code's clip ends up doing).")
+    normalize_norm: float = opt(10.0, "Per-tensor Fisher norm when --wpl-normalize is on (reference code: 10).")
+    start_trial: int = opt(0, "First trial whose candidate is consolidated (earlier ones warm the supernet up).")
+    alpha_decay: float = opt(0.0, "Linear decay of α per trial after --wpl-alpha-decay-after (0: constant α).")
+    alpha_decay_after: int = opt(0, "Trial after which α starts to decay.")
+    include_global: bool = opt(True, GLOBAL_HELP + " The reference code protects only the cell ops.")
+    protect: int = opt(
+        0, "Protect only the best K candidates by score at training (the paper's 'preserve the best models'); "
+        "Ω and θ* are rebuilt from their own Fisher and anchors whenever the set changes, so a candidate that "
+        "leaves it stops pulling (memory: 2K copies of the weights). 0: every candidate, folded by --wpl-accumulate.")
 
 
 @STRATEGIES.register("wpl")
@@ -49,7 +85,7 @@ class WPLStrategy(QuadraticStrategy):
 
     Args:
         supernet: The supernet to protect.
-        options: :class:`~wpl_nas.strategy_options.WPLOptions`.
+        options: :class:`WPLOptions`.
     """
 
     Options = WPLOptions
