@@ -17,7 +17,7 @@ The public API::
 from wpl_nas import threads as _threads  # noqa: F401  first: sets OpenMP's wait policy before torch loads
 
 # isort: split
-from wpl_nas.api import Run, SearchResult, load_run, run_search
+from wpl_nas.api import SearchResult, run_search
 from wpl_nas.assembly import Assembly, assemble, build_supernet, resolve_device
 from wpl_nas.callbacks import RetentionCallback, TensorBoardCallback
 from wpl_nas.config import SearchConfig, load_config
@@ -26,7 +26,7 @@ from wpl_nas.errors import ConfigError, TrainingDiverged
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.lab import LabConfig, LabResult, run_lab
 from wpl_nas.objective import SupernetObjective
-from wpl_nas.run_folder import RunFolder
+from wpl_nas.run_folder import Run, RunFolder, load_run
 from wpl_nas.sampler import ForgettingAwareSampler
 from wpl_nas.spaces import Architecture, Genotype, SearchSpace, builtin_spaces, load_space, named_spaces
 from wpl_nas.strategies import STRATEGIES, Strategy, WPLOptions, create_strategy

@@ -24,7 +24,6 @@ import optuna
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wpl_nas.api import load_run
 from wpl_nas.callbacks import SNAPSHOT_KEYS
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, stage_names
@@ -39,6 +38,7 @@ from wpl_nas.run_folder import (
     RANK_DIR,
     REPORT_DIR,
     RETENTION_JSON,
+    load_run,
 )
 from wpl_nas.selection import best_at_training
 from wpl_nas.spaces import Architecture

@@ -22,12 +22,11 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from wpl_nas.callbacks import final_note
 from wpl_nas.config import SearchConfig
 from wpl_nas.errors import ConfigError, reason
 from wpl_nas.objective import SupernetObjective
-from wpl_nas.run_folder import CONFIG_FILE, LOCK_FILE, TENSORBOARD_DIR, RunFolder
-from wpl_nas.selection import FinalScores, best_at_training, latest_finished, load_final, rescore_final
+from wpl_nas.run_folder import LOCK_FILE, TENSORBOARD_DIR
+from wpl_nas.selection import FinalScores, best_at_training, final_note, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub
 from wpl_nas.study import PRUNERS, create_pruner, create_sampler
@@ -37,7 +36,7 @@ from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_han
 #: TensorBoard) is complete.
 OBSERVED_ATTR = "observed_after_trial"
 
-__all__ = ["Run", "SearchResult", "load_run", "run_search"]
+__all__ = ["SearchResult", "run_search"]
 
 
 @dataclass
@@ -105,54 +104,6 @@ class SearchResult:
             if len(front) > 12:
                 lines.append(f"  ... and {len(front) - 12} more (wpl-nas dashboard shows them all)")
         return "\n".join(lines)
-
-
-@dataclass
-class Run:
-    """A run folder opened by :func:`load_run`.
-
-    Attributes:
-        config: The configuration recorded in its ``config.yaml``.
-        study: Its Optuna study.
-        run_dir: The folder.
-        storage: The study's storage as shown: its URL with the password masked (``***``), or the
-            journal file (the folder's own ``study.db`` unless another was given).
-        optuna_storage: The storage opened, password and driver filled in (:mod:`wpl_nas.storage`):
-            give it to ``optuna.load_study`` or optuna-dashboard.
-    """
-
-    config: SearchConfig
-    study: optuna.Study
-    run_dir: Path
-    storage: str
-    optuna_storage: optuna.storages.BaseStorage
-
-    @property
-    def folder(self) -> RunFolder:
-        """The run folder's files (:class:`~wpl_nas.run_folder.RunFolder`)."""
-        return RunFolder(self.run_dir)
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Open a run folder written by :func:`run_search` (or a :class:`SupernetObjective`): its config
-    and its study. The default SQLite study is found inside the folder, wherever it is opened from;
-    a storage whose password the folder keeps masked is opened as :mod:`wpl_nas.storage` says
-    (``WPL_NAS_STORAGE``, or the driver's own password file).
-
-    Raises:
-        ConfigError: not a run folder, or its storage cannot be opened, or its study is not in it.
-    """
-    folder = RunFolder(run_dir)
-    if not folder.is_run():
-        raise ConfigError(f"{folder.path} is not a wpl-nas run folder: {CONFIG_FILE} is missing")
-    config, name = folder.config(), folder.study_name()
-    spec = config.storage or folder.default_storage
-    storage = open_storage(spec, create=False)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise ConfigError(f"study {name!r} of run {folder.path} is not in {mask_storage(spec)}") from None
-    return Run(config, study, folder.path, mask_storage(spec), storage)
 
 
 class _Search:

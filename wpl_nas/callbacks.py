@@ -49,13 +49,13 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from torch.utils.tensorboard import SummaryWriter
 
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import MEASURES, METRICS, STEP_MEASURES, PoolChanges, RetainedPool
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
+from wpl_nas.notes import save_note, trial_notes
 from wpl_nas.run_folder import ANATOMY_JSON, RETENTION_CSV, RETENTION_JSON, RunFolder
 from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.supernet import Supernet
@@ -67,8 +67,7 @@ from wpl_nas.tracking.markdown import code_cell
 if TYPE_CHECKING:
     from wpl_nas.selection import FinalScores
 
-__all__ = ["SEARCH_RUN", "SNAPSHOT_KEYS", "TRIALS_DIR", "AnatomyCallback", "RetentionCallback", "TensorBoardCallback",
-           "final_note", "trial_notes"]
+__all__ = ["SEARCH_RUN", "SNAPSHOT_KEYS", "TRIALS_DIR", "AnatomyCallback", "RetentionCallback", "TensorBoardCallback"]
 
 #: The trials a search has finished: number -> (state name, value), as its checkpoint holds them.
 Finished = Mapping[int, tuple[str, Any]]
@@ -77,10 +76,6 @@ SNAPSHOT_KEYS = ("arch", "features", "weights")
 #: TensorBoard runs under the log folder: the search's own, and one per trial (its HPARAMS row).
 SEARCH_RUN = "search"
 TRIALS_DIR = "trials"
-#: How many of a candidate's latest re-scores its dashboard note lists (retention.csv has all).
-_NOTE_ROWS = 10
-
-
 class RetentionCallback:
     """Records a search's retained pool after each trial: in the study (user attributes and
     dashboard notes, see the module docstring) and in the run folder (``retention.json``,
@@ -124,32 +119,6 @@ class RetentionCallback:
         trial_notes(study, {trial.number, *pool.members(), *changes.left})
 
 
-def _dashboard() -> Any:
-    """The optuna_dashboard module (for its note functions), or None: it is optional (the `dashboard` extra)."""
-    try:
-        import optuna_dashboard
-    except ImportError:
-        return None
-    return optuna_dashboard
-
-
-def _save_note(study: optuna.Study, text: str) -> None:
-    """``text`` as the study's note in optuna-dashboard (a finished trial's attributes cannot change,
-    a note can)."""
-    dashboard = _dashboard()
-    if dashboard is not None:
-        dashboard.save_note(study, text)
-
-
-class _TrialNote:
-    """What optuna-dashboard's ``save_note`` reads from a trial (its storage, study and id): notes
-    live on the study's system attributes, so a finished trial's note can be rewritten, but
-    ``optuna.Trial`` cannot be made for a finished trial without running the sampler's hooks."""
-
-    def __init__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.study, self.storage, self._trial_id = study, study._storage, trial._trial_id
-
-
 def _dashboard_note(study: optuna.Study, pool: RetainedPool, changes: PoolChanges) -> None:
     """The pool as the study's note: who joined and left, the measures over all members and over
     the earlier ones, and each member's architecture, score at training, latest re-score and
@@ -169,7 +138,7 @@ def _dashboard_note(study: optuna.Study, pool: RetainedPool, changes: PoolChange
                f"mean retained {step['earlier_retained_mean']:.4f}, forgetting mean "
                f"{step['earlier_forgetting_mean']:+.4f}, of which trial {changes.after_trial} caused "
                f"{step['forgetting_this_trial']:+.4f}." if changes.earlier else "No earlier member yet.")
-    _save_note(study, "\n".join([
+    save_note(study, "\n".join([
         f"## Retained pool after trial {changes.after_trial}", "",
         f"Joined: {who(changes.joined)}. Left: {who(changes.left)}.", "",
         f"All {len(entries)} member(s): mean retained score {m['retained_mean']:.4f}, forgetting mean "
@@ -177,95 +146,6 @@ def _dashboard_note(study: optuna.Study, pool: RetainedPool, changes: PoolChange
         f"{m['rank_tau']:+.3f}. {earlier}", "",
         "| trial | architecture | score at training | latest re-score | forgetting |", "|---:|---|---:|---:|---:|",
         *rows]))
-
-
-def _cell_link(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
-    """The dashboard's URL of the trial's cell image (its ``cell_*.png`` artifact), or None."""
-    try:
-        metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
-    except Exception:  # artifacts are optional: a trial of the user's own study may have none
-        return None
-    cell = next((m for m in metas if m.filename.startswith("cell_") and m.mimetype == "image/png"), None)
-    return None if cell is None else f"/artifacts/{study._study_id}/{trial._trial_id}/{cell.artifact_id}"
-
-
-def _trial_note_text(trial: optuna.trial.FrozenTrial, attrs: dict[str, Any], *, higher_is_better: bool,
-                     cell: str | None) -> str:
-    """A trial's note: its latest re-score and forgetting, its recent re-scores, its final score
-    when the final selection describes the current supernet, and its cell drawn large."""
-    key = str(trial.number)
-    score = trial.user_attrs.get("score_at_training")
-    row = {int(j): v for j, v in attrs.get("retention", {}).get(key, {}).items()}
-    after = attrs.get("pool_after_trial")
-    sign = 1.0 if higher_is_better else -1.0
-    lines: list[str] = []
-    if score is None or not row:
-        state = "pruned" if trial.state == TrialState.PRUNED else "not pooled"
-        lines += [f"### Trial {trial.number}: {state}", "",
-                  "Not in the retained pool, so never re-scored after its training"
-                  + (f" (score at training {score:.4f})." if score is not None else ".")]
-    else:
-        last = max(row)
-        latest, forgetting = row[last], sign * (score - row[last])
-        lines += [f"### Retained score {latest:.4f} after trial {last}", "",
-                  f"Score at training {score:.4f}; forgetting {forgetting:+.4f} (positive: worse than at its "
-                  "training)."]
-        replaced = attrs.get("pool_replaced", {}).get(key)
-        if trial.number in attrs.get("pool", []):
-            lines[-1] += f" In the retained pool: re-scored after every trial (latest: after trial {after})."
-        elif replaced is not None:
-            lines[-1] += (f" Trial {replaced} trained the same architecture again and replaced it in the pool: "
-                          f"no longer re-scored, so these are its last scores.")
-        else:
-            lines[-1] += " Left the retained pool: no longer re-scored, so these are its last scores."
-        shown = sorted(row)[-_NOTE_ROWS:]
-        lines += ["", "| re-scored after trial | score | forgetting |", "|---:|---:|---:|",
-                  *(f"| {j}{' (its training)' if j == trial.number else ''} | {row[j]:.4f} "
-                    f"| {sign * (score - row[j]):+.4f} |" for j in shown)]
-        if len(row) > len(shown):
-            lines.append(f"\n{len(row) - len(shown)} earlier re-score(s) in the run folder's `{RETENTION_CSV}`.")
-    final = attrs.get("final_rescore", {}).get(key)
-    if final is not None and score is not None and attrs.get("final_after_trial") == after:
-        lines += ["", f"**On the final supernet** (after trial {attrs['final_after_trial']}): {final:.4f}, "
-                  f"forgetting {sign * (score - final):+.4f}."]
-    if cell is not None:
-        lines += ["", f"![cell of trial {trial.number}]({cell})"]
-    return "\n".join(lines)
-
-
-def trial_notes(study: optuna.Study, numbers: Iterable[int]) -> None:
-    """Rewrite the optuna-dashboard note of each trial in ``numbers`` from the study's user
-    attributes (see :func:`_trial_note_text`); no-op without optuna-dashboard. A note edited by
-    hand in the dashboard is overwritten when its trial's scores change."""
-    dashboard, wanted = _dashboard(), set(numbers)
-    if dashboard is None or not wanted:
-        return
-    attrs = study.user_attrs
-    higher_is_better = study.directions[0] == StudyDirection.MAXIMIZE
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number in wanted and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            text = _trial_note_text(trial, attrs, higher_is_better=higher_is_better,
-                                    cell=_cell_link(study, trial))
-            dashboard.save_note(_TrialNote(study, trial), text)
-
-
-def final_note(study: optuna.Study, final: FinalScores, *, shown: int = 20) -> None:
-    """The end of the search as the study's note: the candidates ranked by their score on the final
-    supernet (the best ``shown``), with their scores at training and forgetting; and each re-scored
-    candidate's own note with its final score."""
-    quality = METRICS.get(final.metric).quality
-    ranked = sorted(final.rows, key=lambda r: (-quality(r["final"]), r["trial"]))
-    m = final.measures()
-    rows = [f"| {r['trial']} | {code_cell(r['arch'])} | {r['final']:.4f} | {r['at_training']:.4f} "
-            f"| {r['forgetting']:+.4f} |" for r in ranked[:shown]]
-    _save_note(study, "\n".join([
-        f"## Final re-scoring after trial {final.after_trial}", "",
-        f"{len(final.rows)} candidates re-scored on the final supernet; the best there: trial {ranked[0]['trial']}. "
-        f"Forgetting over all of them: mean {m['forgetting_mean']:+.4f}, max {m['forgetting_max']:+.4f}; "
-        f"rank stability (Kendall τ, training vs final) {m['stability_tau']:+.3f}.", "",
-        "| trial | architecture | final score | score at training | forgetting |", "|---:|---|---:|---:|---:|",
-        *rows]))
-    trial_notes(study, (r["trial"] for r in final.rows))
 
 
 class AnatomyCallback:

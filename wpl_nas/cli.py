@@ -473,8 +473,7 @@ def dashboard(run_dir: str, host: str, port: int) -> None:
     retained pool; a finished trial's attributes cannot change) above its cell drawn large; the study's
     note holds the retained pool, updated after each trial. Works while the search is running.
     """
-    from wpl_nas.api import load_run
-    from wpl_nas.run_folder import ARTIFACTS
+    from wpl_nas.run_folder import ARTIFACTS, load_run
 
     try:
         import optuna_dashboard
@@ -518,9 +517,8 @@ def select_command(run_dir: str, top_k: int | None, show: int) -> None:
     RUN_DIR/final.json and final.csv and the study's user attributes; `export` and `retrain` take
     the best of them when the run chooses by its final score (`--choose-by final`).
     """
-    from wpl_nas.api import load_run
     from wpl_nas.evaluation import METRICS
-    from wpl_nas.run_folder import FINAL_JSON
+    from wpl_nas.run_folder import FINAL_JSON, load_run
     from wpl_nas.selection import best_at_training, select_run
 
     with _usage_errors():

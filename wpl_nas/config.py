@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
 from wpl_nas.storage import mask_storage
+from wpl_nas.strategies import registry as _strategies  # noqa: F401  the strategy sections come from its registry
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 
 __all__ = ["CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "ConfigError", "SearchConfig", "keep_saved", "load_config",

@@ -263,6 +263,11 @@ class Config(Options):
             :func:`section_name` (``online_ewc``); any left out get their defaults.
     """
 
+    #: The strategy registry the sections come from. It sets itself here when ``wpl_nas.strategies``
+    #: is imported (``wpl_nas.config`` does): the engine sits below the strategies, so it is told
+    #: about them rather than importing them.
+    strategy_registry: ClassVar[Any] = None
+
     sections: dict[str, Options] = field(default_factory=dict, metadata={"help": "The strategies' options."})
 
     def __post_init__(self) -> None:
@@ -276,17 +281,13 @@ class Config(Options):
     def section_types(cls) -> dict[str, type[Options]]:
         """``{section: options class}`` of every registered strategy with options, from the registry
         as it is now (so a strategy registered after this module was imported has its section)."""
-        from wpl_nas.strategies import STRATEGIES  # importing the package registers every strategy
-
-        return STRATEGIES.sections()
+        return {} if cls.strategy_registry is None else cls.strategy_registry.sections()
 
     @property
     def strategy_options(self) -> Mapping[str, Options]:
         """Each strategy's options by its registry name (``online-ewc``): what
         :func:`~wpl_nas.strategies.create_strategy` takes its options from."""
-        from wpl_nas.strategies import STRATEGIES
-
-        return types.MappingProxyType({name: self.sections[section_name(name)] for name in STRATEGIES
+        return types.MappingProxyType({name: self.sections[section_name(name)] for name in self.strategy_registry or ()
                                        if section_name(name) in self.sections})
 
     def validate(self: C) -> C:

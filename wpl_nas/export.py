@@ -43,11 +43,10 @@ import optuna
 import torch
 from torch import nn
 
-from wpl_nas.api import Run, load_run
 from wpl_nas.assembly import tensor_splits
 from wpl_nas.config import CHOOSE_BY
 from wpl_nas.errors import ConfigError
-from wpl_nas.run_folder import EXPORT_DIR
+from wpl_nas.run_folder import EXPORT_DIR, Run, load_run
 from wpl_nas.selection import best_at_training, current_final
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import save_checkpoint, write_text_atomically

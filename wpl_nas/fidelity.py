@@ -51,13 +51,12 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
-from wpl_nas.api import load_run
 from wpl_nas.assembly import assemble, build_supernet
 from wpl_nas.config import MAX_SEED, SearchConfig
 from wpl_nas.data import DataBundle
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import kendall_tau, spearman_rho, top_k_overlap
-from wpl_nas.run_folder import RANK_DIR, TrainedSupernet
+from wpl_nas.run_folder import RANK_DIR, TrainedSupernet, load_run
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import read_json, write_text_atomically
 from wpl_nas.tracking.markdown import code_cell

@@ -36,13 +36,12 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from wpl_nas.api import load_run
 from wpl_nas.assembly import assemble, build_supernet, evaluation_set, resolve_device, tensor_splits
 from wpl_nas.data import RECIPES, Recipe, load_dataset, recipe_for
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import METRICS
 from wpl_nas.export import choose_trial
-from wpl_nas.run_folder import RETRAIN_DIR
+from wpl_nas.run_folder import RETRAIN_DIR, load_run
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_text_atomically
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 import yaml
 
@@ -38,6 +39,7 @@ from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.evaluation.scoring import METRICS, Metric
 from wpl_nas.spaces import Architecture, SearchSpace, load_space, space_file
+from wpl_nas.storage import mask_storage, open_storage
 from wpl_nas.strategies import Strategy, create_strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import load_checkpoint, save_checkpoint, write_text_atomically
@@ -46,8 +48,8 @@ from wpl_nas.tracking.signals import deferred
 
 __all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "ANATOMY_MD", "ANATOMY_PNG", "ARTIFACTS", "CHECKPOINT", "CHECKPOINT_KEYS",
            "CONFIG_FILE", "EXPORT_DIR", "FINAL_CSV", "FINAL_JSON", "LOCK_FILE", "RANK_DIR", "REPORT_DIR",
-           "RETENTION_CSV", "RETENTION_JSON", "RETRAIN_DIR", "SPACE_DIR", "STUDY_DB", "TENSORBOARD_DIR", "RunFolder",
-           "TrainedSupernet"]
+           "RETENTION_CSV", "RETENTION_JSON", "RETRAIN_DIR", "SPACE_DIR", "STUDY_DB", "TENSORBOARD_DIR", "Run",
+           "RunFolder", "TrainedSupernet", "load_run"]
 
 CONFIG_FILE = "config.yaml"
 #: A copy of the space file the run was made from, under the file's own name (which names the
@@ -266,6 +268,54 @@ class RunFolder:
         eval_x, eval_y = evaluation_set(data, samples=config.eval_samples, device=torch.device(device))
         return TrainedSupernet(config, space, data, supernet, strategy, pool, metric, eval_x, eval_y,
                                config.eval_batch_size)
+
+
+@dataclass
+class Run:
+    """A run folder opened by :func:`load_run`.
+
+    Attributes:
+        config: The configuration recorded in its ``config.yaml``.
+        study: Its Optuna study.
+        run_dir: The folder.
+        storage: The study's storage as shown: its URL with the password masked (``***``), or the
+            journal file (the folder's own ``study.db`` unless another was given).
+        optuna_storage: The storage opened, password and driver filled in (:mod:`wpl_nas.storage`):
+            give it to ``optuna.load_study`` or optuna-dashboard.
+    """
+
+    config: SearchConfig
+    study: optuna.Study
+    run_dir: Path
+    storage: str
+    optuna_storage: optuna.storages.BaseStorage
+
+    @property
+    def folder(self) -> RunFolder:
+        """The run folder's files (:class:`~wpl_nas.run_folder.RunFolder`)."""
+        return RunFolder(self.run_dir)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Open a run folder written by :func:`run_search` (or a :class:`SupernetObjective`): its config
+    and its study. The default SQLite study is found inside the folder, wherever it is opened from;
+    a storage whose password the folder keeps masked is opened as :mod:`wpl_nas.storage` says
+    (``WPL_NAS_STORAGE``, or the driver's own password file).
+
+    Raises:
+        ConfigError: not a run folder, or its storage cannot be opened, or its study is not in it.
+    """
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
+        raise ConfigError(f"{folder.path} is not a wpl-nas run folder: {CONFIG_FILE} is missing")
+    config, name = folder.config(), folder.study_name()
+    spec = config.storage or folder.default_storage
+    storage = open_storage(spec, create=False)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"study {name!r} of run {folder.path} is not in {mask_storage(spec)}") from None
+    return Run(config, study, folder.path, mask_storage(spec), storage)
 
 
 @dataclass

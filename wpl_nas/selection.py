@@ -34,9 +34,11 @@ from optuna.trial import TrialState
 from wpl_nas.config import CHOOSE_BY
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import METRICS, kendall_tau
-from wpl_nas.run_folder import FINAL_CSV, FINAL_JSON
+from wpl_nas.notes import save_note, trial_notes
+from wpl_nas.run_folder import FINAL_CSV, FINAL_JSON, load_run
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import read_json, write_text_atomically
+from wpl_nas.tracking.markdown import code_cell
 
 __all__ = ["CHOOSE_BY", "FINAL_CSV", "FINAL_JSON", "FinalScores", "best_at_training", "current_final",
            "latest_finished", "load_final", "rescore_final", "select_run"]
@@ -175,10 +177,6 @@ def select_run(run_dir: str | Path, *, top_k: int | None = None) -> FinalScores:
     Raises:
         ConfigError: not a run folder, or no complete trial.
     """
-    # Imported here: wpl_nas.api imports this module for the end of every search.
-    from wpl_nas.api import load_run
-    from wpl_nas.callbacks import final_note
-
     run = load_run(run_dir)
     top_k = run.config.final_top_k if top_k is None else top_k
     if top_k < 0:
@@ -201,3 +199,22 @@ def current_final(run_dir: str | Path, study: optuna.Study) -> FinalScores:
     if final is None or final.after_trial != latest_finished(study):
         final = select_run(run_dir)
     return final
+
+
+def final_note(study: optuna.Study, final: FinalScores, *, shown: int = 20) -> None:
+    """The end of the search as the study's note: the candidates ranked by their score on the final
+    supernet (the best ``shown``), with their scores at training and forgetting; and each re-scored
+    candidate's own note with its final score."""
+    quality = METRICS.get(final.metric).quality
+    ranked = sorted(final.rows, key=lambda r: (-quality(r["final"]), r["trial"]))
+    m = final.measures()
+    rows = [f"| {r['trial']} | {code_cell(r['arch'])} | {r['final']:.4f} | {r['at_training']:.4f} "
+            f"| {r['forgetting']:+.4f} |" for r in ranked[:shown]]
+    save_note(study, "\n".join([
+        f"## Final re-scoring after trial {final.after_trial}", "",
+        f"{len(final.rows)} candidates re-scored on the final supernet; the best there: trial {ranked[0]['trial']}. "
+        f"Forgetting over all of them: mean {m['forgetting_mean']:+.4f}, max {m['forgetting_max']:+.4f}; "
+        f"rank stability (Kendall τ, training vs final) {m['stability_tau']:+.3f}.", "",
+        "| trial | architecture | final score | score at training | forgetting |", "|---:|---|---:|---:|---:|",
+        *rows]))
+    trial_notes(study, (r["trial"] for r in final.rows))

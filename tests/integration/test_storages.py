@@ -23,8 +23,8 @@ import sqlalchemy.engine
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from wpl_nas.api import load_run
 from wpl_nas.cli import cli
+from wpl_nas.run_folder import load_run
 from wpl_nas.storage import ENV_VAR, mask_storage, open_storage
 
 SECRET = "n0t-Sh0wn-4nywhere"

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
+from wpl_nas.strategies import registry as _strategies  # noqa: F401  the strategy sections come from its registry
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 
 __all__ = ["LabConfig", "load_lab_config", "parse_floats", "parse_ints"]

@@ -48,6 +48,7 @@ class StrategyRegistry(Registry[type[Strategy]]):
 
 #: Every module of this package registers (a strategy is one new file), then installed plugins'.
 STRATEGIES = StrategyRegistry("strategy", package="wpl_nas.strategies", entry_points="wpl_nas.strategies")
+Config.strategy_registry = STRATEGIES  # every config's strategy sections: one per strategy with options
 
 
 def resolve_strategy(name: str) -> list[type[Strategy]]:
