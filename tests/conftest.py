@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,17 +67,17 @@ def make_trainer(space: wpl_nas.SearchSpace, data: wpl_nas.DataBundle, strategy:
                  options: object = None, epochs: int = 1, lr: float = 0.05, seed: int = 0,
                  train_samples: int = 1024) -> wpl_nas.CandidateTrainer:
     """A trainer on a fresh supernet of ``space`` with a subset of the training data (fast)."""
-    import torch
+    from types import SimpleNamespace
+
     from torch.utils.data import TensorDataset
 
-    net = wpl_nas.build_supernet(space, data, seed=seed)
-    strat = wpl_nas.create_strategy(strategy, net, options)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    training = SimpleNamespace(lr=lr, momentum=0.9, weight_decay=0.0, batch_size=64, grad_clip=5.0, eval_batch_size=256)
+    parts = wpl_nas.assemble(wpl_nas.build_supernet(space, data, seed=seed), training, device="cpu", strategy=strategy,
+                             strategy_options=options)
     train = TensorDataset(*(t[:train_samples] for t in data.train.tensors))  # type: ignore[attr-defined]
     val = data.val
-    return wpl_nas.CandidateTrainer(
-        net, strat, train_set=train, held_out=val, eval_set=tuple(val.tensors[:2]),  # type: ignore[attr-defined]
-        optimizer=opt, batch_size=64, epochs=epochs, grad_clip=5.0, eval_batch_size=256, seed=seed)
+    return parts.trainer(train_set=train, held_out=val, eval_set=tuple(val.tensors[:2]),  # type: ignore[attr-defined]
+                         epochs=epochs, seed=seed)
 
 
 @pytest.fixture
@@ -154,3 +156,31 @@ def hparams_table(logdir: Path) -> dict[str, dict[str, float]]:
                                                allowed_statuses=[api_pb2.STATUS_SUCCESS])
     response = list_session_groups.Handler(RequestContext(), backend_context.Context(context), "", request).run()
     return {g.name: {m.name.tag: m.value for m in g.metric_values} for g in response.session_groups}
+
+
+def params_by_formula(sizes: list[int], classes: int) -> int:
+    """``in * out + out`` for every linear layer of a chain of ``sizes`` then the head."""
+    sizes = [*sizes, classes]
+    return sum(a * b + b for a, b in itertools.pairwise(sizes))
+
+
+OWN_RECIPE = wpl_nas.Recipe(lr=0.05, weight_decay=5e-4, batch_size=64)
+
+
+def blobs(n: int = 500, classes: int = 4, features: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """A feature table of ``classes`` Gaussian blobs, as a user would hold it (NumPy, float64)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    return 2.0 * rng.standard_normal((classes, features))[labels] + rng.standard_normal((n, features)), labels
+
+
+@pytest.fixture(scope="session")
+def own_data() -> str:
+    """A dataset registered by function, as a user's module does it; its loader takes only what it uses."""
+
+    @wpl_nas.register_dataset("test-own-blobs", recipe=OWN_RECIPE)
+    def load(*, val_fraction: float, seed: int) -> wpl_nas.DataBundle:
+        x, y = blobs()
+        return wpl_nas.DataBundle.from_tensors(x, y, val_fraction=val_fraction, seed=seed)
+
+    return "test-own-blobs"

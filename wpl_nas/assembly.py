@@ -5,7 +5,7 @@ all train through a :class:`~wpl_nas.training.CandidateTrainer` built here, so a
 candidates train is made once::
 
     supernet = build_supernet(space, data, seed=config.seed)
-    parts = assemble(supernet, config, strategy=config.strategy, device=device)
+    parts = assemble(supernet, config, strategy=config.strategy, strategy_options=config, device=device)
     trainer = parts.trainer_for(data, epochs=config.epochs, seed=config.seed, eval_samples=config.eval_samples)
 
 ``options`` is any object with the optimiser's and trainer's options as attributes (``lr``,
@@ -160,7 +160,8 @@ def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.devi
         device: Where to put it.
         strategy: A registered strategy name, or two joined by ``+``.
         strategy_options: What :func:`~wpl_nas.strategies.create_strategy` reads the strategy's
-            options from [default: ``options``].
+            options from: its own options, a config, or a mapping by strategy name [default: the
+            strategy's defaults].
         nesterov: Nesterov momentum (retraining's recipe).
 
     Raises:
@@ -168,7 +169,7 @@ def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.devi
     """
     device = torch.device(device)
     supernet = supernet.to(device)
-    built = create_strategy(strategy, supernet, options if strategy_options is None else strategy_options).to(device)
+    built = create_strategy(strategy, supernet, strategy_options).to(device)
     optimizer = torch.optim.SGD(supernet.parameters(), lr=options.lr, momentum=options.momentum,
                                 weight_decay=options.weight_decay, nesterov=nesterov)
     return Assembly(supernet, built, optimizer, options, device)

@@ -129,7 +129,7 @@ class SupernetObjective:
                                  train_samples=config.train_samples)
         check_supernet_size(self.space, self.data)  # a search builds its supernet once: check it here
         parts = assemble(build_supernet(self.space, self.data, seed=config.seed), config, device=self.device,
-                         strategy=config.strategy)
+                         strategy=config.strategy, strategy_options=config)
         self.supernet, self.strategy, self.optimizer = parts.supernet, parts.strategy, parts.optimizer
         self.trainer = parts.trainer_for(self.data, epochs=config.epochs, seed=config.seed,
                                          eval_samples=config.eval_samples)

@@ -3,49 +3,16 @@ and a retraining with its recipe."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import pytest
 import torch
+from conftest import OWN_RECIPE, blobs
 
 import wpl_nas
 from wpl_nas.data import DATASETS, recipe_for
 from wpl_nas.errors import ConfigError
-from wpl_nas.retrain import retrain_run
-
-RECIPE = wpl_nas.Recipe(lr=0.05, weight_decay=5e-4, batch_size=64)
-
-SMALL_MLP = """\
-kind: mlp
-name: small-mlp
-description: one hidden layer, 16 or 32 units, relu or tanh
-layers: 1
-widths: [16, 32]
-activations: [relu, tanh]
-"""
-
-
-def blobs(n: int = 500, classes: int = 4, features: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """A feature table of ``classes`` Gaussian blobs, as a user would hold it (NumPy, float64)."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % classes
-    return 2.0 * rng.standard_normal((classes, features))[labels] + rng.standard_normal((n, features)), labels
-
-
-@pytest.fixture(scope="module")
-def own_data() -> str:
-    """A dataset registered by function, as a user's module does it; its loader takes only what it uses."""
-
-    @wpl_nas.register_dataset("test-own-blobs", recipe=RECIPE)
-    def load(*, val_fraction: float, seed: int) -> wpl_nas.DataBundle:
-        x, y = blobs()
-        return wpl_nas.DataBundle.from_tensors(x, y, val_fraction=val_fraction, seed=seed)
-
-    return "test-own-blobs"
 
 
 def test_a_feature_table_becomes_three_seeded_splits() -> None:
@@ -104,7 +71,7 @@ def test_a_registered_dataset_loads_by_name_with_its_recipe(own_data: str) -> No
     bundle = wpl_nas.load_dataset(own_data, val_fraction=0.5, seed=3)
     assert bundle.name == own_data  # the registered name, whatever the loader called it
     assert len(bundle.val) == 200  # type: ignore[arg-type]
-    assert recipe_for(own_data) is RECIPE
+    assert recipe_for(own_data) is OWN_RECIPE
     with pytest.raises(ValueError, match="already registered"):
         wpl_nas.register_dataset(own_data)(lambda: None)
 
@@ -120,16 +87,3 @@ def test_a_dataset_without_a_recipe_cannot_be_retrained_and_a_loader_must_return
     assert "test-no-recipe" in DATASETS  # registered names stay for the process, like a user's
 
 
-@pytest.mark.slow
-def test_a_search_of_your_own_data_by_name_beats_chance(own_data: str, tmp_path: Path) -> None:
-    space = tmp_path / "small-mlp.yaml"
-    space.write_text(SMALL_MLP)
-    config = wpl_nas.SearchConfig(dataset=own_data, space=str(space), trials=2, epochs=2, batch_size=32,
-                                  device="cpu", runs_dir=str(tmp_path / "runs"), study_name="own")
-    result = wpl_nas.run_search(config, progress=False, command=["test"])
-    trials = result.study.get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert result.best_score > 0.5  # four classes: chance is 0.25
-    assert dataclasses.asdict(wpl_nas.load_run(result.run_dir).config)["dataset"] == own_data
-    retrained = retrain_run(result.run_dir, epochs=1, progress=False)  # with the recipe registered with the data
-    assert retrained.test_score > 0.5

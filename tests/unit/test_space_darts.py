@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import assert_round_trips, assert_standalone_matches, search_tiny
+from conftest import assert_round_trips, assert_standalone_matches
 
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import stage_features
@@ -277,21 +276,5 @@ def test_both_cells_draw_with_and_without_an_architecture():
 
 
 # --- end to end ---------------------------------------------------------------------------
-TINY_1D = """\
-kind: darts
-name: tiny-darts-1d
-description: a tiny 1-D DARTS cell space for a fast end-to-end search
-dims: 1
-skeleton: {channels: 4, cells: 3}
-cell:
-  nodes: 2
-  ops: [none, skip_connect, sep_conv_3]
-  output: loose_ends
-"""
 
 
-def test_a_1d_darts_space_searches_mnist1d_with_wpl(tmp_path: Path, mnist1d, data_dir):
-    path = tmp_path / "tiny-darts-1d.yaml"
-    path.write_text(TINY_1D)
-    result = search_tiny(path, data_dir, tmp_path / "runs")
-    assert (result.run_dir / "checkpoints" / "last.pt").is_file()

@@ -3,15 +3,13 @@ export, parameter counts, and a search end to end."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_round_trips, assert_standalone_matches, search_tiny
+from conftest import assert_round_trips, assert_standalone_matches, params_by_formula
 
 from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import Genotype, MLPSpace, SearchSpace, load_space
@@ -30,12 +28,6 @@ def space() -> MLPSpace:
     s = SearchSpace.from_dict(SPEC)
     assert isinstance(s, MLPSpace)
     return s
-
-
-def params_by_formula(sizes: list[int], classes: int) -> int:
-    """``in * out + out`` for every linear layer of a chain of ``sizes`` then the head."""
-    sizes = [*sizes, classes]
-    return sum(a * b + b for a, b in itertools.pairwise(sizes))
 
 
 def test_the_builtin_space_is_the_papers_family():
@@ -185,28 +177,6 @@ def test_the_network_draws_with_and_without_an_architecture(space):
     assert space.dag().edges["in", "l1"]["label"] == "3|5|8\nrelu|tanh|leaky_relu"
     assert png_bytes(cell_figure(space, arch)).startswith(b"\x89PNG")
     assert png_bytes(space_figure(space)).startswith(b"\x89PNG")
-
-
-TINY = """\
-kind: mlp
-name: tiny-mlp
-layers: 2
-widths: [16, 32]
-activations: [relu, tanh]
-"""
-
-
-@pytest.mark.slow
-def test_a_wpl_search_runs_end_to_end_on_mnist1d(tmp_path: Path, mnist1d, data_dir):
-    path = tmp_path / "tiny-mlp.yaml"
-    path.write_text(TINY)
-    result = search_tiny(path, data_dir, tmp_path / "runs")
-    space = load_space(path)
-    inputs = math.prod(mnist1d.input_shape)
-    for t in result.study.get_trials():
-        arch = space.parse(t.user_attrs["arch"])
-        sizes = [inputs, *(p.width for p in space.picks(arch))]
-        assert t.user_attrs["params"] == params_by_formula(sizes, mnist1d.num_classes)
 
 
 def test_training_a_narrow_candidate_leaves_a_wider_ones_own_weights_alone(space):

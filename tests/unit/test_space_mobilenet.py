@@ -4,14 +4,13 @@ MobileNetV2's parameter count, and a search end to end."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 import yaml
-from conftest import assert_round_trips, assert_standalone_matches, search_tiny
+from conftest import assert_round_trips, assert_standalone_matches
 
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import stage_features, stage_names
@@ -222,22 +221,3 @@ def test_the_network_draws_with_and_without_an_architecture(space):
     assert png_bytes(space_figure(space)).startswith(b"\x89PNG")
 
 
-TINY_1D = """\
-kind: mobilenet
-name: tiny-mb1d
-dims: 1
-stem_channels: 8
-stages:
-  - {channels: 8, stride: 1, depth: [1], kernel: [3], expand: [1]}
-  - {channels: 16, stride: 2, depth: [1, 2], kernel: [3, 5], expand: [2, 3]}
-"""
-
-
-@pytest.mark.slow
-def test_a_wpl_search_runs_end_to_end_on_mnist1d(tmp_path: Path, mnist1d, data_dir):
-    path = tmp_path / "tiny-mb1d.yaml"
-    path.write_text(TINY_1D)
-    result = search_tiny(path, data_dir, tmp_path / "runs")
-    space = load_space(path)
-    assert all(t.user_attrs["params"] > 0 for t in result.study.trials)
-    assert result.best_arch in set(space.enumerate())
