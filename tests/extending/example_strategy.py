@@ -47,7 +47,7 @@ class ExampleL2Strategy(Strategy):
     anchored: torch.Tensor
 
     def __init__(self, supernet: Supernet, options: ExampleL2Options | None = None) -> None:
-        super().__init__(supernet, (options or ExampleL2Options()).validate())
+        super().__init__(supernet, options)  # None: the defaults; validated there
         self.layout = FlatLayout(supernet)
         # Buffers: saved with the run's checkpoint and moved by .to(device).
         self.register_buffer("anchor", self.layout.zeros())

@@ -80,7 +80,7 @@ class ANPyCStrategy(QuadraticStrategy):
     pruned: torch.Tensor
 
     def __init__(self, supernet: Supernet, options: ANPyCOptions | None = None) -> None:
-        super().__init__(supernet, options or ANPyCOptions())
+        super().__init__(supernet, options)
         self.register_buffer("pruned", torch.zeros((), dtype=torch.long))
         self.acts_on_first_candidate = self.options.prune > 0  # it prunes the first candidate too
         self._prune_step = -1  # global step of this candidate at which it prunes (-1: it does not)

@@ -94,7 +94,8 @@ class Strategy(nn.Module):
 
     Args:
         supernet: The supernet whose weights the strategy protects.
-        options: The strategy's options dataclass (``Options``), if it has one.
+        options: The strategy's options dataclass (``Options``), if it has one [default: its
+            defaults]; validated here.
     """
 
     #: Options dataclass of the strategy, or None. It becomes the config section named after the
@@ -113,7 +114,9 @@ class Strategy(nn.Module):
 
     def __init__(self, supernet: Supernet, options: Any = None) -> None:
         super().__init__()
-        self.options = options
+        if options is None and self.Options is not None:
+            options = self.Options()
+        self.options = options.validate() if options is not None else None
 
     def before_candidate(self, ctx: CandidateContext) -> None:
         """Called once before the candidate's first training step."""

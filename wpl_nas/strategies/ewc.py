@@ -18,7 +18,6 @@ from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.importance import empirical_fisher
 from wpl_nas.strategies.quadratic import FORM_HELP, GLOBAL_HELP, PER_SAMPLE_HELP, QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.supernet import Supernet
 
 __all__ = ["EWCOptions", "EWCStrategy", "OnlineEWCOptions", "OnlineEWCStrategy"]
 
@@ -87,9 +86,6 @@ class EWCStrategy(_FisherStrategy):
 
     Options = EWCOptions
 
-    def __init__(self, supernet: Supernet, options: EWCOptions | None = None) -> None:
-        super().__init__(supernet, options or EWCOptions())
-
     def fold(self) -> str:
         return "merge"
 
@@ -105,9 +101,6 @@ class OnlineEWCStrategy(_FisherStrategy):
 
     Options = OnlineEWCOptions
     options: OnlineEWCOptions
-
-    def __init__(self, supernet: Supernet, options: OnlineEWCOptions | None = None) -> None:
-        super().__init__(supernet, options or OnlineEWCOptions())
 
     def fold(self) -> str:
         return "decay"

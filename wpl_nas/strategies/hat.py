@@ -225,8 +225,7 @@ class HATStrategy(Strategy):
     seed: torch.Tensor
 
     def __init__(self, supernet: Supernet, options: HATOptions | None = None) -> None:
-        super().__init__(supernet, options or HATOptions())
-        self.options.validate()
+        super().__init__(supernet, options)
         if int(self.options.protect) != self.options.protect:
             raise ConfigError(f"hat.protect must be a whole number, but got protect={self.options.protect!r}")
         if supernet.space.kind != "cell":

@@ -16,7 +16,6 @@ from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.importance import mas_importance
 from wpl_nas.strategies.quadratic import FORM_HELP, GLOBAL_HELP, PER_SAMPLE_HELP, QuadraticStrategy
 from wpl_nas.strategies.registry import STRATEGIES
-from wpl_nas.supernet import Supernet
 
 __all__ = ["MASOptions", "MASStrategy"]
 
@@ -50,9 +49,6 @@ class MASStrategy(QuadraticStrategy):
 
     Options = MASOptions
     options: MASOptions
-
-    def __init__(self, supernet: Supernet, options: MASOptions | None = None) -> None:
-        super().__init__(supernet, options or MASOptions())
 
     def strength(self, trial_index: int) -> float:
         return 2.0 * self.options.lam

@@ -54,7 +54,7 @@ class SIStrategy(QuadraticStrategy):
     options: SIOptions
 
     def __init__(self, supernet: Supernet, options: SIOptions | None = None) -> None:
-        super().__init__(supernet, options or SIOptions())
+        super().__init__(supernet, options)
         self._names: list[str] = []
         self._params: list[torch.Tensor] = []
         self._start: list[torch.Tensor] = []

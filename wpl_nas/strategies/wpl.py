@@ -95,7 +95,7 @@ class WPLStrategy(QuadraticStrategy):
     member_anchor: torch.Tensor
 
     def __init__(self, supernet: Supernet, options: WPLOptions | None = None) -> None:
-        super().__init__(supernet, options or WPLOptions())
+        super().__init__(supernet, options)
         k = self.options.protect
         self.protected = ProtectedSet(k) if k else None
         self._slots: list[str | None] = [None] * k  # which candidate each member row holds
