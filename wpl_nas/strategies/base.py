@@ -116,7 +116,7 @@ class Strategy(nn.Module):
         super().__init__()
         if options is None and self.Options is not None:
             options = self.Options()
-        self.options = options.validate() if options is not None else None
+        self.options: Any = options.validate() if options is not None else None
 
     def before_candidate(self, ctx: CandidateContext) -> None:
         """Called once before the candidate's first training step."""
