@@ -27,9 +27,9 @@ from wpl_nas.errors import ConfigError, reason
 from wpl_nas.objective import SupernetObjective
 from wpl_nas.run_folder import LOCK_FILE, TENSORBOARD_DIR
 from wpl_nas.selection import FinalScores, best_at_training, final_note, latest_finished, load_final, rescore_final
-from wpl_nas.spaces import Architecture, load_space
+from wpl_nas.spaces import Architecture
 from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub
-from wpl_nas.study import PRUNERS, create_pruner, create_sampler
+from wpl_nas.study import PRUNERS, SAMPLERS, create_pruner, create_sampler
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
 
 #: The study user attribute naming the last trial whose after-trial work (re-scores, anatomy,
@@ -120,21 +120,23 @@ class _Search:
     """
 
     def __init__(self, config: SearchConfig, *, progress: bool, command: Sequence[str] | None) -> None:
-        config.validate()
-        self.config = config
-        space = load_space(config.space)
+        # The search's own names first (an unknown one is named, not refused as a change on resume)...
         PRUNERS.get(config.pruner)
-        sampler = create_sampler(config.resolved_sampler, space, seed=config.seed)  # checks grid's size limit
-        check_storage_url(config.resolved_storage)
+        SAMPLERS.get(config.resolved_sampler)
         created = [p for p in (config.run_dir, Path(config.runs_dir)) if not p.exists()]  # innermost first
         journal = journal_path(config.resolved_storage)
         new_journal = journal is not None and not journal.exists()
+        # ...then the objective checks every other option and name, and loads the space, before
+        # anything is written.
         self.objective = SupernetObjective(config, progress=progress, command=command)
+        self.config = config = self.objective.config
         self.progress = progress
         self.final: FinalScores | None = None  # set when the search ends
         self.run_dir = self.objective.run_dir
-        self.objective.lock()  # before the study is touched: a second search is refused at once
         try:
+            sampler = create_sampler(config.resolved_sampler, self.objective.space, seed=config.seed)  # grid's limit
+            check_storage_url(config.resolved_storage)
+            self.objective.lock()  # before the study is touched: a second search is refused at once
             url = mask_storage(config.resolved_storage)
             try:
                 storage = open_storage(config.resolved_storage)
