@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from wpl_nas.cli import cli
-from wpl_nas.lab import load_lab_config
+from wpl_nas.lab import SCENARIOS, load_lab_config
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_bad_input_exits_2_names_the_value_and_writes_nothing(base_args, tmp_pat
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("candiates: 3\n")
     cases = [
-        (["--scenario", "nope"], ["'nope'", "valid choices: two-model, sequence, split, permuted"]),
+        (["--scenario", "nope"], ["'nope'", f"valid choices: {', '.join(SCENARIOS.names())}"]),
         (["--strategies", "naive,nieve"], ["'nieve'", "did you mean 'naive'", "valid choices:", "wpl"]),
         (["--strategies", "naive,,wpl"], ["empty item"]),
         (["--dataset", "imagenet"], ["'imagenet'", "mnist1d", "cifar10"]),
@@ -103,7 +103,7 @@ def test_refuses_a_folder_that_is_not_a_lab_run(base_args, tmp_path):
 def test_help_explains_each_scenario():
     result = CliRunner().invoke(cli, ["forgetting", "--help"])
     assert result.exit_code == 0
-    for needle in ("two-model:", "sequence:", "split:", "permuted:", "--probe-every", "--seeds", "--a-fraction",
+    for needle in (*(f"{name}:" for name in SCENARIOS.names()), "--probe-every", "--seeds", "--a-fraction",
                    "--shared", "strategies show NAME"):  # a strategy's own options: `wpl-nas strategies show NAME`
         assert needle in result.output, needle
 
