@@ -28,7 +28,6 @@ from wpl_nas.callbacks import SNAPSHOT_KEYS
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, stage_names
 from wpl_nas.evaluation.scoring import Metric
-from wpl_nas.fidelity import RANKING_CSV, RANKING_MD
 from wpl_nas.run_folder import (
     ANATOMY_DIR,
     ANATOMY_JSON,
@@ -36,6 +35,8 @@ from wpl_nas.run_folder import (
     ANATOMY_PNG,
     CONFIG_FILE,
     RANK_DIR,
+    RANKING_CSV,
+    RANKING_MD,
     REPORT_DIR,
     RETENTION_JSON,
     load_run,

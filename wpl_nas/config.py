@@ -18,6 +18,8 @@ from wpl_nas.storage import mask_storage
 from wpl_nas.strategies import registry as _strategies  # noqa: F401  the strategy sections come from its registry
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 
+#: The SQLite file of a run's study inside its run folder (the default storage; see wpl_nas.run_folder).
+STUDY_DB = "study.db"
 __all__ = ["CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "ConfigError", "SearchConfig", "keep_saved", "load_config",
            "resume_changes"]
 
@@ -151,7 +153,7 @@ class SearchConfig(Config):
 
     @property
     def resolved_storage(self) -> str:
-        return self.storage or f"sqlite:///{(self.run_dir / 'study.db').as_posix()}"
+        return self.storage or f"sqlite:///{(self.run_dir / STUDY_DB).as_posix()}"
 
     def validate(self) -> SearchConfig:
         """Check values that need no imports of heavy components; return self.

@@ -56,16 +56,13 @@ from wpl_nas.config import MAX_SEED, SearchConfig
 from wpl_nas.data import DataBundle
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import kendall_tau, spearman_rho, top_k_overlap
-from wpl_nas.run_folder import RANK_DIR, TrainedSupernet, load_run
+from wpl_nas.run_folder import RANK_DIR, RANKING_CSV, RANKING_MD, STANDALONE_JSON, TrainedSupernet, load_run
 from wpl_nas.spaces import Architecture
 from wpl_nas.tracking import read_json, write_text_atomically
 from wpl_nas.tracking.markdown import code_cell
 
 __all__ = ["RankResult", "rank_run", "train_standalone"]
 
-RANKING_MD = "ranking.md"
-RANKING_CSV = "ranking.csv"
-STANDALONE_JSON = "standalone.json"
 #: The stand-alone cache's format: ``{"format": 2, "scores": [{"arch", "epochs", "seed", "score"}, ...]}``.
 CACHE_FORMAT = 2
 #: Supernet scores compared with the ground truth: column name -> what it is.

@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from wpl_nas.assembly import build_supernet, evaluation_set, resolve_device
-from wpl_nas.config import RUN_RECORD_KEYS, SearchConfig, resume_changes
+from wpl_nas.config import RUN_RECORD_KEYS, STUDY_DB, SearchConfig, resume_changes
 from wpl_nas.data import DataBundle, load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import RetainedPool
@@ -47,15 +47,14 @@ from wpl_nas.tracking.lock import LOCK_FILE, RunLock, create_run_folder
 from wpl_nas.tracking.signals import deferred
 
 __all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "ANATOMY_MD", "ANATOMY_PNG", "ARTIFACTS", "CHECKPOINT", "CHECKPOINT_KEYS",
-           "CONFIG_FILE", "EXPORT_DIR", "FINAL_CSV", "FINAL_JSON", "LOCK_FILE", "RANK_DIR", "REPORT_DIR",
-           "RETENTION_CSV", "RETENTION_JSON", "RETRAIN_DIR", "SPACE_DIR", "STUDY_DB", "TENSORBOARD_DIR", "Run",
-           "RunFolder", "TrainedSupernet", "load_run"]
+           "CONFIG_FILE", "EXPORT_DIR", "FINAL_CSV", "FINAL_JSON", "LOCK_FILE", "RANKING_CSV", "RANKING_MD",
+           "RANK_DIR", "REPORT_DIR", "RETENTION_CSV", "RETENTION_JSON", "RETRAIN_DIR", "SPACE_DIR",
+           "STANDALONE_JSON", "STUDY_DB", "TENSORBOARD_DIR", "Run", "RunFolder", "TrainedSupernet", "load_run"]
 
 CONFIG_FILE = "config.yaml"
 #: A copy of the space file the run was made from, under the file's own name (which names the
 #: study when no study name is given); none for a built-in space.
 SPACE_DIR = "space"
-STUDY_DB = "study.db"
 CHECKPOINT = "checkpoints/last.pt"
 #: What every checkpoint holds (``identity``, the study it belongs to, came later and may be absent).
 CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rng")
@@ -70,6 +69,10 @@ FINAL_JSON = "final.json"
 FINAL_CSV = "final.csv"
 TENSORBOARD_DIR = "tb"
 RANK_DIR = "rank"
+#: What ``wpl-nas rank`` writes in RANK_DIR: the ranking table and its rows, and the stand-alone scores it caches.
+RANKING_MD = "ranking.md"
+RANKING_CSV = "ranking.csv"
+STANDALONE_JSON = "standalone.json"
 EXPORT_DIR = "export"
 RETRAIN_DIR = "retrain"
 REPORT_DIR = "report"
