@@ -6,11 +6,14 @@ candidates train is made once::
 
     supernet = build_supernet(space, data, seed=config.seed)
     parts = assemble(supernet, config, strategy=config.strategy, strategy_options=config, device=device)
-    trainer = parts.trainer_for(data, epochs=config.epochs, seed=config.seed, eval_samples=config.eval_samples)
+    trainer = parts.trainer_for(data, epochs=config.epochs, steps=config.steps, seed=config.seed,
+                                eval_samples=config.eval_samples)
 
 ``options`` is any object with the optimiser's and trainer's options as attributes (``lr``,
 ``momentum``, ``weight_decay``, ``batch_size``, ``grad_clip``, ``eval_batch_size``): a
 :class:`~wpl_nas.config.SearchConfig`, a :class:`~wpl_nas.lab.LabConfig`, or a retraining recipe.
+Two more are read where present, the fast path (:mod:`wpl_nas.training.precision`): ``precision``
+and ``channels_last``; options without them train in float32 and the default memory format.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from wpl_nas.spaces import SearchSpace, load_space
 from wpl_nas.strategies import Strategy, create_strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.training import CandidateTrainer
+from wpl_nas.training.precision import resolve_channels_last, resolve_precision
 
 __all__ = ["MAX_SUPERNET_PARAMETERS", "Assembly", "TrainingOptions", "assemble", "build_supernet",
            "check_supernet_size", "evaluation_set", "resolve_device", "tensor_splits"]
@@ -124,6 +128,8 @@ class Assembly:
         optimizer: SGD over every weight of ``supernet``.
         options: The training options (see :class:`TrainingOptions`).
         device: Where everything lives.
+        precision: The resolved precision of every forward pass: ``fp32``, ``bf16`` or ``fp16``.
+        channels_last: Whether the supernet's 4-D weights and input batches are channels_last.
     """
 
     supernet: Supernet
@@ -131,23 +137,28 @@ class Assembly:
     optimizer: torch.optim.Optimizer
     options: TrainingOptions
     device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def trainer(self, *, train_set: TensorDataset, held_out: TensorDataset,
                 eval_set: tuple[torch.Tensor, torch.Tensor], epochs: int, seed: int,
-                metric: str = "accuracy") -> CandidateTrainer:
-        """A trainer of these parts on the given data (the lab gives each of its models its own)."""
+                metric: str = "accuracy", steps: int = 0) -> CandidateTrainer:
+        """A trainer of these parts on the given data (the lab gives each of its models its own);
+        ``steps``: a per-candidate budget of optimiser steps instead of ``epochs`` (0: none)."""
         o = self.options
         return CandidateTrainer(self.supernet, self.strategy, train_set=train_set, held_out=held_out,
                                 eval_set=eval_set, optimizer=self.optimizer, batch_size=o.batch_size, epochs=epochs,
-                                grad_clip=o.grad_clip, eval_batch_size=o.eval_batch_size, seed=seed, metric=metric)
+                                grad_clip=o.grad_clip, eval_batch_size=o.eval_batch_size, seed=seed, metric=metric,
+                                steps=steps, precision=self.precision, channels_last=self.channels_last)
 
-    def trainer_for(self, data: DataBundle, *, epochs: int, seed: int, eval_samples: int = 0) -> CandidateTrainer:
+    def trainer_for(self, data: DataBundle, *, epochs: int, seed: int, eval_samples: int = 0,
+                    steps: int = 0) -> CandidateTrainer:
         """A trainer on ``data``: its training split, its validation split held out (Fisher and the
         like) and its first ``eval_samples`` validation samples scoring (0: all)."""
         train, val = tensor_splits(data, "train", "val")
         return self.trainer(train_set=train, held_out=val,
                             eval_set=evaluation_set(data, samples=eval_samples, device=self.device),
-                            epochs=epochs, seed=seed, metric=data.metric)
+                            epochs=epochs, seed=seed, metric=data.metric, steps=steps)
 
 
 def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.device | str,
@@ -165,11 +176,16 @@ def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.devi
         nesterov: Nesterov momentum (retraining's recipe).
 
     Raises:
-        ConfigError: an unknown strategy or a meaningless combination.
+        ConfigError: an unknown strategy or a meaningless combination, or a precision or
+            channels_last setting this device cannot use.
     """
     device = torch.device(device)
+    precision = resolve_precision(getattr(options, "precision", "fp32"), device)
+    channels_last = resolve_channels_last(getattr(options, "channels_last", "off"), device)
     supernet = supernet.to(device)
+    if channels_last:  # only 4-D weights (2-D convolutions) change; a 1-D space is left as it is
+        supernet = supernet.to(memory_format=torch.channels_last)
     built = create_strategy(strategy, supernet, strategy_options).to(device)
     optimizer = torch.optim.SGD(supernet.parameters(), lr=options.lr, momentum=options.momentum,
                                 weight_decay=options.weight_decay, nesterov=nesterov)
-    return Assembly(supernet, built, optimizer, options, device)
+    return Assembly(supernet, built, optimizer, options, device, precision, channels_last)

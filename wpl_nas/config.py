@@ -17,6 +17,7 @@ from wpl_nas.errors import ConfigError
 from wpl_nas.storage import mask_storage
 from wpl_nas.strategies import registry as _strategies  # noqa: F401  the strategy sections come from its registry
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
+from wpl_nas.training.precision import CHANNELS_LAST, PRECISIONS
 
 #: The SQLite file of a run's study inside its run folder (the default storage; see wpl_nas.run_folder).
 STUDY_DB = "study.db"
@@ -76,6 +77,9 @@ class SearchConfig(Config):
     runs_dir: str = opt("runs", "Parent folder of run folders.")
     # How each candidate trains.
     epochs: int = opt(2, "Training epochs per candidate (a score is reported to Optuna after each).")
+    steps: int = opt(0, "Training steps (batches) per candidate instead of --epochs (0: use --epochs), for searches "
+                        "of many candidates trained briefly. Training crosses epoch boundaries and stops part way "
+                        "through the last epoch; a score is reported to Optuna at the end of every epoch started.")
     batch_size: int = opt(64, "Training batch size.")
     lr: float = opt(0.05, "SGD learning rate of the shared weights.")
     momentum: float = opt(0.9, "SGD momentum.")
@@ -101,10 +105,16 @@ class SearchConfig(Config):
     # hold the cores (wpl_nas.threads; benchmarks/bench_threads.py). It was 0 (one per core) before issue 16,
     # and scores depend on the thread count: the default run's figures changed with it.
     threads: int = opt(DEFAULT_THREADS, THREADS_HELP)
+    # auto keeps CPU runs in float32 (identical to before it existed); on CUDA bf16 is the fast path.
+    precision: str = opt("auto", "Precision of forward passes (training, scores, Fisher/importance, pool re-scores): "
+                                 "auto (bf16 autocast on a CUDA device that supports it, else fp32), fp32, bf16 or "
+                                 "fp16 (autocast with a gradient scaler).", choices=PRECISIONS)
+    channels_last: str = opt("auto", "channels_last memory format for 2-D (image) spaces: auto (on for CUDA, off "
+                                     "elsewhere), on or off. 1-D spaces are unaffected.", choices=CHANNELS_LAST)
 
     positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent", "threads",
-                    "final_top_k", "train_samples")
+                    "final_top_k", "train_samples", "steps")
     open_unit = ("val_fraction",)
     record_keys = RUN_RECORD_KEYS
 
@@ -112,14 +122,15 @@ class SearchConfig(Config):
     # adds the strategies' strengths, named ``section.key``). Three kinds: where and on what the run
     # goes on (device, threads, storage, runs_dir: a run folder may move); how far it goes and how
     # it chooses at the end (trials, final_top_k, choose_by); how *later* candidates train (the SGD
-    # hyper-parameters, epochs, batch size and the strategies' strengths), which is how a diverged
-    # run is rescued with a lower lr. Not the space, data, seed, sampler, pruner, objectives, strategy kind or any
+    # hyper-parameters, epochs or steps, batch size, precision and memory format, and the strategies'
+    # strengths), which is how a diverged run is rescued with a lower lr (or fp32 after bf16). Not the
+    # space, data, seed, sampler, pruner, objectives, strategy kind or any
     # option that shapes saved state (pool sizes, Fisher estimates, folds, protected sets): the
     # checkpoint and the study would no longer mean what they say. Every change is recorded in
     # the run folder's config.yaml (``history``).
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
         "trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by",
-        "lr", "momentum", "weight_decay", "grad_clip", "epochs", "batch_size")
+        "lr", "momentum", "weight_decay", "grad_clip", "epochs", "steps", "batch_size", "precision", "channels_last")
     # Of those, the ones that describe this machine rather than the run: a resumed search on the
     # command line takes them from the defaults or flags, not from the run's config.yaml.
     MACHINE_OPTIONS: ClassVar[tuple[str, ...]] = ("device", "threads", "runs_dir")

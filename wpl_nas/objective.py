@@ -131,7 +131,7 @@ class SupernetObjective:
         parts = assemble(build_supernet(self.space, self.data, seed=config.seed), config, device=self.device,
                          strategy=config.strategy, strategy_options=config)
         self.supernet, self.strategy, self.optimizer = parts.supernet, parts.strategy, parts.optimizer
-        self.trainer = parts.trainer_for(self.data, epochs=config.epochs, seed=config.seed,
+        self.trainer = parts.trainer_for(self.data, epochs=config.epochs, steps=config.steps, seed=config.seed,
                                          eval_samples=config.eval_samples)
         self.objectives = config.objective_list
         self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent,
@@ -355,7 +355,6 @@ class SupernetObjective:
             self._busy.release()
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        config = self.config
         position = self.position
         arch = self.space.suggest(trial)
         trial.set_user_attr("arch", str(arch))
@@ -372,9 +371,8 @@ class SupernetObjective:
             trial.report(score, epoch)
             return trial.should_prune()
 
-        steps = config.epochs * math.ceil(len(self.trainer.train_set) / config.batch_size)
         try:
-            with tqdm(total=steps, disable=not self.progress, leave=False, position=1, unit="step",
+            with tqdm(total=self.trainer.total_steps, disable=not self.progress, leave=False, position=1, unit="step",
                       desc=f"trial {trial.number}", dynamic_ncols=True) as bar:
                 try:
                     result = self.trainer.train(arch, trial_index=position, on_epoch=on_epoch, progress=bar.update,

@@ -105,7 +105,7 @@ class ANPyCStrategy(QuadraticStrategy):
     def before_candidate(self, ctx: CandidateContext) -> None:
         super().before_candidate(ctx)
         self._held = None
-        total = ctx.epochs * ctx.steps_per_epoch
+        total = ctx.budget
         self._prune_step = int(self.options.prune_at * total) if self.prune_fraction(int(self.consolidated)) else -1
 
     def after_backward(self, ctx: CandidateContext) -> None:

@@ -38,8 +38,11 @@ class CandidateContext:
             the Optuna trial number unless a trial was lost in flight).
         params: ``{name: parameter}`` of the tensors on the candidate's path.
         optimizer: The optimiser of the shared weights (one for the whole search).
-        epochs: Epochs this candidate trains for.
-        steps_per_epoch: Training steps per epoch.
+        epochs: Epochs this candidate trains for (with a step budget, the epochs it starts: the last
+            may stop part way).
+        steps_per_epoch: Training steps of a whole epoch.
+        total_steps: The candidate's budget of training steps (``--steps``); 0: ``epochs`` whole
+            epochs. :attr:`budget` and :meth:`steps_in_epoch` give the steps it really trains.
         epoch: Current epoch (0-based).
         step: Current step within the epoch (0-based).
         batch: The current training batch ``(x, y)``, set before ``after_backward``.
@@ -54,10 +57,21 @@ class CandidateContext:
     optimizer: torch.optim.Optimizer
     epochs: int = 1
     steps_per_epoch: int = 1
+    total_steps: int = 0
     epoch: int = 0
     step: int = 0
     batch: tuple[torch.Tensor, torch.Tensor] | None = None
     score: float | None = None
+
+    @property
+    def budget(self) -> int:
+        """The training steps this candidate takes in all: ``total_steps``, or whole epochs."""
+        return self.total_steps or self.epochs * self.steps_per_epoch
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """How many steps epoch ``epoch`` (0-based) runs: ``steps_per_epoch``, fewer in the last epoch of
+        a step budget that stops part way, 0 past the budget."""
+        return max(0, min(self.steps_per_epoch, self.budget - epoch * self.steps_per_epoch))
 
     @property
     def lr(self) -> float:

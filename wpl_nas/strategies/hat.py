@@ -384,7 +384,8 @@ class HATStrategy(Strategy):
         self._live = self.embeddings[slot].detach().requires_grad_(True)
         self._training = True
         self._batch = 0
-        self._plan = self._make_plan(arch, ctx.params, max(int(ctx.steps_per_epoch), 1))
+        # s anneals over the steps the epoch really runs: fewer in the last epoch of a step budget.
+        self._plan = self._make_plan(arch, ctx.params, max(ctx.steps_in_epoch(0), 1))
 
     @torch.no_grad()
     def after_backward(self, ctx: CandidateContext) -> None:
@@ -426,8 +427,10 @@ class HATStrategy(Strategy):
         self._batch = ctx.step + 1
         if self._batch >= plan.batches:
             self._batch = 0
-            if ctx.epoch >= ctx.epochs - 1:
+            if ctx.epoch >= ctx.epochs - 1 or ctx.steps_in_epoch(ctx.epoch + 1) == 0:
                 self._training = False  # trained: any later forward gates at s_max
+            else:
+                plan.batches = ctx.steps_in_epoch(ctx.epoch + 1)
 
     @torch.no_grad()
     def penalty(self, ctx: CandidateContext) -> float | None:

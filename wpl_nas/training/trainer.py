@@ -17,6 +17,7 @@ from wpl_nas.evaluation.scoring import METRICS
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import CandidateContext, Strategy
 from wpl_nas.supernet import Supernet
+from wpl_nas.training.precision import autocast, to_format
 
 __all__ = ["CandidateTrainer", "TrainResult"]
 
@@ -29,8 +30,8 @@ class TrainResult:
     """What training one candidate produced."""
 
     score: float = float("nan")  # on the fixed evaluation set, after the last epoch run
-    epoch_scores: list[float] = field(default_factory=list)
-    loss: float = float("nan")  # mean training loss of the last epoch
+    epoch_scores: list[float] = field(default_factory=list)  # one per epoch run, the last perhaps partial
+    loss: float = float("nan")  # mean training loss of the last epoch (or part of one) run
     penalty: float = 0.0  # the strategy's penalty at the end of the last epoch
     steps: int = 0
     seconds: float = 0.0
@@ -52,7 +53,7 @@ class CandidateTrainer:
         eval_set: ``(x, y)`` fixed evaluation subset on ``device``: every score.
         optimizer: The optimiser of ``supernet.parameters()``.
         batch_size: Training batch size.
-        epochs: Epochs per candidate.
+        epochs: Epochs per candidate (unless ``steps`` is given).
         grad_clip: Global gradient-norm clip (0: off), applied after the strategy's gradient edits.
         eval_batch_size: Evaluation batch size.
         seed: Base seed; each candidate's data order is seeded by ``(seed, trial_index)`` so a
@@ -60,18 +61,29 @@ class CandidateTrainer:
             the candidate's position (how many candidates trained before it), not its Optuna
             trial number, so a trial lost in flight does not shift the ones after it.
         metric: The score (:data:`~wpl_nas.evaluation.scoring.METRICS`): ``accuracy`` or ``perplexity``.
+        steps: A budget of optimiser steps per candidate instead of ``epochs`` (0: ``epochs`` whole
+            epochs). Training then crosses epoch boundaries (each epoch with the data order it has
+            without a budget) and stops part way through the last one; the candidate is scored at
+            the end of every epoch it starts, the last one partial.
+        precision: A resolved precision (:func:`~wpl_nas.training.precision.resolve_precision`):
+            ``fp32``, or ``bf16``/``fp16`` autocast around every forward pass (training, scores,
+            the strategy's consolidation), fp16 with a gradient scaler.
+        channels_last: Put 4-D input batches in the channels_last memory format (the caller
+            converts the supernet: :func:`~wpl_nas.assembly.assemble`).
     """
 
     def __init__(self, supernet: Supernet, strategy: Strategy, *, train_set: TensorDataset,
                  held_out: TensorDataset, eval_set: tuple[torch.Tensor, torch.Tensor],
                  optimizer: torch.optim.Optimizer, batch_size: int, epochs: int, grad_clip: float,
-                 eval_batch_size: int, seed: int, metric: str = "accuracy") -> None:
+                 eval_batch_size: int, seed: int, metric: str = "accuracy", steps: int = 0,
+                 precision: str = "fp32", channels_last: bool = False) -> None:
         device = next(supernet.parameters()).device
+        self.device = device
         self.supernet = supernet
         self.strategy = strategy
         self.train_set = TensorDataset(*(t.to(device) for t in train_set.tensors))
         self.held_out_set = TensorDataset(*(t.to(device) for t in held_out.tensors))
-        self.eval_x, self.eval_y = eval_set
+        self.eval_x, self.eval_y = to_format(eval_set[0], channels_last), eval_set[1]
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.epochs = epochs
@@ -79,22 +91,44 @@ class CandidateTrainer:
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.metric = METRICS.get(metric)
+        self.steps = steps
+        self.precision = precision
+        self.channels_last = channels_last
+        # fp16's narrow range underflows small gradients: scale the loss (bf16 has fp32's range).
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps of one whole epoch."""
+        return -(-len(self.train_set) // self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps per candidate: the ``steps`` budget, or ``epochs`` whole epochs."""
+        return self.steps or self.epochs * self.steps_per_epoch
+
+    @property
+    def planned_epochs(self) -> int:
+        """Epochs a candidate starts: ``epochs``, or as many as the ``steps`` budget reaches into."""
+        return -(-self.steps // self.steps_per_epoch) if self.steps else self.epochs
 
     def _generator(self, trial_index: int, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + trial_index) * 2 + salt)
 
     def context(self, arch: Architecture, trial_index: int) -> CandidateContext:
-        steps = -(-len(self.train_set) // self.batch_size)
         return CandidateContext(self.supernet, arch, trial_index, self.supernet.parameters_of(arch),
-                                self.optimizer, epochs=self.epochs, steps_per_epoch=steps)
+                                self.optimizer, epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
+                                total_steps=self.steps)
 
     def score(self, arch: Architecture) -> float:
         """The metric (accuracy, or perplexity) of ``arch`` on the fixed evaluation set."""
-        return self.metric.compute(self.supernet, arch, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
+        with autocast(self.device, self.precision):
+            return self.metric.compute(self.supernet, arch, self.eval_x, self.eval_y,
+                                       batch_size=self.eval_batch_size)
 
     def train(self, arch: Architecture, *, trial_index: int, on_epoch: EpochCallback | None = None,
               progress: Callable[[], object] | None = None, name: str | None = None) -> TrainResult:
-        """Train ``arch`` for ``epochs`` epochs; score it after each epoch.
+        """Train ``arch`` for ``epochs`` epochs, or ``steps`` steps; score it after each epoch started.
 
         Raises:
             TrainingDiverged: the training loss of an epoch is NaN or infinite.
@@ -102,7 +136,8 @@ class CandidateTrainer:
         Args:
             arch: The candidate.
             trial_index: Its position in the search (seeds its data order; strategies see it).
-            on_epoch: Called with ``(epoch, score)`` after each epoch; True stops training.
+            on_epoch: Called with ``(epoch, score)`` after each epoch (the last of a step budget
+                perhaps partial); True stops training.
             progress: Called after every training step (e.g. to advance a progress bar).
             name: What error messages call the candidate [default: ``trial <trial_index>``]; a search
                 passes its Optuna trial number, which a lost trial sets apart from the position.
@@ -115,9 +150,11 @@ class CandidateTrainer:
         net.train()
         strategy.before_candidate(ctx)
         gen = self._generator(trial_index, 0)
-        for epoch in range(self.epochs):
+        for epoch in range(ctx.epochs):
             ctx.epoch = epoch
-            result.loss, steps = self.run_epoch(ctx, gen, progress=progress)
+            # A budget's last epoch stops part way; its batches are the first of that epoch's order.
+            limit = ctx.steps_in_epoch(epoch) if self.steps else None
+            result.loss, steps = self.run_epoch(ctx, gen, progress=progress, limit=limit)
             if not math.isfinite(result.loss):
                 # NaN weights would poison every later candidate: stop before anything is saved.
                 raise TrainingDiverged(
@@ -138,7 +175,7 @@ class CandidateTrainer:
     def run_epoch(self, ctx: CandidateContext, generator: torch.Generator, *,
                   progress: Callable[[], object] | None = None,
                   augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                  after_step: Callable[[], object] | None = None) -> tuple[float, int]:
+                  after_step: Callable[[], object] | None = None, limit: int | None = None) -> tuple[float, int]:
         """One pass over the training split in the order ``generator`` draws, with the strategy's
         hooks: the inner loop of :meth:`train`, public for callers that run epochs themselves
         (retraining, which resumes mid-way and steps a learning-rate schedule).
@@ -149,6 +186,7 @@ class CandidateTrainer:
             progress: Called after every step.
             augment: Applied to each input batch before the forward pass.
             after_step: Called after every optimiser step (e.g. a schedule's ``step``).
+            limit: Stop after this many steps (a step budget's last epoch) [default: the whole epoch].
 
         Returns:
             The epoch's mean training loss and its number of steps.
@@ -157,17 +195,32 @@ class CandidateTrainer:
         path = list(ctx.params.values())
         loss_sum = torch.zeros((), device=self.eval_y.device)  # summed on the device: no sync per step
         steps = 0
-        for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator):
+        scaler = self.scaler
+        for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator,
+                                    limit=limit):
             if augment is not None:
                 x = augment(x, generator)
+            x = to_format(x, self.channels_last)
             ctx.step, ctx.batch = steps, (x, y)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            strategy.after_backward(ctx)
+            with autocast(self.device, self.precision):
+                loss = F.cross_entropy(net(x), y)
+            if scaler is None:
+                loss.backward()
+            else:
+                scaler.scale(loss).backward()
+                # Unscaled before the strategy edits the gradients and before clipping: both work on
+                # true gradients (the scaler's documented order for clipping).
+                scaler.unscale_(opt)
+            with autocast(self.device, self.precision):  # a strategy's own forward passes (replay) too
+                strategy.after_backward(ctx)
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(path, self.grad_clip, foreach=True)
-            opt.step()
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)  # skipped when the scaled gradients overflowed; the scale then shrinks
+                scaler.update()
             strategy.after_step(ctx)
             if after_step is not None:
                 after_step()
@@ -192,7 +245,10 @@ class CandidateTrainer:
             return iterate_batches(self.held_out_set, batch_size=batch_size, shuffle=True,
                                    generator=gen, limit=num_batches)
 
+        def batches(batch_size: int, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            return ((to_format(x, self.channels_last), y) for x, y in held_out(batch_size, num_batches))
+
         ctx = self.context(arch, trial_index)
         ctx.score = None if score is None else self.metric.quality(score)
-        with self.supernet.use(arch):
-            self.strategy.after_candidate(ctx, held_out)
+        with self.supernet.use(arch), autocast(self.device, self.precision):
+            self.strategy.after_candidate(ctx, batches if self.channels_last else held_out)
