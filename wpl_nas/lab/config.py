@@ -18,6 +18,7 @@ from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
 from wpl_nas.strategies import registry as _strategies  # noqa: F401  the strategy sections come from its registry
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
+from wpl_nas.training.precision import CHANNELS_LAST, PRECISIONS
 
 __all__ = ["LabConfig", "load_lab_config", "parse_floats", "parse_ints"]
 
@@ -85,6 +86,12 @@ class LabConfig(Config):
     # threads gain little, and on a busy 2-core machine two threads waiting on each other made the
     # default run ~9x slower (measured).
     threads: int = opt(DEFAULT_THREADS, THREADS_HELP)
+    # As in a search (wpl_nas.training.precision): auto keeps CPU runs in float32, unchanged.
+    precision: str = opt("auto", "Precision of forward passes (training, scores, Fisher/importance): auto (bf16 "
+                                 "autocast on a CUDA device that supports it, else fp32), fp32, bf16 or fp16.",
+                         choices=PRECISIONS)
+    channels_last: str = opt("auto", "channels_last memory format for 2-D (image) spaces: auto (on for CUDA, off "
+                                     "elsewhere), on or off.", choices=CHANNELS_LAST)
 
     positive = ("epochs", "batch_size", "eval_batch_size", "seeds", "channels")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "probe_every", "train_samples",
