@@ -108,7 +108,8 @@ class SearchConfig(Config):
     # auto keeps CPU runs in float32 (identical to before it existed); on CUDA bf16 is the fast path.
     precision: str = opt("auto", "Precision of forward passes (training, scores, Fisher/importance, pool re-scores): "
                                  "auto (bf16 autocast on a CUDA device that supports it, else fp32), fp32, bf16 or "
-                                 "fp16 (autocast with a gradient scaler).", choices=PRECISIONS)
+                                 "fp16 (autocast with a gradient scaler; on a CPU it works but is far slower).",
+                         choices=PRECISIONS)
     channels_last: str = opt("auto", "channels_last memory format for 2-D (image) spaces: auto (on for CUDA, off "
                                      "elsewhere), on or off. 1-D spaces are unaffected.", choices=CHANNELS_LAST)
 

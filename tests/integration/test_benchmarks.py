@@ -48,6 +48,16 @@ def test_bench_step_quick_reports_supernet_vs_standalone(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_precision_quick_times_fp32_and_bf16_side_by_side(tmp_path):
+    out = tmp_path / "precision.json"
+    proc = _run("bench_precision.py", json_out=out)
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["fp32", "bf16"]
+    assert all(_positive(r["ratio"]) and _positive(r["variant_ms"]) and math.isfinite(r["loss"]) for r in rows)
+    assert "| bf16 |" in proc.stdout
+
+
+@pytest.mark.slow
 def test_bench_strategies_quick_reports_every_registered_strategy(tmp_path):
     out = tmp_path / "strategies.json"
     proc = _run("bench_strategies.py", json_out=out)
