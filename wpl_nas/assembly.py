@@ -181,6 +181,12 @@ def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.devi
     """
     device = torch.device(device)
     precision = resolve_precision(getattr(options, "precision", "fp32"), device)
+    if precision == "fp16" and "hat" in strategy.split("+"):
+        # HAT's gate embeddings learn outside the optimiser, so fp16's gradient scaler (which unscales
+        # the optimiser's gradients only) would hand them gradients 2**16 times too large.
+        raise ConfigError(f"precision 'fp16' cannot train strategy {strategy!r} (HAT's gate embeddings learn outside "
+                          "the optimiser, where the fp16 gradient scaler does not reach); valid choices for it: "
+                          "auto, fp32, bf16")
     channels_last = resolve_channels_last(getattr(options, "channels_last", "off"), device)
     supernet = supernet.to(device)
     if channels_last:  # only 4-D weights (2-D convolutions) change; a 1-D space is left as it is

@@ -150,6 +150,13 @@ def test_fp16_works_on_a_cpu_with_a_gradient_scaler(tiny_space, mnist1d):
     trainer.consolidate(first_arch(tiny_space), trial_index=0, score=result.score)
 
 
+def test_fp16_is_refused_for_hat_whose_embeddings_the_scaler_does_not_reach(mnist1d, tiny_space):
+    options = SimpleNamespace(lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=64, grad_clip=5.0,
+                              eval_batch_size=256, precision="fp16")
+    with pytest.raises(ConfigError, match=r"precision 'fp16' cannot train strategy 'hat\+distill'.*bf16"):
+        wpl_nas.assemble(wpl_nas.build_supernet(tiny_space, mnist1d), options, device="cpu", strategy="hat+distill")
+
+
 # --- channels_last ---------------------------------------------------------------------------
 def test_channels_last_matches_the_default_format_on_a_2d_space():
     g = torch.Generator().manual_seed(0)
