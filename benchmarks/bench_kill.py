@@ -12,7 +12,7 @@ interruption and compares. Reported (targets: 0, 0, 0):
   ``torch.load(weights_only=True)``, every ``*.json`` as JSON, ``config.yaml`` as YAML), and
   ``*.tmp`` files left behind once the search has finished;
 * **differs**: of the items that must equal the uninterrupted run's (the sequence of completed
-  architectures and their scores, the retention matrix, ``anatomy.json``'s keys, ``final.json``'s
+  architectures and their scores, the retention matrix, the anatomy record's members, ``final.json``'s
   scores), how many do not.
 
 Usage::
@@ -43,6 +43,8 @@ from typing import Any
 import optuna
 import torch
 import yaml
+
+from wpl_nas.run_folder import read_anatomy
 
 #: A small 1-D cell space (the tests' tiny space): a trial takes about a second on one thread.
 SPACE = Path(__file__).resolve().parent / "spaces" / "tiny1d.yaml"
@@ -96,7 +98,7 @@ def outcome(run: Path) -> dict[str, Any]:
         return json.loads(path.read_text()) if path.is_file() else None
 
     final = read("final.json")
-    anatomy = read("anatomy.json")
+    anatomy = read_anatomy(run)
     # Trials are compared by their position among completed ones: a trial lost in flight (FAIL)
     # takes a number, so numbers shift while the sequence of candidates must not.
     position = {t.number: i for i, t in enumerate(done)}

@@ -30,7 +30,6 @@ from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, 
 from wpl_nas.evaluation.scoring import Metric
 from wpl_nas.run_folder import (
     ANATOMY_DIR,
-    ANATOMY_JSON,
     ANATOMY_MD,
     ANATOMY_PNG,
     CONFIG_FILE,
@@ -40,6 +39,7 @@ from wpl_nas.run_folder import (
     REPORT_DIR,
     RETENTION_JSON,
     load_run,
+    read_anatomy,
 )
 from wpl_nas.selection import best_at_training
 from wpl_nas.spaces import Architecture
@@ -193,8 +193,7 @@ def anatomy_run(run_dir: str | Path, *, batch_size: int | None = None) -> Anatom
     lost = sum(metric.quality(m["at_training"]) - metric.quality(m["now"]) >= _UNITS[metric.name].min_loss
                for m in members)
     table = _markdown(stages, len(members), lost, metric)
-    history_path = run.run_dir / ANATOMY_JSON
-    history = read_json(history_path, what="anatomy record") if history_path.is_file() else {}
+    history = read_anatomy(run.run_dir)
     plot = run.run_dir / ANATOMY_PNG
     _plot(plot, stages, history, names, metric)
     rows = ["| member | architecture | at training | now | all stages reset |", "|---:|---|---:|---:|---:|",

@@ -29,9 +29,10 @@ and in optuna-dashboard's notes (which, unlike a finished trial's attributes, ca
 the study's note holds the pool, and each pooled trial's own note its latest re-score, forgetting,
 recent re-scores and its cell drawn large, rewritten while the candidate is in the pool.
 
-It also writes the run folder's ``retention.json`` (members, measures and every candidate's row)
-and ``retention.csv`` (the matrix, one ``after_N`` column per trial), atomically, so they can be
-read while the search runs.
+It also writes the run folder's ``retention.json`` (members, measures and every candidate's row),
+atomically, and appends each re-score to ``retention.csv`` (the matrix in long format, one row
+per re-score: :data:`~wpl_nas.evaluation.retention.CSV_COLUMNS`), so both can be read while the
+search runs (a reader may meet a last row still being written).
 
 The callbacks see a search through the parts they read (its retained pool, the trials it has
 finished, its supernet, its run folder), never the objective itself: a
@@ -56,7 +57,7 @@ from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import MEASURES, METRICS, STEP_MEASURES, PoolChanges, RetainedPool
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
 from wpl_nas.notes import save_note, trial_notes
-from wpl_nas.run_folder import ANATOMY_JSON, RETENTION_CSV, RETENTION_JSON, RunFolder
+from wpl_nas.run_folder import ANATOMY_JSON, ANATOMY_LOG, RETENTION_CSV, RETENTION_JSON, RunFolder, anatomy_lines
 from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import load_checkpoint, read_json, save_checkpoint, write_text_atomically
@@ -95,6 +96,21 @@ class RetentionCallback:
 
     def __init__(self, pool: RetainedPool, finished: Finished, folder: RunFolder, *, chance: float | None) -> None:
         self.pool, self.finished, self.folder, self.chance = pool, finished, folder, chance
+        self._csv_after: int | None = None  # the last re-score this callback put in retention.csv
+
+    def _write_csv(self, after_trial: int) -> None:
+        """``retention.csv`` up to the re-score after ``after_trial``: that re-score's rows appended
+        (the pool's size, however long the search), or, the first time in a process, the whole file
+        written anew from the pool. The pool comes from the checkpoint, so the file is then exactly
+        an uninterrupted run's whatever a stop left in it (a half-written row, or rows a cut-short
+        after-trial work wrote before the resumed search redoes it)."""
+        path = self.folder.path / RETENTION_CSV
+        if self._csv_after is not None and self._csv_after < after_trial and path.is_file():
+            with path.open("a", encoding="utf-8", newline="") as file:
+                file.write(self.pool.csv_rows(after_trial))
+        elif self._csv_after != after_trial or not path.is_file():
+            write_text_atomically(path, self.pool.to_csv())
+        self._csv_after = after_trial
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         pool, chance = self.pool, self.chance
@@ -114,7 +130,7 @@ class RetentionCallback:
             study.set_user_attr(key, value)
         write_text_atomically(self.folder.path / RETENTION_JSON,
                               json.dumps(pool.to_json(after_trial=trial.number, chance=chance), indent=1))
-        write_text_atomically(self.folder.path / RETENTION_CSV, pool.to_csv())
+        self._write_csv(trial.number)
         _dashboard_note(study, pool, changes)
         trial_notes(study, {trial.number, *pool.members(), *changes.left})
 
@@ -155,7 +171,8 @@ class AnatomyCallback:
     After trial N: if N joined the pool, its stage representations on the fixed ``probe`` batch and
     the weights on its path are saved to ``run_dir/anatomy/trial_NNNN.pt``; every other member with
     a snapshot is run on the probe again and its linear CKA per stage against its snapshot goes to
-    ``run_dir/anatomy.json`` (``{member: {after trial: {stage: CKA}}}``) and, as the mean over
+    ``run_dir/anatomy.jsonl`` (a line appended per trial, ``{"after_trial": N, "cka": {member:
+    {stage: CKA}}}``; :func:`~wpl_nas.run_folder.read_anatomy` reads it back) and, as the mean over
     those members, to the study's user attribute ``anatomy_cka`` (``{stage: CKA}``, with
     ``anatomy_after_trial``). Snapshots of candidates that left the pool are deleted: they are no
     longer re-scored. ``wpl-nas anatomy RUN_DIR`` reads these files.
@@ -175,6 +192,44 @@ class AnatomyCallback:
             raise ValueError(f"the probe must hold >= 2 samples (CKA compares samples), but got {len(probe)}")
         self.supernet, self.pool, self.finished, self.folder = supernet, pool, finished, folder
         self.probe, self.device = probe, device
+        self._record_after: int | None = None  # the last trial this callback put in the record
+
+    def _record(self, after_trial: int, cka: dict[str, dict[str, float]]) -> None:
+        """Append trial ``after_trial``'s line to ``anatomy.jsonl`` (none when no member was
+        compared). The first time in a process the file is first cut back to the lines of earlier
+        trials: a stop may have left this trial's line, or half a line, from the after-trial work a
+        resumed search is redoing now; a run made before the file existed has its ``anatomy.json``
+        carried over."""
+        path = self.folder.path / ANATOMY_LOG
+        if self._record_after is None or self._record_after >= after_trial or not path.is_file():
+            if path.is_file():
+                lines, bad = anatomy_lines(path)
+                if bad:  # derived data: warn, keep what reads, go on
+                    warnings.warn(f"{bad} line(s) of the anatomy record {path} cannot be read; dropped",
+                                  RuntimeWarning, stacklevel=3)
+            else:
+                lines = self._legacy_lines()
+            write_text_atomically(path, "".join(f"{line}\n" for after, line in lines if after < after_trial))
+        if cka:
+            with path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps({"after_trial": after_trial, "cka": cka}) + "\n")
+        self._record_after = after_trial
+
+    def _legacy_lines(self) -> list[tuple[int, str]]:
+        """The old ``anatomy.json`` record as :data:`ANATOMY_LOG` lines, in trial order."""
+        legacy = self.folder.path / ANATOMY_JSON
+        if not legacy.is_file():
+            return []
+        try:
+            record = read_json(legacy, what="anatomy record")
+        except ConfigError as exc:  # derived data: start it again rather than stop the search
+            warnings.warn(f"{exc}; starting it afresh", RuntimeWarning, stacklevel=4)
+            return []
+        by_trial: dict[int, dict[str, Any]] = {}
+        for member, rows in (record if isinstance(record, dict) else {}).items():
+            for after, cka in rows.items():
+                by_trial.setdefault(int(after), {})[member] = cka
+        return [(after, json.dumps({"after_trial": after, "cka": cka})) for after, cka in sorted(by_trial.items())]
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.number not in self.finished:
@@ -186,16 +241,8 @@ class AnatomyCallback:
             save_checkpoint(folder.snapshot_path(trial.number), {
                 "arch": str(arch), "features": stage_features(supernet, arch, probe),
                 "weights": {n: p.detach().clone() for n, p in supernet.parameters_of(arch).items()}})
-        record_path = folder.path / ANATOMY_JSON
-        record: dict[str, dict[str, dict[str, float]]] = {}
-        if record_path.is_file():
-            try:
-                record = read_json(record_path, what="anatomy record")
-            except ConfigError as exc:  # derived data: start it again rather than stop the search
-                warnings.warn(f"{exc}; starting it afresh", RuntimeWarning, stacklevel=2)
-            if not isinstance(record, dict):
-                record = {}
         now: dict[str, list[float]] = {}
+        by_member: dict[str, dict[str, float]] = {}
         for member in members:
             path = folder.snapshot_path(member)
             if member == trial.number or not path.is_file():
@@ -208,13 +255,13 @@ class AnatomyCallback:
                 continue
             features = stage_features(supernet, Architecture.parse(snapshot["arch"]), probe)
             cka = {stage: linear_cka(snapshot["features"][stage], features[stage]) for stage in features}
-            record.setdefault(str(member), {})[str(trial.number)] = cka
+            by_member[str(member)] = cka
             for stage, value in cka.items():
                 now.setdefault(stage, []).append(value)
         for path in folder.anatomy_dir.glob("trial_*.pt"):
             if int(path.stem.split("_")[1]) not in members:
                 path.unlink()
-        write_text_atomically(record_path, json.dumps(record, indent=1))
+        self._record(trial.number, by_member)
         study.set_user_attr("anatomy_cka", {stage: sum(v) / len(v) for stage, v in now.items()})
         study.set_user_attr("anatomy_after_trial", trial.number)
 
@@ -242,7 +289,7 @@ class TensorBoardCallback:
         ``forgetting/max``, ``forgetting/backward_transfer``, ``forgetting/hat_ratio``,
         ``stability/kendall_tau``, and over the earlier members only ``retained/earlier_mean_<score>``,
         ``forgetting/earlier_mean`` and ``forgetting/this_trial``; and the forgetting matrix as a
-        heatmap image, ``forgetting/matrix``. When an :class:`AnatomyCallback` ran too:
+        heatmap image, ``forgetting/matrix`` (every ``figures_every`` trials). When an :class:`AnatomyCallback` ran too:
         ``similarity/cka_<stage>``, the pool's mean CKA per stage.
     ``trials/trial_NNNN``
         one per trial: its row of the HPARAMS table (its edges' ops, parameter count and state)
@@ -260,11 +307,17 @@ class TensorBoardCallback:
         space: The search space, to draw each candidate's cell and give the HPARAMS table each
             edge's choices.
         metric: The score's name (:data:`~wpl_nas.evaluation.scoring.METRICS`).
+        figures_every: Draw the ``forgetting/matrix`` heatmap after every this many trials (trials
+            whose number it divides): the heatmap covers every candidate ever pooled, so its cost
+            grows with the search, where everything else logged per trial does not.
     """
 
     def __init__(self, log_dir: str | Path, *, penalty_tag: str | None = None,
-                 space: SearchSpace | None = None, metric: str = "accuracy") -> None:
+                 space: SearchSpace | None = None, metric: str = "accuracy", figures_every: int = 1) -> None:
+        if figures_every < 1:
+            raise ValueError(f"figures_every must be >= 1, but got {figures_every}")
         self.log_dir = Path(log_dir)
+        self.figures_every = figures_every
         self.metric = METRICS.get(metric)
         self.short = self.metric.short
         self.penalty_tag = penalty_tag
@@ -339,7 +392,7 @@ class TensorBoardCallback:
 
     def _pool(self, study: optuna.Study, study_attrs: dict[str, Any], step: int) -> None:
         """The pool's measures, each member's latest re-score and forgetting in its own run, and the
-        forgetting matrix."""
+        forgetting matrix (when ``step`` is a multiple of :attr:`figures_every`)."""
         for key in (*MEASURES, *STEP_MEASURES):
             value = study_attrs.get(key)
             if value is not None and value == value:  # NaN (e.g. τ of one member) is not logged
@@ -350,6 +403,8 @@ class TensorBoardCallback:
             writer.add_scalar(f"retained/candidate_{self.short}", latest[str(member)], step)
             if str(member) in forgetting:
                 writer.add_scalar("forgetting/candidate", forgetting[str(member)], step)
+        if step % self.figures_every:
+            return
         matrix = {int(t): {int(j): v for j, v in row.items()} for t, row in study_attrs["retention"].items()}
         at_training = {t.number: t.user_attrs["score_at_training"] for t in study.get_trials(deepcopy=False)
                        if t.number in matrix and "score_at_training" in t.user_attrs}

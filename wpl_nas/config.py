@@ -90,6 +90,9 @@ class SearchConfig(Config):
     eval_batch_size: int = opt(256, "Evaluation batch size (batch norm uses batch statistics, so keep it fixed).")
     pool_best: int = opt(5, "Retained pool: the best candidates kept and re-scored after every trial.")
     pool_recent: int = opt(3, "Retained pool: the most recent candidates kept and re-scored.")
+    figures_every: int = opt(1, "Draw TensorBoard's forgetting heatmap (forgetting/matrix) after every N trials: it "
+                                 "covers every candidate ever pooled, so its cost grows with the search (a few "
+                                 "hundred ms a trial at 1,000 trials); the measures are logged every trial regardless.")
     # How the search ends: every candidate re-scored on the final supernet (wpl_nas.selection).
     final_top_k: int = opt(0, "At the end, re-score on the final supernet only the best K candidates by score at "
                                "training (0: every candidate).")
@@ -113,7 +116,7 @@ class SearchConfig(Config):
     channels_last: str = opt("auto", "channels_last memory format for 2-D (image) spaces: auto (on for CUDA, off "
                                      "elsewhere), on or off. 1-D spaces are unaffected.", choices=CHANNELS_LAST)
 
-    positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best")
+    positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best", "figures_every")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent", "threads",
                     "final_top_k", "train_samples", "steps")
     open_unit = ("val_fraction",)
@@ -130,7 +133,7 @@ class SearchConfig(Config):
     # checkpoint and the study would no longer mean what they say. Every change is recorded in
     # the run folder's config.yaml (``history``).
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
-        "trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by",
+        "trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by", "figures_every",
         "lr", "momentum", "weight_decay", "grad_clip", "epochs", "steps", "batch_size", "precision", "channels_last")
     # Of those, the ones that describe this machine rather than the run: a resumed search on the
     # command line takes them from the defaults or flags, not from the run's config.yaml.

@@ -490,7 +490,7 @@ class SupernetObjective:
         (see :class:`~wpl_nas.callbacks.TensorBoardCallback`)."""
         return TensorBoardCallback(log_dir if log_dir is not None else self.folder.tensorboard_dir,
                                    penalty_tag=self.strategy.penalty_tag, space=self.space,
-                                   metric=self.trainer.metric.name)
+                                   metric=self.trainer.metric.name, figures_every=self.config.figures_every)
 
     def score(self, arch: Architecture | str) -> float:
         """``arch``'s score (accuracy, or perplexity) on the fixed evaluation set, with the current weights."""

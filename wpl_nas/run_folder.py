@@ -9,8 +9,9 @@
       search.lock            who is searching this folder now
       checkpoints/last.pt    supernet, strategy, optimiser, retained pool, finished trials, RNG states
       artifacts/             each trial's cell image (Optuna artifacts, shown by the dashboard)
-      retention.json, .csv   the retained pool and its retention matrix, rewritten after every trial
-      anatomy.json, anatomy/ per-stage CKA of the pool members, and their snapshots
+      retention.json         the retained pool and every candidate's re-scores, rewritten after every trial
+      retention.csv          the retention matrix, one row per re-score, appended after every trial
+      anatomy.jsonl, anatomy/  per-stage CKA of the pool members (a line per trial), and their snapshots
       final.json, .csv       every candidate re-scored on the final supernet
       tb/                    TensorBoard events
       rank/, export/, retrain/, report/, anatomy.md, anatomy.png   written by the commands of those names
@@ -23,6 +24,7 @@ read safely and the checkpoint with ``weights_only=True``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +44,15 @@ from wpl_nas.spaces import Architecture, SearchSpace, load_space, space_file
 from wpl_nas.storage import mask_storage, open_storage
 from wpl_nas.strategies import Strategy, create_strategy
 from wpl_nas.supernet import Supernet
-from wpl_nas.tracking import load_checkpoint, save_checkpoint, write_text_atomically
+from wpl_nas.tracking import load_checkpoint, read_json, save_checkpoint, write_text_atomically
 from wpl_nas.tracking.lock import LOCK_FILE, RunLock, create_run_folder
 from wpl_nas.tracking.signals import deferred
 
-__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "ANATOMY_MD", "ANATOMY_PNG", "ARTIFACTS", "CHECKPOINT", "CHECKPOINT_KEYS",
-           "CONFIG_FILE", "EXPORT_DIR", "FINAL_CSV", "FINAL_JSON", "LOCK_FILE", "RANKING_CSV", "RANKING_MD",
-           "RANK_DIR", "REPORT_DIR", "RETENTION_CSV", "RETENTION_JSON", "RETRAIN_DIR", "SPACE_DIR",
-           "STANDALONE_JSON", "STUDY_DB", "TENSORBOARD_DIR", "Run", "RunFolder", "TrainedSupernet", "load_run"]
+__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "ANATOMY_LOG", "ANATOMY_MD", "ANATOMY_PNG", "ARTIFACTS", "CHECKPOINT",
+           "CHECKPOINT_KEYS", "CONFIG_FILE", "EXPORT_DIR", "FINAL_CSV", "FINAL_JSON", "LOCK_FILE", "RANKING_CSV",
+           "RANKING_MD", "RANK_DIR", "REPORT_DIR", "RETENTION_CSV", "RETENTION_JSON", "RETRAIN_DIR", "SPACE_DIR",
+           "STANDALONE_JSON", "STUDY_DB", "TENSORBOARD_DIR", "anatomy_lines", "load_run", "read_anatomy", "Run",
+           "RunFolder", "TrainedSupernet"]
 
 CONFIG_FILE = "config.yaml"
 #: A copy of the space file the run was made from, under the file's own name (which names the
@@ -61,6 +64,11 @@ CHECKPOINT_KEYS = ("supernet", "strategy", "optimizer", "pool", "finished", "rng
 ARTIFACTS = "artifacts"
 RETENTION_JSON = "retention.json"
 RETENTION_CSV = "retention.csv"
+#: The anatomy record: one JSON line per trial, ``{"after_trial": N, "cka": {member: {stage: CKA}}}``
+#: (appended, so a trial's cost does not grow with the search; :func:`read_anatomy` reads it).
+ANATOMY_LOG = "anatomy.jsonl"
+#: The anatomy record of runs made before :data:`ANATOMY_LOG`: one JSON document,
+#: ``{member: {after trial: {stage: CKA}}}``, rewritten whole after every trial.
 ANATOMY_JSON = "anatomy.json"
 ANATOMY_DIR = "anatomy"
 ANATOMY_MD = "anatomy.md"
@@ -356,3 +364,47 @@ class TrainedSupernet:
     def score(self, arch: Architecture) -> float:
         """``arch``'s score on the fixed evaluation set with the latest weights (as the search scores)."""
         return self.metric.compute(self.supernet, arch, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
+
+
+def anatomy_lines(path: Path) -> tuple[list[tuple[int, str]], int]:
+    """The lines of an :data:`ANATOMY_LOG` file that read as records, each with its trial
+    (``(after_trial, line)``, in file order), and how many did not (damage, or a line a running
+    search is still writing); none if the file is missing."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], 0
+    kept: list[tuple[int, str]] = []
+    bad = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            after, readable = int(record["after_trial"]), isinstance(record["cka"], dict)
+        except (ValueError, TypeError, KeyError):
+            readable = False
+        if readable:
+            kept.append((after, line))
+        else:
+            bad += 1
+    return kept, bad
+
+
+def read_anatomy(run_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """A run's anatomy record as ``{member: {after trial: {stage: CKA}}}`` (trials as strings): its
+    :data:`ANATOMY_LOG` (lines that do not read are passed over), or for a run made before it, its
+    :data:`ANATOMY_JSON`; empty when it has neither.
+
+    Raises:
+        ConfigError: the old :data:`ANATOMY_JSON` is not valid JSON.
+    """
+    folder = Path(run_dir)
+    if not (folder / ANATOMY_LOG).is_file() and (folder / ANATOMY_JSON).is_file():
+        record = read_json(folder / ANATOMY_JSON, what="anatomy record")
+        return record if isinstance(record, dict) else {}
+    history: dict[str, dict[str, dict[str, float]]] = {}
+    for after, line in anatomy_lines(folder / ANATOMY_LOG)[0]:
+        for member, cka in json.loads(line)["cka"].items():
+            history.setdefault(str(member), {})[str(after)] = cka
+    return history

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import wpl_nas
 from wpl_nas.analysis import anatomy_run
 from wpl_nas.cli import cli
+from wpl_nas.run_folder import read_anatomy
 
 
 @pytest.mark.slow
@@ -22,7 +23,9 @@ def test_anatomy_of_a_search(tiny_space_file, data_dir, tmp_path):
     run_dir = wpl_nas.run_search(config, progress=False, command=["test"]).run_dir
     members = set(wpl_nas.load_run(run_dir).study.user_attrs["pool"])
     assert {int(p.stem.split("_")[1]) for p in (run_dir / "anatomy").glob("*.pt")} == members
-    history = json.loads((run_dir / "anatomy.json").read_text())
+    history = read_anatomy(run_dir)
+    lines = (run_dir / "anatomy.jsonl").read_text().splitlines()  # one line per trial, appended
+    assert [json.loads(line)["after_trial"] for line in lines] == sorted({int(j) for r in history.values() for j in r})
     assert history and all(set(cka) == {"stem", "stage1", "stage2", "logits"}
                            for rows in history.values() for cka in rows.values())
     events = EventAccumulator(str(run_dir / "tb" / "search"))

@@ -237,9 +237,12 @@ def test_callbacks_attached_and_detached(make_objective, tmp_path):
     assert saved["after_trial"] == 2 and saved["members"] == [0, 1, 2]
     assert {str(c["trial"]): c["rescores"] for c in saved["candidates"]} == study.user_attrs["retention"]
     assert saved["summary"]["backward_transfer"] == pytest.approx(-saved["summary"]["forgetting_mean"])
-    rows = list(csv.DictReader((tmp_path / "logged" / "retention.csv").open()))
-    assert [r["trial"] for r in rows] == ["0", "1", "2"]
-    assert float(rows[0]["after_2"]) == pytest.approx(latest) and rows[2]["after_0"] == ""
+    rows = list(csv.DictReader((tmp_path / "logged" / "retention.csv").open()))  # one row per re-score
+    assert [(r["after_trial"], r["trial"]) for r in rows] == [("0", "0"), ("1", "0"), ("1", "1"),
+                                                              ("2", "0"), ("2", "1"), ("2", "2")]
+    assert {(int(r["trial"]), int(r["after_trial"])): float(r["score"]) for r in rows} == {
+        (int(t), int(j)): v for t, row in study.user_attrs["retention"].items() for j, v in row.items()}
+    assert float(rows[3]["score"]) == pytest.approx(latest)
 
 
 def test_a_run_made_with_your_own_study_opens_with_every_command(make_objective, tmp_path):

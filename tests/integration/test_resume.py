@@ -3,6 +3,7 @@ a changed learning rate; and what a resume may change."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import wpl_nas
 from wpl_nas.cli import cli
-from wpl_nas.run_folder import RunFolder
+from wpl_nas.run_folder import RunFolder, read_anatomy
 from wpl_nas.study import create_sampler
 from wpl_nas.tracking.lock import LOCK_FILE
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
@@ -54,8 +55,8 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def _by_position(run_dir: Path) -> dict[str, Any]:
     """What a run computed, keyed by each candidate's position instead of its trial number: the
-    completed candidates and scores in order, the retention matrix, anatomy.json, the final
-    re-scores, and the final supernet and strategy state."""
+    completed candidates and scores in order, the retention matrix (the study's and retention.csv's
+    rows), the anatomy record, the final re-scores, and the final supernet and strategy state."""
     run = wpl_nas.load_run(run_dir)
     trials = _finished(run.study)
     pos = {t.number: t.user_attrs["position"] for t in trials}
@@ -64,13 +65,17 @@ def _by_position(run_dir: Path) -> dict[str, Any]:
     def rekey(mapping: dict[str, Any]) -> dict[int, Any]:
         return {pos[int(k)]: v for k, v in mapping.items()}
 
-    anatomy = json.loads((run_dir / "anatomy.json").read_text())
+    anatomy = read_anatomy(run_dir)
+    with (run_dir / "retention.csv").open() as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["after_trial", "trial", "score", "score_at_training", "forgetting"]
     final = json.loads((run_dir / "final.json").read_text())
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     return {
         "candidates": [(t.user_attrs["arch"], t.values) for t in trials],
         "retention": {k: rekey(row) for k, row in rekey(run.study.user_attrs["retention"]).items()},
         "anatomy": {k: rekey(row) for k, row in rekey(anatomy).items()},
+        "retention.csv": [(pos[int(after)], pos[int(trial)], *rest) for after, trial, *rest in rows[1:]],
         "final": sorted((pos[r["trial"]], r["arch"], r["final"]) for r in final["rows"]),
         "weights": {**{f"n.{k}": v for k, v in state["supernet"].items()},
                     **{f"s.{k}": v for k, v in state["strategy"].items()}},
@@ -78,7 +83,7 @@ def _by_position(run_dir: Path) -> dict[str, Any]:
 
 
 def _assert_same_run(a: dict[str, Any], b: dict[str, Any]) -> None:
-    for key in ("candidates", "retention", "anatomy", "final"):
+    for key in ("candidates", "retention", "retention.csv", "anatomy", "final"):
         assert a[key] == b[key], key
     assert a["weights"].keys() == b["weights"].keys()
     for name, tensor in a["weights"].items():
@@ -237,7 +242,7 @@ class _Stop(Exception):
 def test_after_trial_work_cut_short_is_redone_on_resume(tiny_space_file, data_dir, tmp_path, whole_runs,
                                                         monkeypatch, where):
     """A stop after trial 1 was checkpointed and told but before its pool re-score, anatomy snapshot or
-    TensorBoard write: the resumed search redoes them first, so the retention matrix, anatomy.json
+    TensorBoard write: the resumed search redoes them first, so the retention matrix, the anatomy record
     and TensorBoard equal an uninterrupted run's (bench_kill.py found the matrix missing a column)."""
     import wpl_nas.callbacks as callbacks
 
@@ -255,6 +260,8 @@ def test_after_trial_work_cut_short_is_redone_on_resume(tiny_space_file, data_di
             wpl_nas.run_search(config, progress=False, command=["t"])
     study = wpl_nas.load_run(tmp_path / "cut").study
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # trial 1 was told, not lost
+    with (tmp_path / "cut" / "retention.csv").open("a") as file:
+        file.write("1,1,0.5")  # a kill in the middle of an append leaves half a row
     resumed = wpl_nas.run_search(config, progress=False, command=["t"])
     _assert_same_run(whole_runs["random"], _by_position(resumed.run_dir))
     events = EventAccumulator(str(resumed.run_dir / "tb" / "search"))

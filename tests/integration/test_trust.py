@@ -134,9 +134,10 @@ def test_a_search_resumes_from_a_checkpoint_that_loads_as_weights_only(finished)
 def test_a_corrupt_anatomy_snapshot_or_record_does_not_stop_a_search(copy_of, tiny_space_file, data_dir):
     for snapshot in (copy_of / "anatomy").glob("*.pt"):
         snapshot.write_bytes(b"\x00garbage")
-    (copy_of / "anatomy.json").write_bytes(b"\xff\xfe not json")
+    with (copy_of / "anatomy.jsonl").open("ab") as record:
+        record.write(b"\xff\xfe not json\n")
     flags = _search_flags(tiny_space_file, data_dir, copy_of.parent, copy_of.name, trials=4)
-    with pytest.warns(RuntimeWarning, match="cannot be read safely|not valid JSON"):
+    with pytest.warns(RuntimeWarning, match="cannot be read safely|cannot be read; dropped"):
         result = CliRunner().invoke(cli, ["search", "--no-progress", *flags])
     assert result.exit_code == 0, result.output
     assert wpl_nas.load_run(copy_of).study.trials[-1].state.name == "COMPLETE"

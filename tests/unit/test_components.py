@@ -164,8 +164,13 @@ def test_pool_history_and_files():
     pool.add(2, "c", 0.7)
     pool.record(2, {0: 0.85, 2: 0.7})
     assert pool.entries[0].history == [0.9, 0.8, 0.85] and pool.entries[1].history == [0.5]
-    lines = pool.to_csv().splitlines()
-    assert lines[0] == "trial,arch,member,score_at_training,latest,forgetting,after_0,after_1,after_2"
-    assert lines[2] == "1,b,0,0.5,0.5,0.0,,0.5,"  # left the pool after trial 1: no longer re-scored
+    text = pool.to_csv()
+    lines = text.splitlines()  # long format: one row per re-score, by the trial it followed
+    assert lines[0] == "after_trial,trial,score,score_at_training,forgetting"
+    assert [line.split(",")[:3] for line in lines[1:]] == [
+        ["0", "0", "0.9"], ["1", "0", "0.8"], ["1", "1", "0.5"], ["2", "0", "0.85"], ["2", "2", "0.7"]]
+    assert lines[2].split(",")[3:] == ["0.9", str(0.9 - 0.8)]  # its score at training, its forgetting then
+    # Each trial appends its own rows: the file built row by row is the file written whole.
+    assert lines[0] + "\n" + "".join(pool.csv_rows(j) for j in range(3)) == text
     data = pool.to_json(after_trial=2)
     assert data["members"] == [0, 2] and data["candidates"][0]["rescores"] == {"0": 0.9, "1": 0.8, "2": 0.85}

@@ -74,7 +74,8 @@ def test_a_repeated_architecture_replaces_its_pool_entry():
     data = pool.to_json(after_trial=2)
     assert data["joined"] == [2] and data["left"] == [0]
     assert {c["trial"]: c["replaced_by"] for c in data["candidates"]} == {0: 2, 1: None, 2: None}
-    assert [line.split(",")[2] for line in pool.to_csv().splitlines()[1:]] == ["0", "1", "1"]  # member column
+    rescored = [line.split(",")[:2] for line in pool.to_csv().splitlines()[1:]]  # (after trial, trial)
+    assert rescored == [["0", "0"], ["1", "0"], ["1", "1"], ["2", "1"], ["2", "2"]]  # 0 is not re-scored after 2
     clone = RetainedPool(best=9, recent=9)
     clone.load_state_dict(pool.state_dict())
     assert clone.members() == [1, 2] and clone.replaced_by() == {0: 2}

@@ -30,10 +30,16 @@ from typing import Any
 
 from wpl_nas.evaluation.metrics import retention_measures
 
-__all__ = ["STEP_MEASURES", "PoolChanges", "PoolEntry", "RetainedPool"]
+__all__ = ["CSV_COLUMNS", "STEP_MEASURES", "PoolChanges", "PoolEntry", "RetainedPool"]
 
 #: The keys of :meth:`RetainedPool.step_measures`: measures over the earlier members only.
 STEP_MEASURES = ("earlier_retained_mean", "earlier_forgetting_mean", "forgetting_this_trial")
+#: ``retention.csv``'s columns, one row per re-score (long format): the trial it followed, the
+#: candidate, its score then, its score at training and its forgetting at that re-score (score at
+#: training − score; the other way round when lower is better). A row per re-score rather than a
+#: column per trial, so that each trial only appends its rows: the file's cost per trial stays that
+#: of the pool, however long the search.
+CSV_COLUMNS = ("after_trial", "trial", "score", "score_at_training", "forgetting")
 
 
 def _mean(values: list[float]) -> float:
@@ -195,18 +201,35 @@ class RetainedPool:
                                 "rescores": {str(j): v for j, v in e.rescores.items()}}
                                for e in self.entries.values()]}
 
-    def to_csv(self) -> str:
-        """The retention matrix as CSV: one row per candidate, one ``after_N`` column per trial."""
-        after = sorted({j for e in self.entries.values() for j in e.rescores})
-        members = set(self.members())
+    def csv_rows(self, after_trial: int) -> str:
+        """The re-score after ``after_trial`` as :data:`CSV_COLUMNS` rows (no header), one per
+        candidate scored, in trial order: what ``retention.csv`` gains after that trial."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["trial", "arch", "member", "score_at_training", "latest", "forgetting",
-                         *(f"after_{j}" for j in after)])
-        for e in self.entries.values():
-            writer.writerow([e.trial, e.arch, int(e.trial in members), e.score, e.latest, e.forgetting,
-                             *(e.rescores.get(j, "") for j in after)])
+        for t in sorted(self.entries):
+            e = self.entries[t]
+            if after_trial in e.rescores:
+                writer.writerow(self._csv_row(e, after_trial))
         return out.getvalue()
+
+    def to_csv(self) -> str:
+        """The retention matrix as CSV in long format: the header (:data:`CSV_COLUMNS`), then one row
+        per re-score, by the trial it followed, then by candidate: the header followed by
+        :meth:`csv_rows` of every re-score in order, so that appending each trial's rows builds the
+        same file."""
+        rows = sorted((j, e.trial) for e in self.entries.values() for j in e.rescores)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for j, t in rows:
+            writer.writerow(self._csv_row(self.entries[t], j))
+        return out.getvalue()
+
+    @staticmethod
+    def _csv_row(e: PoolEntry, after_trial: int) -> list[Any]:
+        score = e.rescores[after_trial]
+        drop = e.score - score
+        return [after_trial, e.trial, score, e.score, drop if e.higher_is_better else -drop]
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "recent": self.recent, "higher_is_better": self.higher_is_better,

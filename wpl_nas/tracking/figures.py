@@ -29,10 +29,16 @@ def forgetting_grid(matrix: Mapping[int, Mapping[int, float]], at_training: Mapp
     cols = sorted({j for scores in matrix.values() for j in scores})
     sign = 1.0 if higher_is_better else -1.0
     grid = np.full((len(rows), len(cols)), np.nan)  # (candidates, re-scores)
-    for r, trial in enumerate(rows):
-        for c, after in enumerate(cols):
-            if after in matrix[trial] and trial in at_training:
-                grid[r, c] = sign * (at_training[trial] - matrix[trial][after])
+    # One pass over the scores that exist (a candidate is re-scored only while pooled, so they are
+    # far fewer than the grid's cells), then one numpy assignment: no loop over every cell.
+    column = {after: c for c, after in enumerate(cols)}
+    scored = [(r, trial) for r, trial in enumerate(rows) if trial in at_training]
+    count = sum(len(matrix[trial]) for _, trial in scored)
+    at_r = np.fromiter((r for r, trial in scored for _ in matrix[trial]), dtype=np.intp, count=count)
+    at_c = np.fromiter((column[j] for _, trial in scored for j in matrix[trial]), dtype=np.intp, count=count)
+    score = np.fromiter((v for _, trial in scored for v in matrix[trial].values()), dtype=float, count=count)
+    base = np.fromiter((at_training[trial] for _, trial in scored for _ in matrix[trial]), dtype=float, count=count)
+    grid[at_r, at_c] = sign * (base - score)
     return rows, cols, grid
 
 

@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Does the per-trial bookkeeping stay flat as a study grows?
+
+After each trial a search runs its after-trial work: :class:`~wpl_nas.callbacks.RetentionCallback`
+(study attributes, dashboard notes, ``retention.json``, ``retention.csv``),
+:class:`~wpl_nas.callbacks.AnatomyCallback` (CKA of the pool members, the anatomy record) and
+:class:`~wpl_nas.callbacks.TensorBoardCallback` (scalars, the HPARAMS row, the forgetting heatmap),
+beside the checkpoint it writes inside the trial. This script builds a synthetic study of N
+finished trials (a SQLite study with N trials, a retained pool of the default size that re-scored
+its members after every one of them, anatomy snapshots of the members, the run folder's files as a
+search leaves them), then times that work for the next few trials, no training: the bookkeeping
+alone. Side by side in one run for each N; the figure that matters is the ratio of N = 1,000 to
+N = 10 (1.0: flat).
+
+Usage::
+
+    python benchmarks/bench_bookkeeping.py                    # N = 10, 100, 1000 (~3 min on 2 cores)
+    python benchmarks/bench_bookkeeping.py --sizes 10 100 --trials 3
+    python benchmarks/bench_bookkeeping.py --figures-every 10 # the heatmap every 10 trials
+
+The table goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.distributions import CategoricalDistribution
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_name
+
+from wpl_nas.assembly import build_supernet
+from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
+from wpl_nas.data import load_dataset
+from wpl_nas.evaluation import RetainedPool
+from wpl_nas.evaluation.anatomy import stage_features
+from wpl_nas.run_folder import RunFolder
+from wpl_nas.spaces import Architecture, load_space
+
+PARTS = ("retention", "anatomy", "tensorboard", "checkpoint")
+
+
+class Study:
+    """A synthetic search of ``size`` finished trials in ``folder``, ready for its next trial."""
+
+    def __init__(self, folder: Path, size: int, *, space: Any, supernet: Any, probe: torch.Tensor,
+                 figures_every: int) -> None:
+        self.rng = random.Random(size)
+        self.space, self.supernet = space, supernet
+        self.folder = RunFolder(folder)
+        self.folder.path.mkdir(parents=True)
+        self.pool = RetainedPool(best=5, recent=3)
+        self.finished: dict[int, tuple[str, Any]] = {}
+        self.study = optuna.create_study(storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+        self.distributions = {k: CategoricalDistribution(list(v)) for k, v in space.choices.items()}
+        retention = RetentionCallback(self.pool, self.finished, self.folder, chance=0.1)
+        anatomy = AnatomyCallback(supernet, self.pool, self.finished, self.folder, probe=probe,
+                                  device=torch.device("cpu"))
+        tb_options = {"figures_every": figures_every} if figures_every != 1 else {}
+        tensorboard = TensorBoardCallback(folder / "tb", space=space, **tb_options)
+        self.callbacks = {"retention": retention, "anatomy": anatomy, "tensorboard": tensorboard}
+        self.tensorboard = tensorboard
+        frozen = [self._trial(n) for n in range(size)]
+        self.study.add_trials(frozen)
+        self.folder.anatomy_dir.mkdir()
+        for member in self.pool.members():  # as the anatomy callback left them when each joined
+            arch = Architecture.parse(self.pool.entries[member].arch)
+            torch.save({"arch": str(arch), "features": stage_features(supernet, arch, probe),
+                        "weights": {n: p.detach().clone() for n, p in supernet.parameters_of(arch).items()}},
+                       self.folder.snapshot_path(member))
+        # The anatomy record of N trials (each member compared after every later trial).
+        cka = {stage: 0.9 for stage in stage_features(supernet, arch, probe)}
+        rows = "".join(json.dumps({"after_trial": n, "cka": {str(m): cka for m in range(max(0, n - 7), n)}}) + "\n"
+                       for n in range(1, size - 1))
+        (folder / "anatomy.jsonl").write_text(rows)
+        # The state the last trial's after-trial work left (one call each; the earlier trials' records
+        # are what the pool holds).
+        last = self.study.get_trials(deepcopy=False)[-1]
+        self.after_trial(last)
+
+    def _trial(self, number: int) -> optuna.trial.FrozenTrial:
+        """Trial ``number`` trained: its candidate pooled, the pool re-scored, the trial recorded."""
+        arch = self.space.sample(self.rng)
+        score = self.rng.uniform(0.3, 0.9)
+        self.pool.add(number, str(arch), score)
+        self.pool.record(number, {m: self.rng.uniform(0.3, 0.9) for m in self.pool.members()})
+        self.finished[number] = ("COMPLETE", score)
+        return optuna.trial.create_trial(
+            params=dict(zip(self.space.choices, (arch[k] for k in self.space.choices), strict=True)),
+            distributions=self.distributions, value=score,
+            user_attrs={"arch": str(arch), "score_at_training": score, "train_loss": 1.0, "params": 1000,
+                        "position": number})
+
+    def checkpoint(self) -> None:
+        self.folder.save_checkpoint({"supernet": self.supernet.state_dict(), "pool": self.pool.state_dict(),
+                                     "finished": dict(self.finished)})
+
+    def after_trial(self, frozen: optuna.trial.FrozenTrial) -> dict[str, float]:
+        seconds = {}
+        for name, callback in self.callbacks.items():
+            start = time.perf_counter()
+            callback(self.study, frozen)
+            seconds[name] = time.perf_counter() - start
+        return seconds
+
+    def next_trial(self) -> dict[str, float]:
+        """One more trial: pooled and re-scored (untimed), its checkpoint and after-trial work (timed)."""
+        number = len(self.finished)
+        self.study.add_trial(self._trial(number))
+        start = time.perf_counter()
+        self.checkpoint()
+        seconds = {"checkpoint": time.perf_counter() - start}
+        frozen = self.study.get_trials(deepcopy=False)[-1]
+        return seconds | self.after_trial(frozen)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="study sizes N")
+    parser.add_argument("--trials", type=int, default=5, help="trials timed per size (after one untimed)")
+    parser.add_argument("--figures-every", type=int, default=1, help="the heatmap every K trials")
+    parser.add_argument("--space", default="mnist1d")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(args.space)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_dataset("mnist1d", data_dir=Path(tmp) / "data")
+        supernet = build_supernet(space, data, seed=0)
+        probe = data.val.tensors[0][:256]  # type: ignore[attr-defined]
+        rows: dict[int, dict[str, float]] = {}
+        for size in args.sizes:
+            print(f"N = {size}: building ...", file=sys.stderr)
+            start = time.perf_counter()
+            study = Study(Path(tmp) / f"n{size}", size, space=space, supernet=supernet, probe=probe,
+                          figures_every=args.figures_every)
+            print(f"N = {size}: built in {time.perf_counter() - start:.0f} s; timing", file=sys.stderr)
+            study.next_trial()  # untimed: the first call of a process may set things up
+            runs = [study.next_trial() for _ in range(args.trials)]
+            rows[size] = {part: statistics.median(r[part] for r in runs) for part in PARTS}
+            rows[size]["total"] = statistics.median(sum(r.values()) for r in runs)
+            study.tensorboard.close()
+    print(f"per-trial bookkeeping, median of {args.trials} trials, ms ({cpu_name()}, 1 thread; "
+          f"figures every {args.figures_every})\n")
+    print("| N | " + " | ".join(PARTS) + " | total |")
+    print("|---:|" + "---:|" * (len(PARTS) + 1))
+    for size, row in rows.items():
+        print(f"| {size:,} | " + " | ".join(f"{1000 * row[p]:.1f}" for p in (*PARTS, "total")) + " |")
+    lo, hi = min(rows), max(rows)
+    print(f"\nratio N = {hi:,} : N = {lo:,}: " + ", ".join(
+        f"{p} {rows[hi][p] / rows[lo][p]:.2f}×" for p in (*PARTS, "total")))
+
+
+if __name__ == "__main__":
+    main()
