@@ -17,6 +17,7 @@ Usage::
     python benchmarks/bench_bookkeeping.py                    # N = 10, 100, 1000 (~3 min on 2 cores)
     python benchmarks/bench_bookkeeping.py --sizes 10 100 --trials 3
     python benchmarks/bench_bookkeeping.py --figures-every 10 # the heatmap every 10 trials
+    python benchmarks/bench_bookkeeping.py --quick            # smoke run (what the test runs)
 
 The table goes to stdout, progress to stderr.
 """
@@ -132,7 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=5, help="trials timed per size (after one untimed)")
     parser.add_argument("--figures-every", type=int, default=1, help="the heatmap every K trials")
     parser.add_argument("--space", default="mnist1d")
+    parser.add_argument("--quick", action="store_true", help="smoke run: N = 5 and 20, two trials each")
+    parser.add_argument("--json", type=Path, help="write every figure (seconds) to this file")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.trials = [5, 20], 2
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(args.space)
@@ -158,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|" + "---:|" * (len(PARTS) + 1))
     for size, row in rows.items():
         print(f"| {size:,} | " + " | ".join(f"{1000 * row[p]:.1f}" for p in (*PARTS, "total")) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"sizes": {str(n): row for n, row in rows.items()},
+                                         "figures_every": args.figures_every, "trials": args.trials}, indent=1))
     lo, hi = min(rows), max(rows)
     print(f"\nratio N = {hi:,} : N = {lo:,}: " + ", ".join(
         f"{p} {rows[hi][p] / rows[lo][p]:.2f}×" for p in (*PARTS, "total")))

@@ -250,3 +250,14 @@ def test_bench_fidelity_stops_when_the_arms_are_not_paired(monkeypatch):
     unpaired = {("naive", 0): run("conv", "skip"), ("wpl", 0): run("skip", "conv")}
     with pytest.raises(SystemExit, match="pairing broken: seed 0, trial 0"):
         bench.verify_pairing(unpaired, ["naive", "wpl"], [0], "naive")
+
+
+@pytest.mark.slow
+def test_bench_bookkeeping_quick_times_every_part_at_each_size(tmp_path):
+    out = tmp_path / "bookkeeping.json"
+    proc = _run("bench_bookkeeping.py", json_out=out)
+    assert "ratio N = 20 : N = 5" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["sizes"]) == {"5", "20"}
+    assert all(set(row) == {"retention", "anatomy", "tensorboard", "checkpoint", "total"}
+               for row in figures["sizes"].values())
