@@ -48,11 +48,38 @@ from wpl_nas.tracking import load_checkpoint, read_json, save_checkpoint, write_
 from wpl_nas.tracking.lock import LOCK_FILE, RunLock, create_run_folder
 from wpl_nas.tracking.signals import deferred
 
-__all__ = ["ANATOMY_DIR", "ANATOMY_JSON", "ANATOMY_LOG", "ANATOMY_MD", "ANATOMY_PNG", "ARTIFACTS", "CHECKPOINT",
-           "CHECKPOINT_KEYS", "CONFIG_FILE", "EXPORT_DIR", "FINAL_CSV", "FINAL_JSON", "LOCK_FILE", "RANKING_CSV",
-           "RANKING_MD", "RANK_DIR", "REPORT_DIR", "RETENTION_CSV", "RETENTION_JSON", "RETRAIN_DIR", "SPACE_DIR",
-           "STANDALONE_JSON", "STUDY_DB", "TENSORBOARD_DIR", "anatomy_lines", "load_run", "read_anatomy", "Run",
-           "RunFolder", "TrainedSupernet"]
+__all__ = [
+    "ANATOMY_DIR",
+    "ANATOMY_JSON",
+    "ANATOMY_LOG",
+    "ANATOMY_MD",
+    "ANATOMY_PNG",
+    "ARTIFACTS",
+    "CHECKPOINT",
+    "CHECKPOINT_KEYS",
+    "CONFIG_FILE",
+    "EXPORT_DIR",
+    "FINAL_CSV",
+    "FINAL_JSON",
+    "LOCK_FILE",
+    "RANKING_CSV",
+    "RANKING_MD",
+    "RANK_DIR",
+    "REPORT_DIR",
+    "RETENTION_CSV",
+    "RETENTION_JSON",
+    "RETRAIN_DIR",
+    "SPACE_DIR",
+    "STANDALONE_JSON",
+    "STUDY_DB",
+    "TENSORBOARD_DIR",
+    "Run",
+    "RunFolder",
+    "TrainedSupernet",
+    "anatomy_lines",
+    "load_run",
+    "read_anatomy",
+]
 
 CONFIG_FILE = "config.yaml"
 #: A copy of the space file the run was made from, under the file's own name (which names the
