@@ -17,13 +17,12 @@ from typing import Any
 
 import click
 
-from wpl_nas.config import CHOOSE_BY, SearchConfig, keep_saved, load_config, resume_changes
+# Only light modules here: `wpl-nas --help` and a mistyped flag must not wait for torch, optuna or
+# matplotlib (seconds; benchmarks/bench_startup.py), so each command imports what it runs.
+from wpl_nas.config import CALIBRATION_SAMPLES, CHOOSE_BY, SearchConfig, keep_saved, load_config, resume_changes
 from wpl_nas.configs import Config, Options, field_type, read_yaml_mapping, section_name
 from wpl_nas.errors import ConfigError, TrainingDiverged, write_refused
-from wpl_nas.export import CALIBRATION_SAMPLES
-from wpl_nas.lab.config import LabConfig
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP, threads_line, use_threads
-from wpl_nas.tracking.markdown import plain_text
 
 __all__ = ["cli", "main"]
 
@@ -53,28 +52,59 @@ def _section_flags(section: str, options: type[Options], *, hidden: bool = True)
 class _ConfigCommand(click.Command):
     """A command with one flag per option of a :class:`~wpl_nas.configs.Config`: its fields, then every
     registered strategy's options as ``--<section>-<option>`` (left out of ``--help``: ``wpl-nas
-    strategies show NAME`` lists them). The flags are made from the registry when the command runs, so a
-    strategy imported after this module has its flags.
+    strategies show NAME`` lists them). The strategies' flags are made from the registry when the command
+    runs, so a strategy imported after this module has its flags.
+
+    The registry imports every strategy, and so torch (seconds), so it is loaded only for a command line
+    with an option the config's own fields do not have (``--wpl-alpha``, or a typo, whose "did you mean"
+    then names the strategies' flags too); ``--help`` and a bad value (``--trials abc``) answer without it.
+    Once it is loaded (by the command itself, or earlier in the process), the flags are always there.
 
     Args:
-        config: The config class whose options the command takes.
+        config: The config class whose options the command takes, or a function that imports and returns
+            it (a class whose package is heavy: ``wpl_nas.lab`` imports torch).
+        lazy_help: A function that makes the help text, called when ``--help`` shows it (the
+            ``forgetting`` help lists the scenarios, whose module imports torch); give ``short_help`` too.
     """
 
-    def __init__(self, *args: Any, config: type[Config], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, config: type[Config] | Callable[[], type[Config]],
+                 lazy_help: Callable[[], str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.config = config
+        self._config = config
+        self._lazy_help = lazy_help
+        self._own_flags: list[click.Option] | None = None  # one per field of the config
         self._made_for: dict[str, type[Options]] | None = None  # the sections the flags below were made for
-        self._flags: list[click.Option] = []
+        self._section_flags: list[click.Option] = []
+
+    @property
+    def config(self) -> type[Config]:
+        return self._config if isinstance(self._config, type) else self._config()
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        sections = self.config.section_types()
+        if self._own_flags is None:
+            config = self.config
+            # Each field's own default (every option is made with opt(), which gives one): building a
+            # config to read them would load the strategies for its sections.
+            self._own_flags = [_flag(f.name, f, config, f.default) for f in config.option_fields()]
+        sections = self.config.section_types() if Config.strategy_registry is not None else {}
         if sections != self._made_for:  # made once per registry state: click asks several times per call
-            config, defaults = self.config, self.config()
-            self._flags = [_flag(f.name, f, config, getattr(defaults, f.name)) for f in config.option_fields()]
-            self._flags += [flag for section, options in sections.items() for flag in _section_flags(section, options)]
+            self._section_flags = [flag for section, options in sections.items()
+                                   for flag in _section_flags(section, options)]
             self._made_for = sections
         help_option = self.get_help_option(ctx)
-        return [*self.params, *self._flags, *([help_option] if help_option is not None else [])]
+        return [*self.params, *self._own_flags, *self._section_flags, *([help_option] if help_option else [])]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if Config.strategy_registry is None:
+            known = {name for param in self.get_params(ctx) for name in [*param.opts, *param.secondary_opts]}
+            if any(arg.startswith("--") and arg.partition("=")[0] not in known for arg in args):
+                self.config.registry()  # loads the strategies: get_params adds their flags from now on
+        return super().parse_args(ctx, args)
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self._lazy_help is not None:
+            self.help = self._lazy_help()
+        super().format_help_text(ctx, formatter)
 
 
 def _overrides(config: type[Config], flags: dict[str, Any]) -> dict[str, Any]:
@@ -328,12 +358,16 @@ def _option_help(section: str, options: type[Options]) -> list[tuple[str, str]]:
             if (record := flag.get_help_record(ctx)) is not None]
 
 
+#: The first line of the ``forgetting`` help, and its line in ``wpl-nas --help`` (which makes no other).
+_FORGETTING_SUMMARY = "Measure multi-model forgetting, strategy by strategy."
+
+
 def _forgetting_help() -> str:
     """The help of ``forgetting``, with one paragraph per registered scenario."""
     from wpl_nas.lab import SCENARIOS
 
     paragraphs = [
-        "Measure multi-model forgetting, strategy by strategy.",
+        _FORGETTING_SUMMARY,
         "Models are trained one after another on one weight-sharing supernet with each strategy of "
         "--strategies; after each, every earlier model is re-scored, and the first one is probed while the "
         "later ones train. The table (printed at the end) has one row per strategy (per shared depth in "
@@ -355,13 +389,20 @@ def _forgetting_help() -> str:
     return "\n\n".join(paragraphs)
 
 
-@cli.command(cls=_ConfigCommand, config=LabConfig, help=_forgetting_help())
+def _lab_config() -> type[Config]:
+    from wpl_nas.lab.config import LabConfig  # the lab's package imports torch: only for `forgetting` itself
+
+    return LabConfig
+
+
+@cli.command(cls=_ConfigCommand, config=_lab_config, lazy_help=_forgetting_help,
+             short_help=_FORGETTING_SUMMARY)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML file with any of the options below (flags given here override it); a run folder's "
                    "config.yaml reruns that run.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars. [default: on]")
 def forgetting(config_file: str | None, progress: bool, **flags: Any) -> None:
-    from wpl_nas.lab import load_lab_config, run_lab
+    from wpl_nas.lab import LabConfig, load_lab_config, run_lab
 
     try:
         base = load_lab_config(config_file) if config_file else LabConfig()
@@ -422,6 +463,8 @@ def rank(run_dir: str, ground_truth: str, archs: int | None, seeds: int, epochs:
         click.echo("\ninterrupted: the stand-alone scores trained so far are cached in RUN_DIR/rank/standalone.json; "
                    "rerun to resume", err=True)
         sys.exit(130)
+    from wpl_nas.tracking.markdown import plain_text
+
     click.echo(plain_text(result.table))  # the files keep the Markdown
     click.echo(f"\nwritten to {result.out_dir / 'ranking.md'} and ranking.csv")
 
@@ -438,6 +481,7 @@ def anatomy(run_dir: str) -> None:
     search is still running.
     """
     from wpl_nas.analysis import anatomy_run
+    from wpl_nas.tracking.markdown import plain_text
 
     with _usage_errors():
         result = anatomy_run(run_dir)

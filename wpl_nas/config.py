@@ -14,18 +14,21 @@ from typing import Any, ClassVar
 
 from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
-from wpl_nas.storage import mask_storage
-from wpl_nas.strategies import registry as _strategies  # noqa: F401  the strategy sections come from its registry
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 from wpl_nas.training.precision import CHANNELS_LAST, PRECISIONS
 
-#: The SQLite file of a run's study inside its run folder (the default storage; see wpl_nas.run_folder).
-STUDY_DB = "study.db"
-__all__ = ["CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "ConfigError", "SearchConfig", "keep_saved", "load_config",
-           "resume_changes"]
+__all__ = ["CALIBRATION_SAMPLES", "CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "STUDY_DB", "ConfigError", "SearchConfig",
+           "keep_saved", "load_config", "resume_changes"]
 
 #: How the best architecture is chosen: by its score on the final supernet, or at its own training.
 CHOOSE_BY = ("final", "training")
+#: The SQLite file of a run's study inside its run folder (the default storage; see wpl_nas.run_folder).
+STUDY_DB = "study.db"
+
+#: Training samples on which an export (``wpl-nas export``, :func:`wpl_nas.export.export_run`) estimates
+#: its batch norm's running statistics, by default: a few thousand give stable estimates (more change
+#: the scores by less than their noise) in seconds on a CPU; a training split with fewer samples is used whole.
+CALIBRATION_SAMPLES = 4096
 
 #: The objectives a search can optimise, with their Optuna directions.
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "flops": "minimize", "latency": "minimize"}
@@ -220,6 +223,7 @@ def resume_changes(saved: SearchConfig, config: SearchConfig, *, run_dir: str | 
             names each one with both values.
     """
     from wpl_nas.spaces import same_space
+    from wpl_nas.storage import mask_storage  # sqlalchemy: not for `wpl-nas search --help`
 
     old, new = saved.flat(), config.flat()
     if same_space(saved.space, config.space):  # the run's copy of its space file and the file itself

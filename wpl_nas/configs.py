@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -61,9 +62,16 @@ def require_finite(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name} must be a finite number, but got {f.name}={value!r}")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of ``cls``, resolved once per class: resolving them all for each of a
+    config's 30 fields was most of the time ``wpl-nas search --help`` took after Python's start."""
+    return typing.get_type_hints(cls)
+
+
 def field_type(cls: type, name: str) -> Any:
     """The resolved type of field ``name`` of dataclass ``cls``, with ``X | None`` unwrapped."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _type_hints(cls)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = args[0]
@@ -74,7 +82,7 @@ def coerce_field(value: Any, cls: type, name: str, where: str) -> Any:
     """``value`` as the type of field ``name`` of dataclass ``cls`` (ints pass as floats; NaN and
     infinity do not), or a ConfigError naming ``where`` and the key."""
     kind = field_type(cls, name)
-    optional = typing.get_type_hints(cls)[name] != kind
+    optional = _type_hints(cls)[name] != kind
     if value is None and optional:
         return None
     if kind is bool:
@@ -263,9 +271,10 @@ class Config(Options):
             :func:`section_name` (``online_ewc``); any left out get their defaults.
     """
 
-    #: The strategy registry the sections come from. It sets itself here when ``wpl_nas.strategies``
-    #: is imported (``wpl_nas.config`` does): the engine sits below the strategies, so it is told
-    #: about them rather than importing them.
+    #: The strategy registry the sections come from. It sets itself here when
+    #: ``wpl_nas.strategies.registry`` is imported: the engine sits below the strategies, so it is told
+    #: about them rather than importing them at the top. :meth:`registry` imports it on first need
+    #: (the strategies import torch), so a config class is importable, and ``--help`` answers, without torch.
     strategy_registry: ClassVar[Any] = None
 
     sections: dict[str, Options] = field(default_factory=dict, metadata={"help": "The strategies' options."})
@@ -278,16 +287,24 @@ class Config(Options):
         return [f for f in dataclasses.fields(cls) if f.name != "sections"]
 
     @classmethod
+    def registry(cls) -> Any:
+        """The strategy registry (``wpl_nas.strategies.STRATEGIES``), imported on first call."""
+        if Config.strategy_registry is None:
+            import wpl_nas.strategies.registry  # noqa: F401  sets Config.strategy_registry
+        return Config.strategy_registry
+
+    @classmethod
     def section_types(cls) -> dict[str, type[Options]]:
         """``{section: options class}`` of every registered strategy with options, from the registry
         as it is now (so a strategy registered after this module was imported has its section)."""
-        return {} if cls.strategy_registry is None else cls.strategy_registry.sections()
+        sections: dict[str, type[Options]] = cls.registry().sections()
+        return sections
 
     @property
     def strategy_options(self) -> Mapping[str, Options]:
         """Each strategy's options by its registry name (``online-ewc``): what
         :func:`~wpl_nas.strategies.create_strategy` takes its options from."""
-        return types.MappingProxyType({name: self.sections[section_name(name)] for name in self.strategy_registry or ()
+        return types.MappingProxyType({name: self.sections[section_name(name)] for name in self.registry()
                                        if section_name(name) in self.sections})
 
     def validate(self: C) -> C:

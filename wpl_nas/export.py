@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from wpl_nas.assembly import tensor_splits
-from wpl_nas.config import CHOOSE_BY
+from wpl_nas.config import CALIBRATION_SAMPLES, CHOOSE_BY  # the defaults' home: the CLI reads them without torch
 from wpl_nas.errors import ConfigError
 from wpl_nas.run_folder import EXPORT_DIR, Run, load_run
 from wpl_nas.selection import best_at_training, current_final
@@ -53,11 +53,6 @@ from wpl_nas.tracking import save_checkpoint, write_text_atomically
 
 __all__ = ["CALIBRATION_SAMPLES", "ExportResult", "choose_trial", "export_run", "recalibrate_batch_norm",
            "with_running_stats"]
-
-#: Training samples on which an export estimates its batch norm's running statistics, by default:
-#: a few thousand give stable estimates (more change the scores by less than their noise) in
-#: seconds on a CPU; a training split with fewer samples is used whole.
-CALIBRATION_SAMPLES = 4096
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _Module = TypeVar("_Module", bound=nn.Module)

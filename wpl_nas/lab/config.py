@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
-from wpl_nas.strategies import registry as _strategies  # noqa: F401  the strategy sections come from its registry
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
 from wpl_nas.training.precision import CHANNELS_LAST, PRECISIONS
 
