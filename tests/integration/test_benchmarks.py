@@ -176,6 +176,20 @@ def test_bench_threads_quick_times_every_setting_quiet_and_beside_a_hog(tmp_path
     assert len(figures["runs"]) == 8 and "| beside 1 CPU hog | default |" in proc.stdout
 
 
+def test_bench_startup_quick_times_each_command_against_import_click(tmp_path):
+    """Two rounds of every fast command; each row has its ratio to ``import click`` and the heavy
+    modules it imported: none, for the commands that answer without torch."""
+    out = tmp_path / "startup.json"
+    proc = _run("bench_startup.py", json_out=out)
+    rows = {r["command"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["import click", "wpl-nas --help", "wpl-nas search --help", "wpl-nas search --trials abc",
+                          "import wpl_nas"]
+    assert all(r["runs"] == 2 and _positive(r["median_s"]) and _positive(r["ratio"]) for r in rows.values())
+    assert rows["import click"]["ratio"] == 1.0 and rows["wpl-nas search --trials abc"]["exit_codes"] == [2]
+    assert all(r["heavy"] == [] for r in rows.values()), rows
+    assert "| `wpl-nas --help` |" in proc.stdout
+
+
 @pytest.mark.slow
 def test_bench_fidelity_quick_pairs_arms_and_reports_ceiling_and_intervals(tmp_path):
     out, work = tmp_path / "fidelity.json", tmp_path / "work"
