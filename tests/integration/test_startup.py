@@ -43,7 +43,8 @@ def _probe(*args: str) -> tuple[dict, str]:
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
     *output, last = proc.stderr.rstrip("\n").split("\n")
     probe = json.loads(last)
-    probe["loaded"] = [m for m in HEAVY if m in probe.pop("modules")]
+    modules = set(probe.pop("modules"))
+    probe["loaded"] = [m for m in HEAVY if m in modules]
     return probe, proc.stdout + "\n".join(output)
 
 
