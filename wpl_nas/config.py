@@ -15,15 +15,20 @@ from typing import Any, ClassVar
 from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
-from wpl_nas.training.precision import CHANNELS_LAST, PRECISIONS
 
-__all__ = ["CALIBRATION_SAMPLES", "CHOOSE_BY", "OBJECTIVES", "RUN_RECORD_KEYS", "STUDY_DB", "ConfigError", "SearchConfig",
-           "keep_saved", "load_config", "resume_changes"]
+__all__ = ["CALIBRATION_SAMPLES", "CHANNELS_LAST", "CHOOSE_BY", "OBJECTIVES", "PRECISIONS", "RUN_RECORD_KEYS",
+           "STUDY_DB", "ConfigError", "SearchConfig", "keep_saved", "load_config", "resume_changes"]
 
 #: How the best architecture is chosen: by its score on the final supernet, or at its own training.
 CHOOSE_BY = ("final", "training")
 #: The SQLite file of a run's study inside its run folder (the default storage; see wpl_nas.run_folder).
 STUDY_DB = "study.db"
+#: What ``--precision`` takes: ``auto`` (bf16 on a CUDA device that supports it, fp32 elsewhere),
+#: ``fp32`` (no autocast), ``bf16`` or ``fp16`` (autocast to that type; fp16 with a gradient scaler).
+#: Resolved for a device by wpl_nas.training.precision.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: What ``--channels-last`` takes: ``auto`` (on for CUDA, off elsewhere), ``on`` or ``off``.
+CHANNELS_LAST = ("auto", "on", "off")
 
 #: Training samples on which an export (``wpl-nas export``, :func:`wpl_nas.export.export_run`) estimates
 #: its batch norm's running statistics, by default: a few thousand give stable estimates (more change

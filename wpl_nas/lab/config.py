@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from wpl_nas.config import CHANNELS_LAST, PRECISIONS
 from wpl_nas.configs import Config, opt
 from wpl_nas.errors import ConfigError
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP
-from wpl_nas.training.precision import CHANNELS_LAST, PRECISIONS
 
 __all__ = ["LabConfig", "load_lab_config", "parse_floats", "parse_ints"]
 

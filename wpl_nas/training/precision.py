@@ -13,15 +13,10 @@ from collections.abc import Iterator
 
 import torch
 
+from wpl_nas.config import CHANNELS_LAST, PRECISIONS
 from wpl_nas.errors import ConfigError
 
 __all__ = ["CHANNELS_LAST", "PRECISIONS", "autocast", "resolve_channels_last", "resolve_precision", "to_format"]
-
-#: What ``--precision`` takes: ``auto`` (bf16 on a CUDA device that supports it, fp32 elsewhere),
-#: ``fp32`` (no autocast), ``bf16`` or ``fp16`` (autocast to that type; fp16 with a gradient scaler).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: What ``--channels-last`` takes: ``auto`` (on for CUDA, off elsewhere), ``on`` or ``off``.
-CHANNELS_LAST = ("auto", "on", "off")
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
