@@ -124,6 +124,7 @@ class SearchConfig(Config):
     channels_last: str = opt("auto", "channels_last memory format for 2-D (image) spaces: auto (on for CUDA, off "
                                      "elsewhere), on or off. 1-D spaces are unaffected.", choices=CHANNELS_LAST)
 
+    strategy_registry_module = "wpl_nas.strategies.registry"  # its strategies are the sections
     positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best", "figures_every")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent", "threads",
                     "final_top_k", "train_samples", "steps")

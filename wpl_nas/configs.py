@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 import math
 import types
 import typing
@@ -271,11 +272,13 @@ class Config(Options):
             :func:`section_name` (``online_ewc``); any left out get their defaults.
     """
 
-    #: The strategy registry the sections come from. It sets itself here when
-    #: ``wpl_nas.strategies.registry`` is imported: the engine sits below the strategies, so it is told
-    #: about them rather than importing them at the top. :meth:`registry` imports it on first need
-    #: (the strategies import torch), so a config class is importable, and ``--help`` answers, without torch.
+    #: The strategy registry the sections come from. It sets itself here when its module is
+    #: imported: the engine sits below the strategies, so it is told about them rather than
+    #: importing them. :meth:`registry` imports :attr:`strategy_registry_module` on first need (the
+    #: strategies import torch), so a config class is importable, and ``--help`` answers, without torch.
     strategy_registry: ClassVar[Any] = None
+    #: The module that fills :attr:`strategy_registry` (a subclass names it; None: no sections).
+    strategy_registry_module: ClassVar[str | None] = None
 
     sections: dict[str, Options] = field(default_factory=dict, metadata={"help": "The strategies' options."})
 
@@ -288,23 +291,24 @@ class Config(Options):
 
     @classmethod
     def registry(cls) -> Any:
-        """The strategy registry (``wpl_nas.strategies.STRATEGIES``), imported on first call."""
-        if Config.strategy_registry is None:
-            import wpl_nas.strategies.registry  # noqa: F401  sets Config.strategy_registry
+        """The strategy registry, its module imported on first call (None without one)."""
+        if Config.strategy_registry is None and cls.strategy_registry_module is not None:
+            importlib.import_module(cls.strategy_registry_module)  # sets Config.strategy_registry
         return Config.strategy_registry
 
     @classmethod
     def section_types(cls) -> dict[str, type[Options]]:
         """``{section: options class}`` of every registered strategy with options, from the registry
         as it is now (so a strategy registered after this module was imported has its section)."""
-        sections: dict[str, type[Options]] = cls.registry().sections()
+        registry = cls.registry()
+        sections: dict[str, type[Options]] = {} if registry is None else registry.sections()
         return sections
 
     @property
     def strategy_options(self) -> Mapping[str, Options]:
         """Each strategy's options by its registry name (``online-ewc``): what
         :func:`~wpl_nas.strategies.create_strategy` takes its options from."""
-        return types.MappingProxyType({name: self.sections[section_name(name)] for name in self.registry()
+        return types.MappingProxyType({name: self.sections[section_name(name)] for name in self.registry() or ()
                                        if section_name(name) in self.sections})
 
     def validate(self: C) -> C:

@@ -92,6 +92,7 @@ class LabConfig(Config):
     channels_last: str = opt("auto", "channels_last memory format for 2-D (image) spaces: auto (on for CUDA, off "
                                      "elsewhere), on or off.", choices=CHANNELS_LAST)
 
+    strategy_registry_module = "wpl_nas.strategies.registry"  # its strategies are the sections
     positive = ("epochs", "batch_size", "eval_batch_size", "seeds", "channels")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "probe_every", "train_samples",
                     "threads", "a_epochs")
