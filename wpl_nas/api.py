@@ -88,7 +88,7 @@ class SearchResult:
             f"retained pool       mean {self.metric} {p['retained_mean']:.4f}, "
             f"forgetting mean {p['forgetting_mean']:+.4f}, max {p['forgetting_max']:+.4f}, "
             "rank stability τ " + ("n/a" if p["rank_tau"] != p["rank_tau"] else f"{p['rank_tau']:+.3f}"),
-            f"run folder          {self.run_dir}  (retention.csv, anatomy.json, ...)",
+            f"run folder          {self.run_dir}  (retention.csv, anatomy.jsonl, ...)",
             f"TensorBoard         tensorboard --logdir {self.run_dir / TENSORBOARD_DIR}",
             f"Optuna dashboard    wpl-nas dashboard {self.run_dir}  (storage {storage})",
             f"then                wpl-nas anatomy | rank | report {self.run_dir}",
