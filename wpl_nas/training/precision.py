@@ -9,7 +9,6 @@ CPU: float32 and the default memory format, so a CPU run computes exactly what i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 
@@ -66,15 +65,12 @@ def resolve_channels_last(name: str, device: torch.device | str) -> bool:
     return name == "on" or (name == "auto" and torch.device(device).type == "cuda")
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Autocast to ``precision``'s type on ``device`` (a resolved precision); nothing for fp32, so
-    the default path runs no autocast machinery at all."""
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """Autocast to ``precision``'s type on ``device`` (a resolved precision); a null context for
+    fp32, so the default path (twice per training step) runs no autocast machinery at all."""
     if precision == "fp32":
-        yield
-        return
-    with torch.autocast(device.type, dtype=_DTYPES[precision]):
-        yield
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
 
 
 def to_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

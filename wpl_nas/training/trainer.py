@@ -242,13 +242,10 @@ class CandidateTrainer:
         gen = self._generator(trial_index, 1)
 
         def held_out(batch_size: int, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            return iterate_batches(self.held_out_set, batch_size=batch_size, shuffle=True,
-                                   generator=gen, limit=num_batches)
-
-        def batches(batch_size: int, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            return ((to_format(x, self.channels_last), y) for x, y in held_out(batch_size, num_batches))
+            return ((to_format(x, self.channels_last), y) for x, y in iterate_batches(
+                self.held_out_set, batch_size=batch_size, shuffle=True, generator=gen, limit=num_batches))
 
         ctx = self.context(arch, trial_index)
         ctx.score = None if score is None else self.metric.quality(score)
         with self.supernet.use(arch), autocast(self.device, self.precision):
-            self.strategy.after_candidate(ctx, batches if self.channels_last else held_out)
+            self.strategy.after_candidate(ctx, held_out)
