@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,24 +20,28 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
+import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from wpl_nas.assembly import resolve_device
 from wpl_nas.config import SearchConfig
+from wpl_nas.distributed import World, state_checksum
 from wpl_nas.errors import ConfigError, reason
-from wpl_nas.objective import SupernetObjective
+from wpl_nas.objective import SupernetObjective, search_parts
 from wpl_nas.run_folder import LOCK_FILE, TENSORBOARD_DIR
 from wpl_nas.selection import FinalScores, best_at_training, final_note, latest_finished, load_final, rescore_final
-from wpl_nas.spaces import Architecture
+from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub
 from wpl_nas.study import PRUNERS, SAMPLERS, create_pruner, create_sampler
+from wpl_nas.threads import use_threads
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
 
 #: The study user attribute naming the last trial whose after-trial work (re-scores, anatomy,
 #: TensorBoard) is complete.
 OBSERVED_ATTR = "observed_after_trial"
 
-__all__ = ["SearchResult", "run_search"]
+__all__ = ["SearchResult", "follow_search", "run_search"]
 
 
 @dataclass
@@ -119,7 +124,9 @@ class _Search:
     checkpoint keeps the last finished trial's state.
     """
 
-    def __init__(self, config: SearchConfig, *, progress: bool, command: Sequence[str] | None) -> None:
+    def __init__(self, config: SearchConfig, *, progress: bool, command: Sequence[str] | None,
+                 world: World | None = None) -> None:
+        self.world = world or World()
         # The search's own names first (an unknown one is named, not refused as a change on resume)...
         PRUNERS.get(config.pruner)
         SAMPLERS.get(config.resolved_sampler)
@@ -128,7 +135,7 @@ class _Search:
         new_journal = journal is not None and not journal.exists()
         # ...then the objective checks every other option and name, and loads the space, before
         # anything is written.
-        self.objective = SupernetObjective(config, progress=progress, command=command)
+        self.objective = SupernetObjective(config, progress=progress, command=command, world=self.world)
         self.config = config = self.objective.config
         self.progress = progress
         self.final: FinalScores | None = None  # set when the search ends
@@ -177,6 +184,7 @@ class _Search:
 
     def run(self) -> SearchResult:
         config, study = self.config, self.study
+        self._start_followers()
         done = self._count_finished()
         with tqdm(total=config.trials, initial=min(done, config.trials), disable=not self.progress,
                   desc=f"search {config.resolved_study_name}", unit="trial", dynamic_ncols=True) as bar:
@@ -199,9 +207,21 @@ class _Search:
                 best = max((e.score for e in self.objective.pool.entries.values()), key=quality, default=0.0)
                 bar.set_postfix(best=f"{best:.3f}", retained=f"{pool['retained_mean']:.3f}",
                                 forget=f"{pool['forgetting_mean']:+.3f}")
+        self.world.share(None)  # the other ranks stop: the final re-scores are rank 0's alone
         self.final = self._final_selection()
         self.tensorboard.close()
         return self.result()
+
+    def _start_followers(self) -> None:
+        """Send the other ranks of a data-parallel search (:func:`follow_search`) the options in force
+        (those kept from the run folder on resume included) and the supernet, strategy and optimiser
+        states (the checkpoint's on resume): no file system needs to be shared."""
+        if not self.world.distributed:
+            return
+        buffer = io.BytesIO()
+        torch.save({"supernet": self.objective.supernet.state_dict(), "strategy": self.objective.strategy.state_dict(),
+                    "optimizer": self.objective.optimizer.state_dict()}, buffer)
+        self.world.share({"config": self.config, "state": buffer.getvalue()})
 
     def _trial(self, trial: optuna.Trial) -> None:
         """Train ``trial``'s candidate, tell the study and run the callbacks."""
@@ -306,7 +326,7 @@ class _Search:
 
 
 def run_search(config: SearchConfig | None = None, *, progress: bool = True,
-               command: Sequence[str] | None = None, **overrides: Any) -> SearchResult:
+               command: Sequence[str] | None = None, world: World | None = None, **overrides: Any) -> SearchResult:
     """Run (or resume) a search and return its result.
 
     Re-running with the same config resumes: the study from its storage, and the supernet,
@@ -327,6 +347,9 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
         config: The search configuration (defaults: a small MNIST-1D search with WPL).
         progress: Show a progress bar.
         command: The command line to record in the run folder's ``config.yaml``.
+        world: The processes of a data-parallel search under torchrun (:mod:`wpl_nas.distributed`,
+            process group started), of which this is rank 0; the others run :func:`follow_search`
+            [default: this process alone].
         **overrides: Fields of ``config`` to replace, e.g. ``trials=5`` or ``wpl={"alpha": 10}``.
 
     Raises:
@@ -339,8 +362,51 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
     if overrides:
         config = config.replace(**overrides)
     with interrupts_handled():
-        search = _Search(config, progress=progress, command=command if command is not None else sys.argv)
+        search = _Search(config, progress=progress, command=command if command is not None else sys.argv,
+                         world=world)
         try:
             return search.run()
         finally:
             search.close()
+
+
+def follow_search(world: World) -> int:
+    """The part of a rank other than 0 in a data-parallel search (rank 0 runs :func:`run_search`).
+
+    It receives the options and the states from rank 0, then trains and consolidates each
+    candidate rank 0 names, on its slice of every batch, and stops when rank 0 says so. It writes
+    nothing and prints nothing: the study, the run folder and every score recorded are rank 0's.
+    Should rank 0 fail, torchrun ends this process with the group.
+
+    Returns:
+        The number of candidates trained.
+
+    Raises:
+        RuntimeError: this rank's supernet or strategy state no longer matches rank 0's.
+    """
+    start = world.share()
+    if start is None:  # rank 0 had nothing to train
+        return 0
+    config: SearchConfig = start["config"]
+    use_threads(config.threads)
+    device = resolve_device(config.device)
+    space = load_space(config.space)
+    _, parts, trainer = search_parts(config, space, device=device, world=world)
+    state = torch.load(io.BytesIO(start["state"]), map_location=device, weights_only=True)
+    parts.supernet.load_state_dict(state["supernet"])
+    parts.strategy.load_state_dict(state["strategy"])
+    parts.optimizer.load_state_dict(state["optimizer"])  # rank 0's hyper-parameters in force included
+    trained = 0
+    while (message := world.share()) is not None:
+        arch_text, position, number, checksum = message
+        mine = state_checksum(parts.supernet, parts.strategy)
+        if mine != checksum:
+            raise RuntimeError(f"rank {world.rank}'s supernet and strategy state differ from rank 0's before trial "
+                               f"{number} (checksum {mine!r} against {checksum!r})")
+        arch = Architecture.parse(arch_text)
+        result = trainer.train(arch, trial_index=position, on_epoch=lambda epoch, score: bool(world.share()),
+                               name=f"trial {number}")
+        if not result.pruned:
+            trainer.consolidate(arch, trial_index=position, score=result.score)
+        trained += 1
+    return trained

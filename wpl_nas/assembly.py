@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from wpl_nas.data import DataBundle
+from wpl_nas.distributed import World
 from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import SearchSpace, load_space
 from wpl_nas.strategies import Strategy, create_strategy
@@ -142,23 +143,25 @@ class Assembly:
 
     def trainer(self, *, train_set: TensorDataset, held_out: TensorDataset,
                 eval_set: tuple[torch.Tensor, torch.Tensor], epochs: int, seed: int,
-                metric: str = "accuracy", steps: int = 0) -> CandidateTrainer:
+                metric: str = "accuracy", steps: int = 0, world: World | None = None) -> CandidateTrainer:
         """A trainer of these parts on the given data (the lab gives each of its models its own);
-        ``steps``: a per-candidate budget of optimiser steps instead of ``epochs`` (0: none)."""
+        ``steps``: a per-candidate budget of optimiser steps instead of ``epochs`` (0: none); ``world``:
+        the processes that train data-parallel (:mod:`wpl_nas.distributed`) [default: this one]."""
         o = self.options
         return CandidateTrainer(self.supernet, self.strategy, train_set=train_set, held_out=held_out,
                                 eval_set=eval_set, optimizer=self.optimizer, batch_size=o.batch_size, epochs=epochs,
                                 grad_clip=o.grad_clip, eval_batch_size=o.eval_batch_size, seed=seed, metric=metric,
-                                steps=steps, precision=self.precision, channels_last=self.channels_last)
+                                steps=steps, precision=self.precision, channels_last=self.channels_last,
+                                world=world)
 
     def trainer_for(self, data: DataBundle, *, epochs: int, seed: int, eval_samples: int = 0,
-                    steps: int = 0) -> CandidateTrainer:
+                    steps: int = 0, world: World | None = None) -> CandidateTrainer:
         """A trainer on ``data``: its training split, its validation split held out (Fisher and the
         like) and its first ``eval_samples`` validation samples scoring (0: all)."""
         train, val = tensor_splits(data, "train", "val")
         return self.trainer(train_set=train, held_out=val,
                             eval_set=evaluation_set(data, samples=eval_samples, device=self.device),
-                            epochs=epochs, seed=seed, metric=data.metric, steps=steps)
+                            epochs=epochs, seed=seed, metric=data.metric, steps=steps, world=world)
 
 
 def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.device | str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -151,7 +152,8 @@ def _threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="wpl-nas")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Weight-sharing neural architecture search that does not forget.
 
     Candidates are trained one after another on one supernet; the weight plasticity loss
@@ -160,6 +162,12 @@ def cli() -> None:
 
     Start with `wpl-nas search` (a small search on MNIST-1D) and `wpl-nas spaces`.
     """
+    # Under torchrun (WORLD_SIZE > 1) only a search is data-parallel; any other command would run
+    # N times side by side, each writing the same files.
+    if ctx.invoked_subcommand not in (None, "search") and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
+        raise click.UsageError(f"`wpl-nas {ctx.invoked_subcommand}` does not run under torchrun "
+                               f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); only `wpl-nas search` does: run "
+                               f"`wpl-nas {ctx.invoked_subcommand}` as one plain process")
 
 
 @cli.command(cls=_ConfigCommand, config=SearchConfig)
@@ -183,17 +191,27 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     file) are not listed below: `wpl-nas strategies show NAME` lists those of strategy NAME.
     """
     from wpl_nas.api import run_search  # heavy imports (torch) only when searching
+    from wpl_nas.distributed import World, leave
     from wpl_nas.tracking.signals import SearchInterrupted
 
     command = ["wpl-nas", *sys.argv[1:]]
     threading.excepthook = _quiet_refused_writes  # e.g. TensorBoard's writer thread on a full disk
     try:
+        world = World.from_env()
         base = load_config(config_file) if config_file else SearchConfig()
         overrides = _overrides(SearchConfig, flags)
         config = base.replace(**overrides).validate()
+        if world.distributed:
+            _join(world, config)
+            if not world.leader:
+                _follow(world)
+                return
         config = _resume_options(config, given=_given(overrides, config_file))
         click.echo(threads_line(use_threads(config.threads)), err=True)  # the search applies the same
-        result = run_search(config, progress=progress, command=command)
+        try:
+            result = run_search(config, progress=progress, command=command, world=world)
+        finally:
+            leave()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except TrainingDiverged as exc:
@@ -218,6 +236,30 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
         sys.exit(1)
     click.echo("")
     click.echo(result.summary())
+
+
+def _join(world: Any, config: SearchConfig) -> None:
+    """Start the process group of a search under torchrun, on the device ``config`` asks for."""
+    from wpl_nas.assembly import resolve_device
+    from wpl_nas.distributed import join
+
+    join(world, resolve_device(config.device))
+
+
+def _follow(world: Any) -> None:
+    """A rank other than 0 of a search under torchrun: it trains what rank 0 says, silently (rank 0
+    reports everything, errors included); it exits 1 on a diverged candidate, 130 when interrupted."""
+    from wpl_nas.api import follow_search
+    from wpl_nas.distributed import leave
+
+    try:
+        follow_search(world)
+    except TrainingDiverged:
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        leave()
 
 
 def _quiet_refused_writes(args: threading.ExceptHookArgs) -> None:

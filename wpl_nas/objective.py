@@ -54,23 +54,24 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from wpl_nas.assembly import assemble, build_supernet, check_supernet_size, resolve_device
+from wpl_nas.assembly import Assembly, assemble, build_supernet, check_supernet_size, resolve_device
 from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 from wpl_nas.config import OBJECTIVES, SearchConfig, resume_changes
-from wpl_nas.data import DATASETS, load_dataset
+from wpl_nas.data import DATASETS, DataBundle, load_dataset
+from wpl_nas.distributed import World, state_checksum
 from wpl_nas.errors import ConfigError, TrainingDiverged, reason
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.evaluation.cost import count_flops, measure_latency
 from wpl_nas.run_folder import ARTIFACTS, RunFolder
-from wpl_nas.spaces import Architecture, load_space
+from wpl_nas.spaces import Architecture, SearchSpace, load_space
 from wpl_nas.strategies import resolve_strategy
 from wpl_nas.threads import use_threads
 from wpl_nas.tracking import capture_rng, restore_rng
 from wpl_nas.tracking.figures import cell_png
 from wpl_nas.tracking.signals import deferred
-from wpl_nas.training import TrainResult
+from wpl_nas.training import CandidateTrainer, TrainResult
 
-__all__ = ["RETRY_ATTR", "RUN_ID_ATTR", "SupernetObjective"]
+__all__ = ["RETRY_ATTR", "RUN_ID_ATTR", "SupernetObjective", "search_parts"]
 
 #: The study user attribute that ties a study to its run's checkpoint (a random id made when the
 #: study's first trial is checkpointed), so another run's checkpoint or study.db is recognised.
@@ -78,6 +79,24 @@ RUN_ID_ATTR = "wpl_nas_run_id"
 #: The user attribute of a trial enqueued to train again the candidate of a trial lost in flight
 #: (its value: the lost trial's number).
 RETRY_ATTR = "retry_of"
+
+
+def search_parts(config: SearchConfig, space: SearchSpace, *, device: torch.device,
+                 world: World | None = None) -> tuple[DataBundle, Assembly, CandidateTrainer]:
+    """The data, the assembled supernet, strategy and optimiser, and the trainer of a search with
+    ``config`` (validated) on ``space``: what every rank of a data-parallel search builds alike.
+
+    Raises:
+        ConfigError: the data set cannot be loaded, or the supernet would be too large.
+    """
+    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                        val_fraction=config.val_fraction, seed=config.seed, train_samples=config.train_samples)
+    check_supernet_size(space, data)  # a search builds its supernet once: check it here
+    parts = assemble(build_supernet(space, data, seed=config.seed), config, device=device,
+                     strategy=config.strategy, strategy_options=config)
+    trainer = parts.trainer_for(data, epochs=config.epochs, steps=config.steps, seed=config.seed,
+                                eval_samples=config.eval_samples, world=world)
+    return data, parts, trainer
 
 
 class SupernetObjective:
@@ -99,6 +118,9 @@ class SupernetObjective:
             [default: ``config.run_dir``, i.e. ``<runs_dir>/<study name>``].
         progress: Show a per-step progress bar while a candidate trains.
         command: The command line to record in ``config.yaml``.
+        world: The processes of a data-parallel search (:mod:`wpl_nas.distributed`), of which this
+            one must be rank 0: it tells the others (:func:`wpl_nas.api.follow_search`) each
+            candidate to train and each pruning decision [default: this process alone].
         **overrides: Fields of ``config`` to replace, e.g. ``space="nb201"``, ``strategy="ewc"``,
             ``wpl={"alpha": 300}``.
 
@@ -108,7 +130,8 @@ class SupernetObjective:
     """
 
     def __init__(self, config: SearchConfig | None = None, *, run_dir: str | Path | None = None,
-                 progress: bool = False, command: Sequence[str] | None = None, **overrides: Any) -> None:
+                 progress: bool = False, command: Sequence[str] | None = None, world: World | None = None,
+                 **overrides: Any) -> None:
         config = config or SearchConfig()
         if overrides:
             config = config.replace(**overrides)
@@ -124,15 +147,9 @@ class SupernetObjective:
         #: ``SearchConfig.may_change_on_resume()``); recorded in its history by :meth:`reconcile`.
         self.changes: dict[str, list[Any]] = (
             resume_changes(self.folder.config(), config, run_dir=self.folder.path) if self.folder.is_run() else {})
-        self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                                 val_fraction=config.val_fraction, seed=config.seed,
-                                 train_samples=config.train_samples)
-        check_supernet_size(self.space, self.data)  # a search builds its supernet once: check it here
-        parts = assemble(build_supernet(self.space, self.data, seed=config.seed), config, device=self.device,
-                         strategy=config.strategy, strategy_options=config)
+        self.world = world or World()
+        self.data, parts, self.trainer = search_parts(config, self.space, device=self.device, world=self.world)
         self.supernet, self.strategy, self.optimizer = parts.supernet, parts.strategy, parts.optimizer
-        self.trainer = parts.trainer_for(self.data, epochs=config.epochs, steps=config.steps, seed=config.seed,
-                                         eval_samples=config.eval_samples)
         self.objectives = config.objective_list
         self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent,
                                  higher_is_better=self.trainer.metric.higher_is_better)
@@ -367,10 +384,12 @@ class SupernetObjective:
 
         def on_epoch(epoch: int, score: float) -> bool:
             if not single:  # Optuna reports and prunes single-objective trials only
-                return False
+                return self.world.share(False)
             trial.report(score, epoch)
-            return trial.should_prune()
+            return self.world.share(trial.should_prune())  # the other ranks stop with this one
 
+        if self.world.distributed:  # the other ranks train the same candidate; the checksum checks they can
+            self.world.share((str(arch), position, trial.number, state_checksum(self.supernet, self.strategy)))
         try:
             with tqdm(total=self.trainer.total_steps, disable=not self.progress, leave=False, position=1, unit="step",
                       desc=f"trial {trial.number}", dynamic_ncols=True) as bar:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wpl_nas.distributed import BatchNorm1d, BatchNorm2d
 from wpl_nas.registry import Registry
 
 __all__ = ["OPS", "DilConv", "FactorizedReduce", "SepConv", "batch_norm", "conv", "create_op", "global_pool"]
@@ -46,8 +47,9 @@ def global_pool(dims: int) -> nn.Module:
 
 
 def batch_norm(dims: int, channels: int) -> nn.Module:
-    """Affine batch norm on batch statistics (see the module docstring for why)."""
-    cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+    """Affine batch norm on batch statistics (see the module docstring for why); in a data-parallel
+    training step, on the global batch's (:mod:`wpl_nas.distributed`), else ``nn.BatchNorm1d/2d``'s own."""
+    cls = BatchNorm1d if dims == 1 else BatchNorm2d
     return cls(channels, affine=True, track_running_stats=False)
 
 

@@ -148,3 +148,8 @@ class Strategy(nn.Module):
 
     def after_candidate(self, ctx: CandidateContext, held_out: Batches) -> None:
         """Called once after the candidate is trained (and scored)."""
+
+    def trainable_tensors(self) -> list[torch.Tensor]:
+        """Tensors outside the optimiser that the training forward pass gives a gradient (HAT's gate
+        embedding); a data-parallel trainer sums their gradients over the ranks with the path's."""
+        return []

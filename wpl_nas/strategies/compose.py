@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from wpl_nas.strategies.base import Batches, CandidateContext, Strategy
@@ -52,3 +53,6 @@ class CompositeStrategy(Strategy):
     def after_candidate(self, ctx: CandidateContext, held_out: Batches) -> None:
         for part in self._parts:
             part.after_candidate(ctx, held_out)
+
+    def trainable_tensors(self) -> list[torch.Tensor]:
+        return [t for part in self._parts for t in part.trainable_tensors()]

@@ -276,6 +276,9 @@ class HATStrategy(Strategy):
         (None between candidates); it shares storage with its row of ``embeddings``."""
         return self._live
 
+    def trainable_tensors(self) -> list[torch.Tensor]:
+        return [] if self._live is None else [self._live]
+
     def anneal(self, batch: int, batches: int) -> float:
         """s for training batch ``batch`` of ``batches`` in an epoch: 1/s_max up to s_max."""
         s_max = self.options.s_max

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from wpl_nas.data import iterate_batches
+from wpl_nas.distributed import World
 from wpl_nas.errors import TrainingDiverged
 from wpl_nas.evaluation.scoring import METRICS
 from wpl_nas.spaces import Architecture
@@ -70,13 +71,16 @@ class CandidateTrainer:
             the strategy's consolidation), fp16 with a gradient scaler.
         channels_last: Put 4-D input batches in the channels_last memory format (the caller
             converts the supernet: :func:`~wpl_nas.assembly.assemble`).
+        world: The processes that train each batch together (:mod:`wpl_nas.distributed`): each takes
+            its slice of every batch and the gradients are summed over them [default: this process
+            alone]. Scores and consolidation are not split: every process computes them whole.
     """
 
     def __init__(self, supernet: Supernet, strategy: Strategy, *, train_set: TensorDataset,
                  held_out: TensorDataset, eval_set: tuple[torch.Tensor, torch.Tensor],
                  optimizer: torch.optim.Optimizer, batch_size: int, epochs: int, grad_clip: float,
                  eval_batch_size: int, seed: int, metric: str = "accuracy", steps: int = 0,
-                 precision: str = "fp32", channels_last: bool = False) -> None:
+                 precision: str = "fp32", channels_last: bool = False, world: World | None = None) -> None:
         device = next(supernet.parameters()).device
         self.device = device
         self.supernet = supernet
@@ -94,6 +98,7 @@ class CandidateTrainer:
         self.steps = steps
         self.precision = precision
         self.channels_last = channels_last
+        self.world = world or World()
         # fp16's narrow range underflows small gradients: scale the loss (bf16 has fp32's range).
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
@@ -195,7 +200,7 @@ class CandidateTrainer:
         path = list(ctx.params.values())
         loss_sum = torch.zeros((), device=self.eval_y.device)  # summed on the device: no sync per step
         steps = 0
-        scaler = self.scaler
+        scaler, world = self.scaler, self.world
         for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator,
                                     limit=limit):
             if augment is not None:
@@ -203,12 +208,24 @@ class CandidateTrainer:
             x = to_format(x, self.channels_last)
             ctx.step, ctx.batch = steps, (x, y)
             opt.zero_grad(set_to_none=True)
-            with autocast(self.device, self.precision):
-                loss = F.cross_entropy(net(x), y)
+            if world.distributed:
+                # This rank's slice of the global batch; its summed loss over the global size, summed
+                # over the ranks with the gradients below, is the global batch's mean.
+                start, stop = world.bounds(len(y))
+                with autocast(self.device, self.precision), world.global_batch_norm():
+                    loss = F.cross_entropy(net(x[start:stop]), y[start:stop], reduction="sum") / len(y)
+            else:
+                with autocast(self.device, self.precision):
+                    loss = F.cross_entropy(net(x), y)
             if scaler is None:
                 loss.backward()
             else:
                 scaler.scale(loss).backward()
+            # Summed over the ranks before the scaler's overflow check, the strategy's edits and
+            # clipping, which so see the global batch's gradient, as in a single process.
+            if world.distributed:
+                world.all_reduce_gradients([*path, *strategy.trainable_tensors()])
+            if scaler is not None:
                 # Unscaled before the strategy edits the gradients and before clipping: both work on
                 # true gradients (the scaler's documented order for clipping).
                 scaler.unscale_(opt)
@@ -228,6 +245,7 @@ class CandidateTrainer:
             steps += 1
             if progress is not None:
                 progress()
+        world.all_reduce_(loss_sum)  # each rank summed its slice's share of every batch's mean
         return loss_sum.item() / max(steps, 1), steps
 
     def consolidate(self, arch: Architecture, *, trial_index: int, score: float | None = None) -> None:
