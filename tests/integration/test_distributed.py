@@ -1,0 +1,137 @@
+"""A search under torchrun: 2 gloo processes on the CPU equal one process with the same global batch,
+resume, and a failing rank 0 that ends the run instead of leaving the others waiting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+
+import wpl_nas
+from wpl_nas.cli import cli
+
+pytestmark = pytest.mark.slow
+
+#: Small enough for seconds, large enough for 5 steps per candidate and several batch norms.
+SEARCH = ["--trials", "3", "--epochs", "1", "--train-samples", "300", "--batch-size", "50", "--eval-samples", "256",
+          "--device", "cpu", "--threads", "1", "--no-progress"]
+#: How long a 2-process run may take before the test calls it hung (it takes ~20 s here).
+TIMEOUT = 300
+
+
+def _args(space: Path, data_dir: Path, runs: Path, strategy: str, *extra: str) -> list[str]:
+    return ["search", *SEARCH, "--space", str(space), "--data-dir", str(data_dir), "--runs-dir", str(runs),
+            "--study-name", "s", "--strategy", strategy, *extra]
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "wpl_nas", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+def _single(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+
+
+def _trials(run: Path) -> list[tuple[str, float]]:
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{run / 'study.db'}")
+    return [(t.user_attrs["arch"], t.value) for t in study.get_trials()]
+
+
+def _checkpoint(run: Path) -> dict[str, Any]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+
+
+def _floats(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+
+def _assert_close_runs(one: Path, two: Path, *, eval_samples: int = 256) -> None:
+    """Same candidates, scores within 2 evaluation samples, weights and strategy state within the
+    float noise that another summation order makes (another thread count moves them as much)."""
+    first, second = _trials(one), _trials(two)
+    assert [arch for arch, _ in first] == [arch for arch, _ in second]
+    for (_, a), (_, b) in zip(first, second, strict=True):
+        assert abs(a - b) <= 2 / eval_samples + 1e-9
+    a, b = _checkpoint(one), _checkpoint(two)
+    weights_a, weights_b = _floats(a["supernet"]), _floats(b["supernet"])
+    assert weights_a.keys() == weights_b.keys()
+    for name, value in weights_a.items():
+        torch.testing.assert_close(weights_b[name], value, rtol=1e-4, atol=5e-4, msg=name)
+    state_a, state_b = _floats(a["strategy"]), _floats(b["strategy"])
+    assert state_a.keys() == state_b.keys() and state_a
+    for name, value in state_a.items():
+        if value.numel():
+            assert float((state_b[name] - value).abs().max()) <= 2e-3 * float(value.abs().max()) + 1e-6, name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("distributed")
+
+
+@pytest.fixture(scope="module")
+def two_process_wpl(runs: Path, tiny_space_file: Path, mnist1d: Any, data_dir: Path) -> Path:
+    """An uninterrupted 3-trial WPL search in 2 gloo processes."""
+    done = _torchrun(_args(tiny_space_file, data_dir, runs / "wpl-two", "wpl"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("best architecture") == 1  # rank 1 prints nothing
+    assert done.stderr.count("CPU threads:") == 1
+    return runs / "wpl-two" / "s"
+
+
+@pytest.mark.parametrize("strategy", ["wpl", "ewc", "hat"])
+def test_two_processes_equal_one_with_the_same_global_batch(strategy, runs, tiny_space_file, mnist1d, data_dir,
+                                                            request):
+    one = runs / f"{strategy}-one"
+    _single(_args(tiny_space_file, data_dir, one, strategy))
+    if strategy == "wpl":
+        two = request.getfixturevalue("two_process_wpl")
+    else:
+        done = _torchrun(_args(tiny_space_file, data_dir, runs / f"{strategy}-two", strategy))
+        assert done.returncode == 0, done.stderr[-3000:]
+        two = runs / f"{strategy}-two" / "s"
+    _assert_close_runs(one / "s", two)
+
+
+def test_a_resumed_two_process_search_equals_an_uninterrupted_one(two_process_wpl, runs, tiny_space_file, mnist1d,
+                                                                   data_dir):
+    args = _args(tiny_space_file, data_dir, runs / "wpl-resumed", "wpl")
+    first = _torchrun([*args[:2], "2", *args[3:]])  # --trials 2
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(_trials(runs / "wpl-resumed" / "s")) == 2
+    again = _torchrun(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = runs / "wpl-resumed" / "s"
+    # Rank 1 receives rank 0's checkpointed state: the run goes on exactly, not approximately.
+    assert _trials(resumed) == _trials(two_process_wpl)
+    a, b = _checkpoint(resumed), _checkpoint(two_process_wpl)
+    for part in ("supernet", "strategy"):
+        for name, value in _floats(a[part]).items():
+            assert torch.equal(value, _floats(b[part])[name]), name
+
+
+def test_a_failing_rank_0_ends_the_run_without_a_hang(two_process_wpl, runs, tiny_space_file, mnist1d, data_dir):
+    # The run folder holds a search with seed 0: rank 0 refuses seed 5 (a ConfigError) while rank 1
+    # waits for its first message; torchrun must end it and exit non-zero well within the timeout.
+    run_dir = two_process_wpl.parent
+    done = _torchrun(_args(tiny_space_file, data_dir, run_dir, "wpl", "--seed", "5", "--trials", "4"))
+    assert done.returncode != 0
+    assert "seed" in done.stderr
+    assert len(_trials(two_process_wpl)) == 3  # nothing was trained
+
+
+def test_commands_other_than_search_refuse_to_run_under_torchrun(two_process_wpl, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(cli, ["rank", str(two_process_wpl)])
+    assert result.exit_code == 2
+    assert "only `wpl-nas search`" in result.output and "WORLD_SIZE=2" in result.output
+    assert wpl_nas.load_run(two_process_wpl) is not None  # the run is untouched

@@ -1,0 +1,137 @@
+"""The process world of a data-parallel search: torchrun's environment, batch slices, and, in a real
+2-process gloo group, batch norm on global statistics and the summed path gradients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import wpl_nas
+from wpl_nas.distributed import BatchNorm1d, BatchNorm2d, World
+from wpl_nas.errors import ConfigError
+from wpl_nas.ops import batch_norm
+
+
+def test_without_torchrun_the_world_is_one_process():
+    world = World.from_env({})
+    assert (world.rank, world.size, world.local_rank) == (0, 1, 0)
+    assert not world.distributed and world.leader
+    assert world.share("message") == "message"  # no process group needed
+    assert world.bounds(10) == (0, 10)
+
+
+def test_the_world_is_read_from_torchruns_environment():
+    world = World.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (world.rank, world.size, world.local_rank) == (3, 4, 1)
+    assert world.distributed and not world.leader
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "two"}, {"RANK": "2", "WORLD_SIZE": "2"}, {"WORLD_SIZE": "0"}])
+def test_a_bad_environment_is_a_config_error_naming_it(env):
+    with pytest.raises(ConfigError, match="RANK|WORLD_SIZE"):
+        World.from_env(env)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 64])
+@pytest.mark.parametrize("size", [2, 3])
+def test_the_slices_of_a_batch_cover_it_in_rank_order(n, size):
+    slices = [World(rank=r, size=size).bounds(n) for r in range(size)]
+    assert slices[0][0] == 0 and slices[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:], strict=False))
+    sizes = [stop - start for start, stop in slices]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_batch_norm_outside_a_data_parallel_step_is_torchs_exactly(dims):
+    torch.manual_seed(0)
+    ours = batch_norm(dims, 4)
+    assert isinstance(ours, BatchNorm1d if dims == 1 else BatchNorm2d)
+    plain = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(4, affine=True, track_running_stats=False)
+    plain.load_state_dict(ours.state_dict())  # same keys: old checkpoints load
+    x = torch.randn(5, 4, *([6] * dims))
+    assert torch.equal(ours(x), plain(x))
+    with World().global_batch_norm():  # a single process: nothing changes
+        assert torch.equal(ours(x), plain(x))
+
+
+# --- a real 2-process gloo group -------------------------------------------------------------
+
+def _in_group(rank: int, store: str, check: str, *args: object) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        globals()[check](World(rank=rank, size=2), *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(tmp_path: Path, check: str, *args: object) -> None:
+    mp.spawn(_in_group, args=(str(tmp_path / "store"), check, *args), nprocs=2, join=True)
+
+
+def _check_batch_norm(world: World, dims: int, n: int) -> None:
+    torch.manual_seed(0)
+    bn = batch_norm(dims, 3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(n, 3, *([5] * dims)) * 3 + 2).requires_grad_(True)
+    target = torch.randn(n, 3, *([5] * dims))
+    # The whole batch in one process: nn.BatchNorm's own batch statistics.
+    whole = ((bn(x) - target) ** 2).sum()
+    gx, gw, gb = torch.autograd.grad(whole, [x, bn.weight, bn.bias])
+    # This rank's slice, normalised with the global batch's statistics; gradients summed over ranks.
+    start, stop = world.bounds(n)
+    part = x[start:stop].detach().requires_grad_(True)
+    with world.global_batch_norm():
+        out = bn(part)
+    assert torch.allclose(out, bn(x)[start:stop], atol=1e-5)
+    ((out - target[start:stop]) ** 2).sum().backward()
+    assert part.grad is not None and bn.weight.grad is not None and bn.bias.grad is not None
+    assert torch.allclose(part.grad, gx[start:stop], atol=1e-4)
+    world.all_reduce_gradients([bn.weight, bn.bias])
+    assert torch.allclose(bn.weight.grad, gw, atol=1e-4) and torch.allclose(bn.bias.grad, gb, atol=1e-4)
+    assert not torch.allclose(gw, torch.zeros_like(gw))  # the check means something
+
+
+@pytest.mark.parametrize(("dims", "n"), [(1, 8), (2, 7)])
+def test_batch_norm_in_a_data_parallel_step_equals_the_whole_batchs(tmp_path, dims, n):
+    _spawn(tmp_path, "_check_batch_norm", dims, n)
+
+
+def _check_path_gradients(world: World, space_file: str, data_dir: str, n: int) -> None:
+    data = wpl_nas.load_dataset("mnist1d", data_dir=data_dir)
+    space = wpl_nas.load_space(space_file)
+    net = wpl_nas.build_supernet(space, data, seed=0)
+    arch = wpl_nas.Architecture.parse("|conv_5~0|+|skip_connect~0|none~1|+|conv_5~0|none~1|conv_5~2|")
+    net.set_arch(arch)
+    net.train()
+    x, y = data.train.tensors[0][:n], data.train.tensors[1][:n]  # type: ignore[attr-defined]
+    params = list(net.parameters())
+    whole = dict(zip(params, torch.autograd.grad(F.cross_entropy(net(x), y), params, allow_unused=True),
+                     strict=True))
+    start, stop = world.bounds(n)
+    with world.global_batch_norm():
+        loss = F.cross_entropy(net(x[start:stop]), y[start:stop], reduction="sum") / n
+    loss.backward()
+    path = list(net.parameters_of(arch).values())
+    world.all_reduce_gradients(path)
+    scale = max(g.abs().max() for g in whole.values() if g is not None)
+    for p in params:
+        if whole[p] is None:  # off the path: still no gradient, so SGD leaves it and its momentum
+            assert p.grad is None
+        else:
+            assert p.grad is not None and (p.grad - whole[p]).abs().max() <= 1e-4 * scale
+    assert sum(whole[p] is None for p in params) > 0 and sum(whole[p] is not None for p in params) > 0
+
+
+@pytest.mark.parametrize("n", [9, 1])  # 1: rank 0's slice is empty
+def test_summed_path_gradients_equal_the_whole_batchs(tmp_path, tiny_space_file, mnist1d, data_dir, n):
+    _spawn(tmp_path, "_check_path_gradients", str(tiny_space_file), str(data_dir), n)
