@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -26,6 +26,9 @@ from wpl_nas.errors import ConfigError, TrainingDiverged, write_refused
 from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP, threads_line, use_threads
 
 __all__ = ["cli", "main"]
+
+if TYPE_CHECKING:
+    from wpl_nas.distributed import World  # imports torch: only where a search runs
 
 _TYPES: dict[type, Any] = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -238,7 +241,7 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
     click.echo(result.summary())
 
 
-def _join(world: Any, config: SearchConfig) -> None:
+def _join(world: World, config: SearchConfig) -> None:
     """Start the process group of a search under torchrun, on the device ``config`` asks for."""
     from wpl_nas.assembly import resolve_device
     from wpl_nas.distributed import join
@@ -246,7 +249,7 @@ def _join(world: Any, config: SearchConfig) -> None:
     join(world, resolve_device(config.device))
 
 
-def _follow(world: Any) -> None:
+def _follow(world: World) -> None:
     """A rank other than 0 of a search under torchrun: it trains what rank 0 says, silently (rank 0
     reports everything, errors included); it exits 1 on a diverged candidate, 130 when interrupted."""
     from wpl_nas.api import follow_search

@@ -53,8 +53,17 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
+def _processes_here() -> int:
+    """The processes of one search on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def use_threads(threads: int) -> int:
-    """Run PyTorch's CPU operations on ``threads`` threads (0: one per core, :func:`cores`).
+    """Run PyTorch's CPU operations on ``threads`` threads (0: one per core, :func:`cores`; under
+    torchrun, each of the machine's processes takes its share of the cores).
 
     Returns:
         The number of threads now in use.
@@ -66,7 +75,7 @@ def use_threads(threads: int) -> int:
         raise ConfigError(f"threads must be >= 0 (0: one per core), but got threads={threads}")
     import torch  # here, not at the top: wpl_nas.__init__ imports this module before torch
 
-    wanted = threads or cores()
+    wanted = threads or max(1, cores() // _processes_here())
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     return torch.get_num_threads()

@@ -275,3 +275,16 @@ def test_bench_bookkeeping_quick_times_every_part_at_each_size(tmp_path):
     assert set(figures["sizes"]) == {"5", "20"}
     assert all(set(row) == {"retention", "anatomy", "tensorboard", "checkpoint", "total"}
                for row in figures["sizes"].values())
+
+
+@pytest.mark.slow
+def test_bench_distributed_quick_compares_two_processes_with_one(tmp_path):
+    out = tmp_path / "distributed.json"
+    proc = _run("bench_distributed.py", json_out=out)
+    figures = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in figures["results"]}
+    assert set(rows) == {"1x2", "1x1", "2x1"}
+    assert all(_positive(r["seconds"]) and _positive(r["ratio_to_1x2"]) for r in rows.values())
+    assert rows["1x1"]["max_weight_diff"] == 0.0 and rows["2x1"]["same_candidates"] is True
+    assert all(math.isfinite(v) and v >= 0 for v in figures["undivided"].values())
+    assert "| 2x1 |" in proc.stdout and "| consolidation |" in proc.stdout

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_the_world_is_read_from_torchruns_environment():
 
 @pytest.mark.parametrize("env", [{"WORLD_SIZE": "two"}, {"RANK": "2", "WORLD_SIZE": "2"}, {"WORLD_SIZE": "0"}])
 def test_a_bad_environment_is_a_config_error_naming_it(env):
-    with pytest.raises(ConfigError, match="RANK|WORLD_SIZE"):
+    with pytest.raises(ConfigError, match=r"RANK|WORLD_SIZE"):
         World.from_env(env)
 
 
@@ -43,7 +44,7 @@ def test_a_bad_environment_is_a_config_error_naming_it(env):
 def test_the_slices_of_a_batch_cover_it_in_rank_order(n, size):
     slices = [World(rank=r, size=size).bounds(n) for r in range(size)]
     assert slices[0][0] == 0 and slices[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
     sizes = [stop - start for start, stop in slices]
     assert max(sizes) - min(sizes) <= 1
 
@@ -135,3 +136,17 @@ def _check_path_gradients(world: World, space_file: str, data_dir: str, n: int) 
 @pytest.mark.parametrize("n", [9, 1])  # 1: rank 0's slice is empty
 def test_summed_path_gradients_equal_the_whole_batchs(tmp_path, tiny_space_file, mnist1d, data_dir, n):
     _spawn(tmp_path, "_check_path_gradients", str(tiny_space_file), str(data_dir), n)
+
+
+def test_one_thread_per_core_is_shared_among_torchruns_processes(monkeypatch):
+    from wpl_nas.threads import cores, use_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert use_threads(0) == max(1, cores() // 2)
+        assert use_threads(3) == 3  # an explicit count is taken as given
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        assert use_threads(0) == cores()
+    finally:
+        torch.set_num_threads(before)
