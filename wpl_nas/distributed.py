@@ -169,10 +169,22 @@ class World:
 def join(world: World, device: torch.device) -> None:
     """Start the process group of ``world`` (torchrun's ``env://`` rendezvous): NCCL when ``device``
     is CUDA, whose process then uses ``cuda:LOCAL_RANK`` as its current device; gloo otherwise.
-    Nothing in a single process."""
+    Nothing in a single process.
+
+    Raises:
+        ConfigError: a CUDA device with an index (``cuda:1``: every process would use it), or more
+            processes on this machine than it has GPUs.
+    """
     if not world.distributed or dist.is_initialized():
         return
     if device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(f"device {str(device)!r} names one GPU for every process; under torchrun use --device "
+                              "cuda or auto: process LOCAL_RANK=i then uses cuda:i")
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"process LOCAL_RANK={world.local_rank} has no GPU of its own: this machine has "
+                              f"{torch.cuda.device_count()}; start at most that many processes per node "
+                              "(--nproc-per-node), or search on the CPU with --device cpu")
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
 

@@ -120,7 +120,8 @@ class SupernetObjective:
         command: The command line to record in ``config.yaml``.
         world: The processes of a data-parallel search (:mod:`wpl_nas.distributed`), of which this
             one must be rank 0: it tells the others (:func:`wpl_nas.api.follow_search`) each
-            candidate to train and each pruning decision [default: this process alone].
+            candidate to train and each pruning decision. :func:`wpl_nas.run_search` sets it and
+            first sends them the options and states [default: this process alone].
         **overrides: Fields of ``config`` to replace, e.g. ``space="nb201"``, ``strategy="ewc"``,
             ``wpl={"alpha": 300}``.
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import wpl_nas
-from wpl_nas.distributed import BatchNorm1d, BatchNorm2d, World
+from wpl_nas.distributed import BatchNorm1d, BatchNorm2d, World, join
 from wpl_nas.errors import ConfigError
 from wpl_nas.ops import batch_norm
 
@@ -150,3 +150,9 @@ def test_one_thread_per_core_is_shared_among_torchruns_processes(monkeypatch):
         assert use_threads(0) == cores()
     finally:
         torch.set_num_threads(before)
+
+
+def test_under_torchrun_a_gpu_index_is_refused_before_any_group_starts():
+    with pytest.raises(ConfigError, match="cuda:1"):
+        join(World(rank=0, size=2), torch.device("cuda:1"))
+    assert not dist.is_initialized()
