@@ -94,6 +94,18 @@ def compare(reference: Path, other: Path, eval_samples: int) -> dict[str, Any]:
             "max_weight_diff": weight}
 
 
+def evaluation_samples(args: argparse.Namespace) -> int:
+    """How many samples every score is taken on: ``--eval-samples``, or the whole validation split."""
+    if args.eval_samples:
+        return int(args.eval_samples)
+    import wpl_nas
+
+    config = wpl_nas.SearchConfig(train_samples=args.train_samples, seed=args.seed)
+    data = wpl_nas.load_dataset(config.dataset, data_dir=config.data_dir, val_fraction=config.val_fraction,
+                                seed=config.seed, train_samples=config.train_samples)
+    return len(data.val)  # type: ignore[arg-type]
+
+
 def undivided_share(args: argparse.Namespace, work: Path) -> dict[str, float]:
     """Seconds in training epochs and in the calls every rank repeats whole, in a one-process search."""
     import wpl_nas
@@ -145,7 +157,7 @@ def main() -> None:
         args.space, args.trials, args.epochs, args.train_samples, args.eval_samples, args.rounds = \
             str(TINY), 2, 1, 300, 256, 1
         args.batch_size = 50
-    eval_samples = args.eval_samples or 1000  # MNIST-1D's validation split when 0 (a default search)
+    eval_samples = evaluation_samples(args)
     load = [round(x, 2) for x in os.getloadavg()]
     print(f"CPU {cpu_name()}, {os.cpu_count()} cores, load average {load}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
