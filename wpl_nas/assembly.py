@@ -180,6 +180,10 @@ def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.devi
             channels_last setting this device cannot use.
     """
     device = torch.device(device)
+    if device.type == "cuda":
+        # Input shapes are fixed within a search (one batch size, one image size), so cuDNN's one-off
+        # search for the fastest convolution algorithm per shape pays for itself within a few steps.
+        torch.backends.cudnn.benchmark = True
     precision = resolve_precision(getattr(options, "precision", "fp32"), device)
     if precision == "fp16" and "hat" in strategy.split("+"):
         # HAT's gate embeddings learn outside the optimiser, so fp16's gradient scaler (which unscales

@@ -391,9 +391,13 @@ def _tensor_batches(
     """Slice batches from ``x``/``y``, in ``order`` if given; unshuffled slices are copy-free views."""
     n = len(x)
     stop = n - n % batch_size if drop_last else n
+    if order is not None and order.device != x.device:
+        # The whole permutation goes to the device once per epoch, without waiting for it (pinned first,
+        # so the copy is truly asynchronous); a copy per batch would synchronise every step on CUDA.
+        order = (order.pin_memory() if x.is_cuda else order).to(x.device, non_blocking=True)
     for start in range(0, stop, batch_size):
         if order is None:
             yield x[start : start + batch_size], y[start : start + batch_size]
         else:
-            idx = order[start : start + batch_size].to(x.device)
+            idx = order[start : start + batch_size]
             yield x[idx], y[idx]
