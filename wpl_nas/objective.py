@@ -126,7 +126,7 @@ class SupernetObjective:
             resume_changes(self.folder.config(), config, run_dir=self.folder.path) if self.folder.is_run() else {})
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                                  val_fraction=config.val_fraction, seed=config.seed,
-                                 train_samples=config.train_samples)
+                                 train_samples=config.train_samples, image_size=config.image_size)
         check_supernet_size(self.space, self.data)  # a search builds its supernet once: check it here
         parts = assemble(build_supernet(self.space, self.data, seed=config.seed), config, device=self.device,
                          strategy=config.strategy, strategy_options=config)

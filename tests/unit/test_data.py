@@ -24,6 +24,8 @@ import torchvision.datasets
 from torch.utils.data import Dataset, TensorDataset
 
 from wpl_nas.data import DATASETS, DataBundle, Recipe, iterate_batches, load_dataset, recipe_for
+from wpl_nas.data._bundle import take
+from wpl_nas.data._images import ImageTensors
 from wpl_nas.errors import ConfigError
 
 
@@ -34,6 +36,8 @@ def _rows(dataset: Dataset[Any]) -> set[bytes]:
 
 
 def _tensors(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(dataset, ImageTensors):  # uint8 images: read normalised, as every consumer reads them
+        return take(dataset, torch.arange(len(dataset)))
     assert isinstance(dataset, TensorDataset)
     x, y = dataset.tensors
     return x, y
