@@ -70,13 +70,18 @@ class StreamedBatches:
     def batches(self, order: Tensor, *, batch_size: int, limit: int | None = None,
                 drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
         """``(inputs, labels)`` on the device, batch after batch of ``order`` (a permutation of the
-        samples' indices); at most ``limit`` batches (only those are decoded)."""
+        samples' indices); at most ``limit`` batches (only those are decoded).
+
+        One pass at a time: the loader (and its persistent workers) is shared, so starting to read
+        another pass ends the one before (the trainer reads its passes one after another).
+        """
         n = len(order)
         stop = n - n % batch_size if drop_last else n
-        self._plan.batches = [order[start:start + batch_size].tolist() for start in range(0, stop, batch_size)][:limit]
-        return self._copied()
+        plan = [order[start:start + batch_size].tolist() for start in range(0, stop, batch_size)][:limit]
+        return self._copied(plan)
 
-    def _copied(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _copied(self, plan: list[list[int]]) -> Iterator[tuple[Tensor, Tensor]]:
+        self._plan.batches = plan  # set when reading starts: the loader's iterator reads it now
         for x, y in self.loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield (x if self._stats is None else normalise_images(x, *self._stats)), y
