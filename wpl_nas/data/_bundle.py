@@ -217,8 +217,9 @@ def register_dataset(name: str, *, recipe: Recipe | None = None) -> Callable[[Lo
     The function is called with keyword arguments, those of the following that it accepts:
     ``data_dir`` (:class:`~pathlib.Path`, where data files live: ``--data-dir``), ``download``
     (bool: whether it may download missing files: ``--download``), ``val_fraction`` (float in
-    (0, 1): the fraction of the training data to hold out for validation) and ``seed`` (int: the
-    seed of that split). Honour ``val_fraction`` and ``seed`` (pass them to
+    (0, 1): the fraction of the training data to hold out for validation), ``seed`` (int: the
+    seed of that split) and ``image_size`` (int: the side of square images decoded from files:
+    ``--image-size``). Honour ``val_fraction`` and ``seed`` (pass them to
     :meth:`DataBundle.from_tensors`), so the options of a search mean what they say.
 
     Args:
