@@ -184,3 +184,55 @@ def own_data() -> str:
         return wpl_nas.DataBundle.from_tensors(x, y, val_fraction=val_fraction, seed=seed)
 
     return "test-own-blobs"
+
+
+TINY_2D_SPACE = """\
+name: tiny2d
+description: a tiny 2-D cell space for fast tests
+citation: wpl-nas tests
+dims: 2
+skeleton:
+  stem_channels: 4
+  stages:
+    - {channels: 4, cells: 1}
+    - {channels: 8, cells: 1}
+cell:
+  nodes: 3
+  edges: all
+  ops: [none, skip_connect, nor_conv_3x3]
+"""
+
+
+def write_image_folder(root: Path, *, test: bool = True, classes: int = 3, seed: int = 0) -> Path:
+    """An ``imagefolder`` data directory: ``root/train/class<c>/<i>.png``, 8 images per class (and
+    ``root/test/...``, 3 per class), 12x12 RGB noise, brighter for higher classes (so they can be told
+    apart), every image different."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", 8), ("test", 3)) if test else (("train", 8),):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = (rng.integers(0, 60, (12, 12, 3)) + 80 * c).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def write_images():
+    return write_image_folder
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny imagefolder directory with train/ and test/ (see :func:`write_image_folder`)."""
+    return write_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def tiny_2d_space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("spaces2d") / "tiny2d.yaml"
+    path.write_text(TINY_2D_SPACE)
+    return path

@@ -12,8 +12,10 @@ candidates train is made once::
 ``options`` is any object with the optimiser's and trainer's options as attributes (``lr``,
 ``momentum``, ``weight_decay``, ``batch_size``, ``grad_clip``, ``eval_batch_size``): a
 :class:`~wpl_nas.config.SearchConfig`, a :class:`~wpl_nas.lab.LabConfig`, or a retraining recipe.
-Two more are read where present, the fast path (:mod:`wpl_nas.training.precision`): ``precision``
-and ``channels_last``; options without them train in float32 and the default memory format.
+Four more are read where present: the fast path (:mod:`wpl_nas.training.precision`), ``precision``
+and ``channels_last``; ``augment`` (random crops and flips of image batches) and ``workers`` (the
+processes that decode a data set streamed from files). Options without them train in float32, in
+the default memory format, unaugmented, decoding in the main process.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 from wpl_nas.data import DataBundle
+from wpl_nas.data._bundle import take
 from wpl_nas.distributed import World
 from wpl_nas.errors import ConfigError
 from wpl_nas.spaces import SearchSpace, load_space
@@ -34,7 +37,7 @@ from wpl_nas.training import CandidateTrainer
 from wpl_nas.training.precision import resolve_channels_last, resolve_precision
 
 __all__ = ["MAX_SUPERNET_PARAMETERS", "Assembly", "TrainingOptions", "assemble", "build_supernet",
-           "check_supernet_size", "evaluation_set", "resolve_device", "tensor_splits"]
+           "check_supernet_size", "evaluation_set", "resolve_device"]
 
 #: The most weights a supernet may hold (4 GiB in float32; the built-in spaces hold 0.1-16 million
 #: on their usual data): a larger one would not fit, or take very long to build.
@@ -99,24 +102,12 @@ def check_supernet_size(space: SearchSpace, data: DataBundle) -> None:
                           f"the limit of {MAX_SUPERNET_PARAMETERS:,}; make its layers narrower or fewer")
 
 
-def tensor_splits(data: DataBundle, *splits: str) -> list[TensorDataset]:
-    """``data``'s splits by name (``train``, ``val``, ``test``), each an in-memory TensorDataset.
-
-    Raises:
-        TypeError: a split is not a TensorDataset (training keeps whole splits in memory).
-    """
-    found = [getattr(data, name) for name in splits]
-    if not all(isinstance(d, TensorDataset) for d in found):
-        raise TypeError(f"dataset {data.name!r} must load as TensorDatasets (see wpl_nas.data)")
-    return found
-
-
 def evaluation_set(data: DataBundle, *, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed evaluation subset every score uses: the first ``samples`` of the validation split
-    (all of it for 0), on ``device``."""
-    (val,) = tensor_splits(data, "val")
-    n = samples or len(val)
-    return val.tensors[0][:n].to(device), val.tensors[1][:n].to(device)
+    (all of it for 0), normalised, on ``device`` (held in memory even when the data set is streamed
+    from image files: keep ``samples`` small for those)."""
+    n = samples or len(data.val)  # type: ignore[arg-type]
+    return take(data.val, torch.arange(min(n, len(data.val))), device=device)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -141,7 +132,7 @@ class Assembly:
     precision: str = "fp32"
     channels_last: bool = False
 
-    def trainer(self, *, train_set: TensorDataset, held_out: TensorDataset,
+    def trainer(self, *, train_set: Dataset[Any], held_out: Dataset[Any],
                 eval_set: tuple[torch.Tensor, torch.Tensor], epochs: int, seed: int,
                 metric: str = "accuracy", steps: int = 0, world: World | None = None) -> CandidateTrainer:
         """A trainer of these parts on the given data (the lab gives each of its models its own);
@@ -152,14 +143,14 @@ class Assembly:
                                 eval_set=eval_set, optimizer=self.optimizer, batch_size=o.batch_size, epochs=epochs,
                                 grad_clip=o.grad_clip, eval_batch_size=o.eval_batch_size, seed=seed, metric=metric,
                                 steps=steps, precision=self.precision, channels_last=self.channels_last,
+                                augment=bool(getattr(o, "augment", False)), workers=getattr(o, "workers", 0),
                                 world=world)
 
     def trainer_for(self, data: DataBundle, *, epochs: int, seed: int, eval_samples: int = 0,
                     steps: int = 0, world: World | None = None) -> CandidateTrainer:
         """A trainer on ``data``: its training split, its validation split held out (Fisher and the
         like) and its first ``eval_samples`` validation samples scoring (0: all)."""
-        train, val = tensor_splits(data, "train", "val")
-        return self.trainer(train_set=train, held_out=val,
+        return self.trainer(train_set=data.train, held_out=data.val,
                             eval_set=evaluation_set(data, samples=eval_samples, device=self.device),
                             epochs=epochs, seed=seed, metric=data.metric, steps=steps, world=world)
 
@@ -183,6 +174,10 @@ def assemble(supernet: Supernet, options: TrainingOptions, *, device: torch.devi
             channels_last setting this device cannot use.
     """
     device = torch.device(device)
+    if device.type == "cuda":
+        # Input shapes are fixed within a search (one batch size, one image size), so cuDNN's one-off
+        # search for the fastest convolution algorithm per shape pays for itself within a few steps.
+        torch.backends.cudnn.benchmark = True
     precision = resolve_precision(getattr(options, "precision", "fp32"), device)
     if precision == "fp16" and "hat" in strategy.split("+"):
         # HAT's gate embeddings learn outside the optimiser, so fp16's gradient scaler (which unscales

@@ -55,8 +55,14 @@ class SearchConfig(Config):
     # What to search.
     space: str = opt("mnist1d", "Search space: a built-in name (see `wpl-nas spaces`) or a path to a .yaml file.")
     dataset: str = opt("mnist1d", "Data set: mnist1d (generated locally), mnist, fashion_mnist, cifar10, cifar100, "
-                       "ptb, or one registered with wpl_nas.register_dataset (e.g. by an installed plugin).")
-    data_dir: str = opt("data", "Where torchvision data sets live (or are downloaded to) and MNIST-1D is cached.")
+                       "ptb, imagefolder (--data-dir holding train/<class>/<images> and optionally test/<class>/..., "
+                       "streamed from the files), or one registered with wpl_nas.register_dataset (e.g. by an "
+                       "installed plugin).")
+    data_dir: str = opt("data", "Where torchvision data sets live (or are downloaded to) and MNIST-1D is cached; for "
+                                "imagefolder, the folder of train/ (and test/).")
+    image_size: int = opt(32, "imagefolder: every image is resized and centre-cropped to this many pixels square.")
+    workers: int = opt(4, "Processes decoding a data set streamed from files (imagefolder) while training (0: the "
+                          "main process). Data held in memory does not use them.")
     download: bool = opt(False, "Download torchvision data sets into --data-dir if missing.")
     val_fraction: float = opt(0.2, "Share of the training data held out for scoring, Fisher and retention.")
     train_samples: int = opt(0, "Train on the first N samples of the training split only (0: all); the validation "
@@ -123,11 +129,14 @@ class SearchConfig(Config):
                          choices=PRECISIONS)
     channels_last: str = opt("auto", "channels_last memory format for 2-D (image) spaces: auto (on for CUDA, off "
                                      "elsewhere), on or off. 1-D spaces are unaffected.", choices=CHANNELS_LAST)
+    augment: bool = opt(False, "Augment training batches during search: random crops of the 4-pixel zero-padded "
+                               "images and horizontal flips, on the device, seeded per candidate. Images only: data "
+                               "of another shape is refused.")
 
     strategy_registry_module = "wpl_nas.strategies.registry"  # its strategies are the sections
-    positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best", "figures_every")
+    positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best", "figures_every", "image_size")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent", "threads",
-                    "final_top_k", "train_samples", "steps")
+                    "final_top_k", "train_samples", "steps", "workers")
     open_unit = ("val_fraction",)
     record_keys = RUN_RECORD_KEYS
 
@@ -143,10 +152,12 @@ class SearchConfig(Config):
     # the run folder's config.yaml (``history``).
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
         "trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by", "figures_every",
-        "lr", "momentum", "weight_decay", "grad_clip", "epochs", "steps", "batch_size", "precision", "channels_last")
+        "lr", "momentum", "weight_decay", "grad_clip", "epochs", "steps", "batch_size", "precision", "channels_last",
+        "workers")
     # Of those, the ones that describe this machine rather than the run: a resumed search on the
-    # command line takes them from the defaults or flags, not from the run's config.yaml.
-    MACHINE_OPTIONS: ClassVar[tuple[str, ...]] = ("device", "threads", "runs_dir")
+    # command line takes them from the defaults or flags, not from the run's config.yaml. (workers only
+    # changes how many processes decode the files, never which batches come: see wpl_nas.data._stream.)
+    MACHINE_OPTIONS: ClassVar[tuple[str, ...]] = ("device", "threads", "runs_dir", "workers")
 
     @classmethod
     def may_change_on_resume(cls) -> tuple[str, ...]:

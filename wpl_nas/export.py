@@ -42,9 +42,10 @@ from typing import Any, TypeVar
 import optuna
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from wpl_nas.assembly import tensor_splits
 from wpl_nas.config import CALIBRATION_SAMPLES, CHOOSE_BY  # the defaults' home: the CLI reads them without torch
+from wpl_nas.data._bundle import take
 from wpl_nas.errors import ConfigError
 from wpl_nas.run_folder import EXPORT_DIR, Run, load_run
 from wpl_nas.selection import best_at_training, current_final
@@ -144,14 +145,16 @@ def _check_calibration_samples(value: object) -> int:
     return value
 
 
-def _calibration_batches(train: torch.Tensor, samples: int, *, batch_size: int,
-                         seed: int) -> Iterator[torch.Tensor]:
-    """``samples`` training inputs (all of them if there are fewer) in a seeded random order, in
-    batches of at most ``batch_size`` whose sizes differ by one at most (no stray tiny last batch)."""
-    n = min(samples, len(train))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n].to(train.device)
+def _calibration_batches(train: Dataset[Any], samples: int, *, batch_size: int, seed: int,
+                         device: torch.device) -> Iterator[torch.Tensor]:
+    """``samples`` training inputs (all of them if there are fewer) in a seeded random order, normalised,
+    on ``device``, in batches of at most ``batch_size`` whose sizes differ by one at most (no stray
+    tiny last batch)."""
+    size = len(train)  # type: ignore[arg-type]
+    n = min(samples, size)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
     for part in torch.tensor_split(order, -(-n // batch_size)):
-        yield train[part]
+        yield take(train, part, device=device)[0]
 
 
 def choose_trial(run: Run, trial: int | None, *, by: str | None = None) -> optuna.trial.FrozenTrial:
@@ -217,9 +220,8 @@ def export_run(run_dir: str | Path, *, trial: int | None = None, choose_by: str 
     net = trained.supernet.standalone(arch)
     layers = len(_batch_norms(net))
     batch_size = run.config.batch_size
-    (train,) = tensor_splits(trained.data, "train")
     seen = recalibrate_batch_norm(with_running_stats(net), _calibration_batches(
-        train.tensors[0].to(trained.device), calibration_samples, batch_size=batch_size, seed=run.config.seed))
+        trained.data.train, calibration_samples, batch_size=batch_size, seed=run.config.seed, device=trained.device))
     batches = -(-seen // batch_size)  # as _calibration_batches splits them
     batch_norm = {"layers": layers, "statistics": "running" if layers else None, "recalibrated": seen > 0,
                   "calibration_samples": seen, "calibration_batches": batches,

@@ -90,7 +90,8 @@ def search_parts(config: SearchConfig, space: SearchSpace, *, device: torch.devi
         ConfigError: the data set cannot be loaded, or the supernet would be too large.
     """
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                        val_fraction=config.val_fraction, seed=config.seed, train_samples=config.train_samples)
+                        val_fraction=config.val_fraction, seed=config.seed, train_samples=config.train_samples,
+                        image_size=config.image_size)
     check_supernet_size(space, data)  # a search builds its supernet once: check it here
     parts = assemble(build_supernet(space, data, seed=config.seed), config, device=device,
                      strategy=config.strategy, strategy_options=config)

@@ -32,18 +32,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from wpl_nas.assembly import assemble, build_supernet, evaluation_set, resolve_device, tensor_splits
+from wpl_nas.assembly import assemble, build_supernet, resolve_device
 from wpl_nas.data import RECIPES, Recipe, load_dataset, recipe_for
+from wpl_nas.data._bundle import take
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import METRICS
 from wpl_nas.export import choose_trial
 from wpl_nas.run_folder import RETRAIN_DIR, load_run
 from wpl_nas.spaces import Architecture, load_space
 from wpl_nas.tracking import capture_rng, load_checkpoint, restore_rng, save_checkpoint, write_text_atomically
+from wpl_nas.training.augment import augment_crop_flip
 
 __all__ = ["RECIPES", "Recipe", "RetrainResult", "augment_crop_flip", "retrain_run"]
 
@@ -69,20 +70,6 @@ class RetrainResult:
     val_scores: list[float]
     train_loss: list[float]
     metric: str = "accuracy"
-
-
-def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, *, pad: int = 4) -> torch.Tensor:
-    """Random crops of the zero-padded images and random horizontal flips: ``(B, C, H, W)`` in and out."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
-    crops = padded.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols]  # (B, H, W, C)
-    crops = crops.permute(0, 3, 1, 2)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
-    return torch.where(flip, crops.flip(-1), crops)
 
 
 def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 30, progress: bool = True,
@@ -117,22 +104,22 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
     arch = space.parse(chosen.user_attrs["arch"])
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                        val_fraction=config.val_fraction, seed=config.seed)
-    train, val, test = tensor_splits(data, "train", "val", "test")
+                        val_fraction=config.val_fraction, seed=config.seed, image_size=config.image_size)
+    train, test = data.train, data.test
 
     folder = run.folder.trial_dir(RETRAIN_DIR, chosen.number)
     # The search's trainer, with the recipe's optimiser and batches and a naive strategy.
+    # The recipe's augmentation is for images: a recipe registered for other data trains without it.
+    options = {**asdict(recipe), "augment": recipe.augment and len(data.input_shape) == 3}
     parts = assemble(build_supernet(space, data, seed=config.seed).standalone(arch),
-                     SimpleNamespace(**asdict(recipe), eval_batch_size=config.eval_batch_size), device=device,
-                     nesterov=recipe.momentum > 0)
+                     SimpleNamespace(**options, eval_batch_size=config.eval_batch_size, workers=config.workers),
+                     device=device, nesterov=recipe.momentum > 0)
     net, optimizer = parts.supernet, parts.optimizer
-    trainer = parts.trainer(train_set=train, held_out=val, eval_set=evaluation_set(data, samples=0, device=device),
-                            epochs=epochs, seed=config.seed, metric=data.metric)
-    augment = augment_crop_flip if recipe.augment and train.tensors[0].dim() == 4 else None
+    trainer = parts.trainer_for(data, epochs=epochs, seed=config.seed)
     metric = METRICS.get(data.metric)
     short = metric.short
     val_key = f"val_{short}"
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)  # type: ignore[arg-type]
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     history: dict[str, list[float]] = {"train_loss": [], val_key: []}
     start = 0
@@ -165,7 +152,7 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
         for epoch in range(start, epochs):
             net.train()
             ctx.epoch = epoch
-            loss, _ = trainer.run_epoch(ctx, gen, progress=bar.update, augment=augment, after_step=schedule.step)
+            loss, _ = trainer.run_epoch(ctx, gen, progress=bar.update, after_step=schedule.step)
             history["train_loss"].append(loss)
             history[val_key].append(trainer.score(arch))
             for tag, key in (("train/loss", "train_loss"), (f"val/{short}", val_key)):
@@ -178,7 +165,7 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
                                    "recipe": asdict(recipe), "arch": str(arch)})
             if on_epoch is not None:
                 on_epoch(epoch, {"train_loss": history["train_loss"][-1], val_key: history[val_key][-1]})
-        test_x, test_y = (t.to(device) for t in test.tensors)
+        test_x, test_y = take(test, torch.arange(len(test)), device=device)  # type: ignore[arg-type]
         test_score = metric.compute(net, arch, test_x, test_y, batch_size=config.eval_batch_size)  # the only test use
         writer.add_scalar(f"test/{short}", test_score, epochs)
     finally:

@@ -291,7 +291,8 @@ class RunFolder:
             raise ConfigError(f"run {self.path} has no checkpoint ({CHECKPOINT}): no trial has finished yet")
         space = load_space(config.space)
         data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                            val_fraction=config.val_fraction, seed=config.seed, train_samples=config.train_samples)
+                            val_fraction=config.val_fraction, seed=config.seed, train_samples=config.train_samples,
+                            image_size=config.image_size)
         supernet = build_supernet(space, data, seed=config.seed).to(device)
         strategy = create_strategy(config.strategy, supernet, config).to(device)
         metric = METRICS.get(data.metric)

@@ -58,6 +58,21 @@ def test_bench_precision_quick_times_fp32_and_bf16_side_by_side(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_data_quick_times_memory_and_streamed_paths_side_by_side(tmp_path):
+    out = tmp_path / "data.json"
+    proc = _run("bench_data.py", json_out=out)
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [r["variant"] for r in rows] == ["memory-float32", "memory-uint8", "stream-w0", "stream-w2"]
+    assert all(_positive(r["ratio"]) and _positive(r["variant_ms"]) for r in rows)
+    # Every path reads the same normalised images in the same order: the same training.
+    assert len({r["loss"] for r in rows}) == 1
+    memory = report["memory"]
+    assert memory["float32_bytes"] == 4 * memory["uint8_bytes"] > 0
+    assert "| stream-w2 |" in proc.stdout
+
+
+@pytest.mark.slow
 def test_bench_strategies_quick_reports_every_registered_strategy(tmp_path):
     out = tmp_path / "strategies.json"
     proc = _run("bench_strategies.py", json_out=out)

@@ -23,7 +23,10 @@ import torch
 import torchvision.datasets
 from torch.utils.data import Dataset, TensorDataset
 
+from wpl_nas.assembly import evaluation_set
 from wpl_nas.data import DATASETS, DataBundle, Recipe, iterate_batches, load_dataset, recipe_for
+from wpl_nas.data._bundle import take
+from wpl_nas.data._images import ImageTensors
 from wpl_nas.errors import ConfigError
 
 
@@ -34,6 +37,8 @@ def _rows(dataset: Dataset[Any]) -> set[bytes]:
 
 
 def _tensors(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(dataset, ImageTensors):  # uint8 images: read normalised, as every consumer reads them
+        return take(dataset, torch.arange(len(dataset)))
     assert isinstance(dataset, TensorDataset)
     x, y = dataset.tensors
     return x, y
@@ -382,3 +387,47 @@ def test_a_download_that_cannot_reach_the_network_is_one_clear_error(name, tmp_p
         monkeypatch.delenv(variable, raising=False)
     with pytest.raises(ConfigError, match=f"could not download dataset '{name}'.*without --download"):
         load_dataset(name, data_dir=tmp_path / "data", download=True)
+
+
+# ------------------------------------------------------------ uint8 images, normalised per batch
+
+
+def _precomputed(images: torch.Tensor, name: str) -> torch.Tensor:
+    """The normalisation the loaders applied once to the whole split before issue 15."""
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _STATS[name])
+    return images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_torchvision_images_are_kept_as_uint8_and_normalised_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    train, test = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 0, 7], [5, 8, 9, 7]
+    if name == "mnist":
+        _write_mnist(tmp_path, "MNIST", train, test)
+    else:
+        _write_cifar(tmp_path, monkeypatch, name, train, test)
+
+    bundle = load_dataset(name, data_dir=tmp_path, seed=3)
+
+    for split in (bundle.train, bundle.val, bundle.test):
+        assert isinstance(split, ImageTensors) and split.images.dtype == torch.uint8  # a quarter of float32
+    stored = bundle.train
+    assert isinstance(stored, ImageTensors)
+    expected = _precomputed(stored.images, name)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(stored), generator=torch.Generator().manual_seed(0))
+    batches = list(iterate_batches(stored, batch_size=5, shuffle=True, generator=generator))
+    for (x, y), idx in zip(batches, torch.split(order, 5), strict=True):
+        assert x.dtype == torch.float32
+        assert torch.equal(x, expected[idx]) and torch.equal(y, stored.labels[idx])  # bit-identical to before
+    # One sample, a DataLoader and the fixed evaluation set read it normalised too.
+    assert torch.equal(stored[2][0], expected[2])
+    loaded = next(iter(torch.utils.data.DataLoader(stored, batch_size=len(stored))))[0]
+    assert torch.equal(loaded, expected)
+    eval_x, _ = evaluation_set(bundle, samples=2, device=torch.device("cpu"))
+    assert isinstance(bundle.val, ImageTensors)
+    assert torch.equal(eval_x, _precomputed(bundle.val.images[:2], name))
+    # train_samples keeps the first images, still uint8.
+    part = load_dataset(name, data_dir=tmp_path, seed=3, train_samples=4)
+    assert isinstance(part.train, ImageTensors) and torch.equal(part.train.images, stored.images[:4])

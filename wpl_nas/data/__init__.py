@@ -1,8 +1,11 @@
-"""Datasets as in-memory tensors: ``load_dataset(name)`` returns a :class:`DataBundle`.
+"""Datasets: ``load_dataset(name)`` returns a :class:`DataBundle`.
 
-Every split is a ``TensorDataset(inputs_float32, labels_int64)`` with normalised inputs, and
-:func:`iterate_batches` slices whole batches out of it. The validation split is carved from
-the training data, so search decisions never look at the test split.
+Most splits are held in memory: a ``TensorDataset(inputs_float32, labels_int64)`` with normalised
+inputs (MNIST-1D, text, your own tensors), or, for the torchvision image data sets, uint8 images
+normalised per batch on the device (``ImageTensors``, in ``_images.py``); :func:`iterate_batches`
+slices whole batches out of either. ``imagefolder`` is read lazily from image files and streamed
+to the trainer by worker processes (``_imagefolder.py``, ``_stream.py``). The validation split is
+carved from the training data, so search decisions never look at the test split.
 
 A dataset is one module: a module of this package that registers a loader with
 :func:`register_dataset` is found by :data:`DATASETS` with no other edit (so are plugins: entry

@@ -15,13 +15,14 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from wpl_nas.data._images import ImageTensors
 from wpl_nas.errors import ConfigError
 from wpl_nas.registry import Registry
 
-__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "iterate_batches", "load_dataset", "make_bundle",
-           "recipe_for", "register_dataset"]
+__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "in_memory", "iterate_batches", "load_dataset",
+           "make_bundle", "on_device", "recipe_for", "register_dataset", "take"]
 
 #: What :meth:`DataBundle.from_tensors` takes as tensors: a tensor, a NumPy array, or a nested list.
 TensorLike = Tensor | np.ndarray[Any, Any] | list[Any]
@@ -147,15 +148,24 @@ def _as_samples(x_in: TensorLike, y_in: TensorLike, *, tokens: bool, what: str) 
 def _split(x: Tensor, y: Tensor, fraction: float, seed: int,
            what: str) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """``((x, y) kept, (x, y) held out)``: ``fraction`` of the samples at random, seeded."""
+    kept, out = seeded_split(len(x), fraction, seed, what)
+    return (x[kept], y[kept]), (x[out], y[out])
+
+
+def seeded_split(n: int, fraction: float, seed: int, what: str) -> tuple[Tensor, Tensor]:
+    """``(kept, held out)`` indices of ``n`` samples: ``fraction`` of them held out at random, seeded.
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1), or one that leaves a side empty (``what`` names it).
+    """
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"{what} must be in (0, 1), but got {fraction}")
-    n_out = round(fraction * len(x))
-    if not 0 < n_out < len(x):
-        raise ConfigError(f"{what}={fraction} of {len(x)} samples leaves an empty split")
+    n_out = round(fraction * n)
+    if not 0 < n_out < n:
+        raise ConfigError(f"{what}={fraction} of {n} samples leaves an empty split")
     # A private generator: the split depends on ``seed`` only, never on the global torch RNG.
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    out, kept = order[:n_out], order[n_out:]
-    return (x[kept], y[kept]), (x[out], y[out])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_out:], order[:n_out]
 
 
 @dataclass(frozen=True)
@@ -207,8 +217,9 @@ def register_dataset(name: str, *, recipe: Recipe | None = None) -> Callable[[Lo
     The function is called with keyword arguments, those of the following that it accepts:
     ``data_dir`` (:class:`~pathlib.Path`, where data files live: ``--data-dir``), ``download``
     (bool: whether it may download missing files: ``--download``), ``val_fraction`` (float in
-    (0, 1): the fraction of the training data to hold out for validation) and ``seed`` (int: the
-    seed of that split). Honour ``val_fraction`` and ``seed`` (pass them to
+    (0, 1): the fraction of the training data to hold out for validation), ``seed`` (int: the
+    seed of that split) and ``image_size`` (int: the side of square images decoded from files:
+    ``--image-size``). Honour ``val_fraction`` and ``seed`` (pass them to
     :meth:`DataBundle.from_tensors`), so the options of a search mean what they say.
 
     Args:
@@ -257,6 +268,7 @@ def load_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     train_samples: int = 0,
+    image_size: int = 32,
 ) -> DataBundle:
     """Load a registered dataset by name.
 
@@ -269,6 +281,8 @@ def load_dataset(
         seed: Seed of the train/validation split.
         train_samples: Keep only the first N samples of the training split (0: all of them); the
             validation and test splits are unchanged. Less data makes architectures differ more.
+        image_size: Side of the square images of data sets decoded from image files (``imagefolder``);
+            offered, like the others, only to loaders that take an ``image_size`` argument.
 
     Returns:
         The loaded :class:`DataBundle`.
@@ -281,7 +295,8 @@ def load_dataset(
     check_val_fraction(val_fraction)
     if train_samples < 0:
         raise ConfigError(f"train_samples must be >= 0 (0: all), but got {train_samples=}")
-    offered = {"data_dir": Path(data_dir), "download": download, "val_fraction": val_fraction, "seed": seed}
+    offered = {"data_dir": Path(data_dir), "download": download, "val_fraction": val_fraction, "seed": seed,
+               "image_size": image_size}
     parameters = inspect.signature(loader).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         offered = {key: value for key, value in offered.items() if key in parameters}
@@ -291,9 +306,15 @@ def load_dataset(
     if bundle.name != name:
         bundle = dataclasses.replace(bundle, name=name)
     if train_samples:
-        if not isinstance(bundle.train, TensorDataset):
-            raise ConfigError(f"train_samples needs a data set held in memory; {name!r} is not")
-        bundle = dataclasses.replace(bundle, train=TensorDataset(*(t[:train_samples] for t in bundle.train.tensors)))
+        train = bundle.train
+        if isinstance(train, TensorDataset):
+            train = TensorDataset(*(t[:train_samples] for t in train.tensors))
+        elif callable(getattr(train, "subset", None)):  # ImageTensors, and the lazy splits of image files
+            train = train.subset(slice(None, train_samples))  # type: ignore[attr-defined]
+        else:
+            raise ConfigError(f"train_samples needs a data set held in memory or read from image files; {name!r} "
+                              "is neither")
+        bundle = dataclasses.replace(bundle, train=train)
     return bundle
 
 
@@ -305,16 +326,20 @@ def make_bundle(
     num_classes: int,
     val_fraction: float,
     seed: int,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> DataBundle:
     """Split ``train`` into train/validation at random and wrap everything as a :class:`DataBundle`.
 
     Args:
         name: The dataset's registry name.
-        train: ``(inputs, labels)`` of the official training split, inputs already normalised.
+        train: ``(inputs, labels)`` of the official training split, inputs already normalised
+            (or uint8 images, with ``normalisation``).
         test: ``(inputs, labels)`` of the official test split.
         num_classes: Number of classes.
         val_fraction: Fraction of ``train`` moved to the validation split, in (0, 1).
         seed: Seed of the split; the same seed always gives the same split.
+        normalisation: ``(mean, std)`` per channel on the [0, 1] scale when the inputs are uint8
+            ``(N, C, H, W)`` images: every split is then an :class:`ImageTensors`, normalised per batch.
 
     Raises:
         ConfigError: ``val_fraction`` is outside (0, 1) or leaves one of the splits empty.
@@ -331,11 +356,18 @@ def make_bundle(
     # A private generator: the split depends on ``seed`` only, never on the global torch RNG.
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:n_val], order[n_val:]
+    if normalisation is None:
+        splits: list[Dataset[Any]] = [TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx]),
+                                      TensorDataset(*test)]
+    else:
+        mean, std = normalisation
+        splits = [ImageTensors(x[idx], y[idx], mean=mean, std=std) for idx in (train_idx, val_idx)]
+        splits.append(ImageTensors(*test, mean=mean, std=std))
     return DataBundle(
         name=name,
-        train=TensorDataset(x[train_idx], y[train_idx]),
-        val=TensorDataset(x[val_idx], y[val_idx]),
-        test=TensorDataset(*test),
+        train=splits[0],
+        val=splits[1],
+        test=splits[2],
         num_classes=num_classes,
         input_shape=tuple(x.shape[1:]),
     )
@@ -353,8 +385,9 @@ def iterate_batches(
     """Yield ``(inputs, labels)`` batches from ``dataset``, one pass.
 
     A two-tensor :class:`TensorDataset` is sliced a whole batch at a time (no per-sample
-    collation: this is the training hot path); any other dataset goes through a
-    :class:`DataLoader` with the same semantics.
+    collation: this is the training hot path), and so is an :class:`ImageTensors`, whose uint8
+    batches are normalised where they live; any other dataset goes through a :class:`DataLoader`
+    with the same semantics.
 
     Args:
         dataset: The dataset to iterate over.
@@ -377,6 +410,10 @@ def iterate_batches(
         # Drawn now, not on first use, so the generator advances at a predictable point.
         order = torch.randperm(len(x), generator=generator) if shuffle else None
         batches = _tensor_batches(x, y, order, batch_size, drop_last)
+    elif isinstance(dataset, ImageTensors):
+        order = torch.randperm(len(dataset), generator=generator) if shuffle else None
+        batches = ((dataset.normalise(x), y) for x, y in _tensor_batches(dataset.images, dataset.labels, order,
+                                                                          batch_size, drop_last))
     else:
         loader = DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
@@ -391,9 +428,53 @@ def _tensor_batches(
     """Slice batches from ``x``/``y``, in ``order`` if given; unshuffled slices are copy-free views."""
     n = len(x)
     stop = n - n % batch_size if drop_last else n
+    if order is not None and order.device != x.device:
+        # The whole permutation goes to the device once per epoch, without waiting for it (pinned first,
+        # so the copy is truly asynchronous); a copy per batch would synchronise every step on CUDA.
+        order = (order.pin_memory() if x.is_cuda else order).to(x.device, non_blocking=True)
     for start in range(0, stop, batch_size):
         if order is None:
             yield x[start : start + batch_size], y[start : start + batch_size]
         else:
-            idx = order[start : start + batch_size].to(x.device)
+            idx = order[start : start + batch_size]
             yield x[idx], y[idx]
+
+
+def in_memory(dataset: Dataset[Any]) -> bool:
+    """Whether ``dataset`` is held in memory and sliced whole batches at a time: a two-tensor
+    :class:`TensorDataset` or an :class:`ImageTensors` (anything else is read sample by sample)."""
+    return (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2) or isinstance(dataset, ImageTensors)
+
+
+def on_device(dataset: Dataset[Any], device: torch.device) -> Dataset[Any]:
+    """``dataset`` where training reads it: an in-memory one (a two-tensor :class:`TensorDataset`, an
+    :class:`ImageTensors`) moved to ``device`` whole, once; any other (read lazily, e.g. from image
+    files) as it is, to be streamed batch by batch."""
+    if isinstance(dataset, ImageTensors):
+        return dataset.to(device)
+    if in_memory(dataset):
+        return TensorDataset(*(t.to(device) for t in dataset.tensors))  # type: ignore[attr-defined]
+    return dataset
+
+
+def take(dataset: Dataset[Any], indices: Tensor, *, device: torch.device | str = "cpu",
+         batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` of the samples at ``indices`` (a 1-D integer tensor), normalised, on ``device``.
+
+    In-memory data sets are indexed whole (uint8 images normalised on ``device``); any other is read
+    sample by sample through a :class:`DataLoader` of ``batch_size`` (for the few samples of a fixed
+    evaluation set or a batch norm calibration).
+    """
+    device = torch.device(device)
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors
+        idx = indices.to(x.device)
+        return x[idx].to(device), y[idx].to(device)
+    if isinstance(dataset, ImageTensors):
+        idx = indices.to(dataset.images.device)
+        return dataset.normalise(dataset.images[idx].to(device)), dataset.labels[idx].to(device)
+    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size)
+    parts = [(x, y) for x, y in loader]
+    if not parts:
+        raise ConfigError("no samples to take: the split is empty")
+    return torch.cat([x for x, _ in parts]).to(device), torch.cat([y for _, y in parts]).to(device)

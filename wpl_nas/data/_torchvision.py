@@ -1,8 +1,9 @@
 """MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100, read with torchvision and kept as tensors.
 
 torchvision's own dataset classes find, verify and (optionally) download the files; the
-images are then converted once into a normalised float tensor, so training indexes whole
-batches instead of decoding PIL images sample by sample.
+images are then kept as one uint8 ``(N, C, H, W)`` tensor with the data set's per-channel
+statistics (:class:`~wpl_nas.data._images.ImageTensors`, a quarter of a float32 copy's size),
+so training indexes whole batches, on the device, and normalises each one there.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def load_torchvision_dataset(
                 f"dataset {name!r} not found (or corrupted) in data directory '{data_dir}'; "
                 "pass --download to fetch it, or --data-dir to point at the directory that holds it"
             ) from error
-        splits.append((_images(dataset.data, spec), torch.as_tensor(dataset.targets, dtype=torch.int64)))
+        splits.append((_images(dataset.data), torch.as_tensor(dataset.targets, dtype=torch.int64)))
     return make_bundle(
         name,
         splits[0],
@@ -89,16 +90,14 @@ def load_torchvision_dataset(
         num_classes=spec.num_classes,
         val_fraction=val_fraction,
         seed=seed,
+        normalisation=(spec.mean, spec.std),
     )
 
 
-def _images(data: Any, spec: _Spec) -> Tensor:
-    """uint8 images, (N, H, W) tensor (MNIST) or (N, H, W, C) array (CIFAR) -> normalised (N, C, H, W)."""
+def _images(data: Any) -> Tensor:
+    """uint8 images, (N, H, W) tensor (MNIST) or (N, H, W, C) array (CIFAR) -> uint8 (N, C, H, W), contiguous."""
     images = torch.from_numpy(data).permute(0, 3, 1, 2) if isinstance(data, np.ndarray) else data.unsqueeze(1)
-    x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    return x.sub_(mean).div_(std)
+    return images.contiguous()
 
 
 for _name, _spec in _SPECS.items():

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from wpl_nas.data import DataBundle
+from wpl_nas.data._bundle import in_memory, take
 from wpl_nas.errors import ConfigError
 from wpl_nas.lab.config import LabConfig, parse_floats, parse_ints
 from wpl_nas.registry import Registry
@@ -122,10 +123,14 @@ SCENARIOS: Registry[type[Scenario]] = Registry("scenario", entry_points="wpl_nas
 
 # --- data helpers ----------------------------------------------------------------------------
 def first_tensors(dataset: Any, name: str) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` of a split loaded as a TensorDataset."""
-    if not (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2):
-        raise TypeError(f"dataset {name!r} must load as TensorDatasets of (inputs, labels) (see wpl_nas.data)")
-    return dataset.tensors[0], dataset.tensors[1]
+    """``(x, y)`` of a split held in memory, normalised (uint8 images become float32 here: the lab splits
+    its data by class into tasks of its own)."""
+    if not in_memory(dataset):
+        raise TypeError(f"dataset {name!r} must load into memory (TensorDatasets of (inputs, labels), or uint8 "
+                        "ImageTensors; see wpl_nas.data): the lab does not stream data from files")
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1]  # as they are, no copy
+    return take(dataset, torch.arange(len(dataset)))
 
 
 def _dims(data: DataBundle) -> int:

@@ -6,18 +6,22 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 from wpl_nas.data import iterate_batches
+from wpl_nas.data._bundle import in_memory, on_device
+from wpl_nas.data._stream import StreamedBatches
 from wpl_nas.distributed import World
-from wpl_nas.errors import TrainingDiverged
+from wpl_nas.errors import ConfigError, TrainingDiverged
 from wpl_nas.evaluation.scoring import METRICS
 from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import CandidateContext, Strategy
 from wpl_nas.supernet import Supernet
+from wpl_nas.training.augment import augment_crop_flip
 from wpl_nas.training.precision import autocast, to_format
 
 __all__ = ["CandidateTrainer", "TrainResult"]
@@ -49,8 +53,9 @@ class CandidateTrainer:
     Args:
         supernet: The supernet (already on ``device``).
         strategy: The consolidation strategy (already on ``device``).
-        train_set: Training split (a TensorDataset; moved to ``device`` once).
-        held_out: Validation split, carved from the training data: Fisher and the like.
+        train_set: Training split. One held in memory (a TensorDataset, or uint8 ImageTensors) is
+            moved to ``device`` once and sliced there; any other is streamed (``workers``).
+        held_out: Validation split, carved from the training data: Fisher and the like (likewise).
         eval_set: ``(x, y)`` fixed evaluation subset on ``device``: every score.
         optimizer: The optimiser of ``supernet.parameters()``.
         batch_size: Training batch size.
@@ -71,22 +76,38 @@ class CandidateTrainer:
             the strategy's consolidation), fp16 with a gradient scaler.
         channels_last: Put 4-D input batches in the channels_last memory format (the caller
             converts the supernet: :func:`~wpl_nas.assembly.assemble`).
+        augment: Random crops (4-pixel zero padding) and horizontal flips of every training batch, on
+            the device, drawn from the candidate's seeded generator (images only).
+        workers: Processes decoding a streamed split's batches (0: the main process); unused for
+            data held in memory.
         world: The processes that train each batch together (:mod:`wpl_nas.distributed`): each takes
             its slice of every batch and the gradients are summed over them [default: this process
             alone]. Scores and consolidation are not split: every process computes them whole.
+
+    Raises:
+        ConfigError: ``augment`` on inputs that are not images ``(N, C, H, W)``, or ``workers`` < 0.
     """
 
-    def __init__(self, supernet: Supernet, strategy: Strategy, *, train_set: TensorDataset,
-                 held_out: TensorDataset, eval_set: tuple[torch.Tensor, torch.Tensor],
+    def __init__(self, supernet: Supernet, strategy: Strategy, *, train_set: Dataset[Any],
+                 held_out: Dataset[Any], eval_set: tuple[torch.Tensor, torch.Tensor],
                  optimizer: torch.optim.Optimizer, batch_size: int, epochs: int, grad_clip: float,
                  eval_batch_size: int, seed: int, metric: str = "accuracy", steps: int = 0,
-                 precision: str = "fp32", channels_last: bool = False, world: World | None = None) -> None:
+                 precision: str = "fp32", channels_last: bool = False, augment: bool = False,
+                 workers: int = 0, world: World | None = None) -> None:
         device = next(supernet.parameters()).device
+        if augment and eval_set[0].dim() != 4:
+            raise ConfigError(f"augment (random crops and flips) needs images, inputs of shape (C, H, W), but these "
+                              f"inputs are {tuple(eval_set[0].shape[1:])}; use --no-augment")
+        if workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0: decode in the main process), but got {workers=}")
         self.device = device
         self.supernet = supernet
         self.strategy = strategy
-        self.train_set = TensorDataset(*(t.to(device) for t in train_set.tensors))
-        self.held_out_set = TensorDataset(*(t.to(device) for t in held_out.tensors))
+        # In memory: on the device, whole. Otherwise streamed: one loader per split, its workers kept
+        # for the whole search.
+        self.train_set = self._source(train_set, workers)
+        self.held_out_set = self._source(held_out, workers)
+        self.augment = augment_crop_flip if augment else None
         self.eval_x, self.eval_y = to_format(eval_set[0], channels_last), eval_set[1]
         self.optimizer = optimizer
         self.batch_size = batch_size
@@ -105,7 +126,23 @@ class CandidateTrainer:
     @property
     def steps_per_epoch(self) -> int:
         """Training steps of one whole epoch."""
-        return -(-len(self.train_set) // self.batch_size)
+        return -(-len(self.train_set) // self.batch_size)  # type: ignore[arg-type]
+
+    def _source(self, dataset: Dataset[Any], workers: int) -> Dataset[Any] | StreamedBatches:
+        if in_memory(dataset):
+            return on_device(dataset, self.device)
+        return StreamedBatches(dataset, workers=workers, device=self.device)
+
+    @staticmethod
+    def batches(source: Dataset[Any] | StreamedBatches, *, batch_size: int, generator: torch.Generator,
+                limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled ``(inputs, labels)`` batches of ``train_set`` or ``held_out_set``, on the device,
+        normalised: sliced from memory, or streamed. Either way the order is one ``torch.randperm``
+        drawn from ``generator`` when called, so it depends on the generator state only."""
+        if isinstance(source, StreamedBatches):
+            order = torch.randperm(len(source), generator=generator)
+            return source.batches(order, batch_size=batch_size, limit=limit)
+        return iterate_batches(source, batch_size=batch_size, shuffle=True, generator=generator, limit=limit)
 
     @property
     def total_steps(self) -> int:
@@ -189,7 +226,8 @@ class CandidateTrainer:
             ctx: The candidate's context (:meth:`context`); its ``epoch`` is the caller's to set.
             generator: Draws the batch order (and ``augment``'s randomness).
             progress: Called after every step.
-            augment: Applied to each input batch before the forward pass.
+            augment: Applied to each input batch before the forward pass [default: the trainer's
+                ``augment``: crops and flips, or none].
             after_step: Called after every optimiser step (e.g. a schedule's ``step``).
             limit: Stop after this many steps (a step budget's last epoch) [default: the whole epoch].
 
@@ -201,8 +239,8 @@ class CandidateTrainer:
         loss_sum = torch.zeros((), device=self.eval_y.device)  # summed on the device: no sync per step
         steps = 0
         scaler, world = self.scaler, self.world
-        for x, y in iterate_batches(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator,
-                                    limit=limit):
+        augment = augment or self.augment
+        for x, y in self.batches(self.train_set, batch_size=self.batch_size, generator=generator, limit=limit):
             if augment is not None:
                 x = augment(x, generator)
             x = to_format(x, self.channels_last)
@@ -260,8 +298,8 @@ class CandidateTrainer:
         gen = self._generator(trial_index, 1)
 
         def held_out(batch_size: int, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            return ((to_format(x, self.channels_last), y) for x, y in iterate_batches(
-                self.held_out_set, batch_size=batch_size, shuffle=True, generator=gen, limit=num_batches))
+            return ((to_format(x, self.channels_last), y) for x, y in self.batches(
+                self.held_out_set, batch_size=batch_size, generator=gen, limit=num_batches))
 
         ctx = self.context(arch, trial_index)
         ctx.score = None if score is None else self.metric.quality(score)
