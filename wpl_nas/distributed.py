@@ -24,12 +24,12 @@ How a candidate trains data-parallel (:class:`~wpl_nas.training.CandidateTrainer
   (:class:`BatchNorm1d`, :class:`BatchNorm2d`: per-channel sums and counts, then sums of squared
   deviations, all-reduced by a differentiable sum over the ranks). Outside
   such a step they are ``nn.BatchNorm1d/2d`` exactly. ``torch.nn.SyncBatchNorm`` does the same
-  reduction but refuses CPU tensors (torch 2.x: "SyncBatchNorm expected input tensor to be on GPU"),
+  reduction but refuses CPU tensors (torch 2.14: "expected input tensor to be on GPU or XPU or ..."),
   so gloo could not test it, and it would be active in every forward pass in training mode.
 
 Why not ``DistributedDataParallel``: the sequential trainer relies on weights off the current path
 having no gradient at all (``grad is None``), so that SGD leaves them *and their momentum*
-untouched. Checked with torch 2.x and gloo: DDP with ``find_unused_parameters=True`` does keep
+untouched. Checked with torch 2.14 and gloo (2 processes): DDP with ``find_unused_parameters=True`` does keep
 ``grad is None`` for parameters that no rank used (only a parameter used on another rank gets the
 reduced gradient), so it would not break that rule. It costs more for what it gives here: after
 every forward it walks the autograd graph to find the unused parameters and all-reduces a bitmap
