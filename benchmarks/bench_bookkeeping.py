@@ -45,7 +45,7 @@ from _common import cpu_name
 from wpl_nas.assembly import build_supernet
 from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 from wpl_nas.data import load_dataset
-from wpl_nas.evaluation import RetainedPool
+from wpl_nas.evaluation import RESCORES_ATTR, RetainedPool
 from wpl_nas.evaluation.anatomy import stage_features
 from wpl_nas.run_folder import RunFolder
 from wpl_nas.spaces import Architecture, load_space
@@ -96,13 +96,14 @@ class Study:
         arch = self.space.sample(self.rng)
         score = self.rng.uniform(0.3, 0.9)
         self.pool.add(number, str(arch), score)
-        self.pool.record(number, {m: self.rng.uniform(0.3, 0.9) for m in self.pool.members()})
+        rescores = {m: self.rng.uniform(0.3, 0.9) for m in self.pool.members()}
+        self.pool.record(number, rescores)
         self.finished[number] = ("COMPLETE", score)
         return optuna.trial.create_trial(
             params=dict(zip(self.space.choices, (arch[k] for k in self.space.choices), strict=True)),
             distributions=self.distributions, value=score,
             user_attrs={"arch": str(arch), "score_at_training": score, "train_loss": 1.0, "params": 1000,
-                        "position": number})
+                        "position": number, RESCORES_ATTR: {str(m): v for m, v in rescores.items()}})
 
     def checkpoint(self) -> None:
         self.folder.save_checkpoint({"supernet": self.supernet.state_dict(), "pool": self.pool.state_dict(),

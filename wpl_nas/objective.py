@@ -59,7 +59,7 @@ from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCal
 from wpl_nas.config import OBJECTIVES, SearchConfig, resume_changes
 from wpl_nas.data import DATASETS, load_dataset
 from wpl_nas.errors import ConfigError, TrainingDiverged, reason
-from wpl_nas.evaluation import RetainedPool
+from wpl_nas.evaluation import RESCORES_ATTR, RetainedPool
 from wpl_nas.evaluation.cost import count_flops, measure_latency
 from wpl_nas.run_folder import ARTIFACTS, RunFolder
 from wpl_nas.spaces import Architecture, load_space
@@ -391,7 +391,7 @@ class SupernetObjective:
             # told (an interruption in between) still carries them when it is told on resume.
             self._annotate(trial, result)
             # The pool is re-scored before the checkpoint, so trial and pool are saved together, once.
-            self._update_pool(trial.number, None if result.pruned else str(arch), result.score)
+            self._update_pool(trial.number, None if result.pruned else str(arch), result.score, trial=trial)
             with deferred():  # `finished` in memory and in the checkpoint on disk change together
                 self.finished[trial.number] = outcome
                 try:
@@ -411,10 +411,13 @@ class SupernetObjective:
                                      f"at score {result.score:.4f}")
         return result.score if single else tuple(values)
 
-    def _update_pool(self, number: int, arch: str | None, score: float) -> None:
+    def _update_pool(self, number: int, arch: str | None, score: float, *, trial: optuna.Trial | None = None) -> None:
         """Trial ``number`` joins the retained pool (when it completed: ``arch`` given, with its
         ``score`` at training), replacing the entry of its architecture, and every other member is
-        re-scored on the fixed evaluation set; the scores are recorded as taken after ``number``."""
+        re-scored on the fixed evaluation set; the scores are recorded as taken after ``number``, and
+        on ``trial`` (the running trial, when given) as its user attribute
+        :data:`~wpl_nas.evaluation.RESCORES_ATTR`: the study's records then grow by the pool's size
+        per trial, however long the search."""
         pool = self.pool
         if arch is not None:
             pool.add(number, arch, score)
@@ -422,6 +425,8 @@ class SupernetObjective:
         if number in pool.entries:
             rescores[number] = pool.entries[number].score
         pool.record(number, rescores)
+        if trial is not None:
+            trial.set_user_attr(RESCORES_ATTR, {str(t): s for t, s in rescores.items()})
 
     def _check_strategy_state(self, number: int) -> None:
         """Refuse to go on (and to save) once the strategy's state holds NaN or infinity: every later
@@ -483,7 +488,8 @@ class SupernetObjective:
         """A study callback that measures, per stage, how far the pool members' representations drift
         (see :class:`~wpl_nas.callbacks.AnatomyCallback`)."""
         return AnatomyCallback(self.supernet, self.pool, self.finished, self.folder,
-                               probe=self.trainer.eval_x[:probe_size], device=self.device)
+                               probe=self.trainer.eval_x[:probe_size], device=self.device,
+                               every=self.config.anatomy_every)
 
     def tensorboard_callback(self, log_dir: str | Path | None = None) -> TensorBoardCallback:
         """A study callback that writes TensorBoard events to ``log_dir`` [default: ``run_dir/tb``]
