@@ -5,7 +5,8 @@ Two measurements in one run:
 
 (a) **search overhead**: the default search (``wpl-nas search``: MNIST-1D, the ``mnist1d`` space,
     WPL, 24 trials of 2 epochs) run as a user runs it, in a fresh process per search, and, side by
-    side in interleaved rounds, any variants asked for (``--variants``). Inside each process the
+    side in interleaved rounds, the variants asked for (``--variants``; by default ``lean``:
+    ``--figures-every 10 --anatomy-every 10``, which leave the results as they are). Inside each process the
     search's own methods are timed (exclusive time: a part's time leaves out the parts it calls),
     so the whole process splits into *training steps* (``CandidateTrainer.run_epoch``: forward,
     loss, backward, the strategy's step hooks, clipping, the optimiser step, over every batch) and
@@ -18,8 +19,8 @@ Two measurements in one run:
 
 Usage::
 
-    python benchmarks/bench_overhead.py                       # (a) 2 rounds of the default search, (b) (~10 min)
-    python benchmarks/bench_overhead.py --variants default,figures-every-10 --rounds 2
+    python benchmarks/bench_overhead.py                       # (a) default and lean, 2 rounds each, (b) (~15 min)
+    python benchmarks/bench_overhead.py --variants default,1-epoch --rounds 2
     python benchmarks/bench_overhead.py --only search          # (a) only
     python benchmarks/bench_overhead.py --quick                # smoke run (what the test runs)
 
@@ -46,7 +47,8 @@ sys.path.insert(0, str(HERE))
 from _common import cpu_name  # noqa: E402
 
 #: Each variant's flags, added to ``wpl-nas search``'s defaults.
-VARIANTS = {"default": [], "figures-every-10": ["--figures-every", "10"], "1-epoch": ["--epochs", "1"]}
+VARIANTS = {"default": [], "lean": ["--figures-every", "10", "--anatomy-every", "10"],
+            "figures-every-10": ["--figures-every", "10"], "1-epoch": ["--epochs", "1"]}
 
 #: The parts of a search, each the exclusive time of the methods named (module, qualified name).
 PARTS: dict[str, list[tuple[str, str]]] = {
@@ -234,8 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         _child(Path(argv[1]), argv[3:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="default",
-                        help=f"comma-separated, side by side: {', '.join(VARIANTS)} [default: default]")
+    parser.add_argument("--variants", default="default,lean",
+                        help=f"comma-separated, side by side: {', '.join(VARIANTS)} (lean: the heatmap and the "
+                             "anatomy every 10 trials) [default: default,lean]")
     parser.add_argument("--rounds", type=int, default=2, help="searches per variant, interleaved")
     parser.add_argument("--trials", type=int, default=24, help="trials per search (the default search's 24)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="bookkeeping: study sizes N")
