@@ -290,3 +290,22 @@ def test_bench_bookkeeping_quick_times_every_part_at_each_size(tmp_path):
     assert set(figures["sizes"]) == {"5", "20"}
     assert all(set(row) == {"retention", "anatomy", "tensorboard", "checkpoint", "total"}
                for row in figures["sizes"].values())
+
+
+@pytest.mark.slow
+def test_bench_overhead_quick_splits_each_search_into_its_parts_and_times_the_bookkeeping(tmp_path):
+    """Each variant's search is split into parts that add up to its whole process, training steps
+    included, with the ratio total / training steps; the two variants end with the same final.csv (the
+    lean one only draws and measures less often); the bookkeeping has its row per size."""
+    out = tmp_path / "overhead.json"
+    proc = _run("bench_overhead.py", json_out=out)
+    figures = json.loads(out.read_text())
+    assert set(figures["search"]) == {"default", "lean"}
+    for row in figures["search"].values():
+        cpu = row["cpu"]
+        assert _positive(cpu["training steps"]) and _positive(cpu["pool re-scoring"]) and _positive(cpu["total"])
+        assert sum(v for k, v in cpu.items() if k != "total") == pytest.approx(cpu["total"], rel=1e-6)
+        assert row["ratio_cpu"] == pytest.approx(cpu["total"] / cpu["training steps"]) and row["ratio_cpu"] > 1
+    assert set(figures["bookkeeping"]) == {"5", "20"}
+    assert "| default | " in proc.stdout and "ratio N = 20 : N = 5" in proc.stdout
+    assert "same final.csv in every search: yes" in proc.stdout
