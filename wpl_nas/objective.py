@@ -178,6 +178,7 @@ class SupernetObjective:
                 group.update(lr=self.config.lr, momentum=self.config.momentum,
                              weight_decay=self.config.weight_decay)
             self.pool.load_state_dict(state["pool"])
+            self.trainer.load_state_dict(state.get("trainer", {}))  # absent from checkpoints before fp16's scaler
             # In place: the callbacks hold this dict.
             self.finished.update({int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()})
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
@@ -196,10 +197,11 @@ class SupernetObjective:
 
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint holds: supernet, strategy, optimiser, pool, finished trials, RNG states,
-        and the identity of the study it belongs to."""
+        the identity of the study it belongs to, and the trainer's state (fp16's gradient scaler)."""
         return {"supernet": self.supernet.state_dict(), "strategy": self.strategy.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "pool": self.pool.state_dict(),
-                "finished": dict(self.finished), "rng": capture_rng(), "identity": self._identity}
+                "finished": dict(self.finished), "rng": capture_rng(), "identity": self._identity,
+                "trainer": self.trainer.state_dict()}
 
     def save(self) -> None:
         """Write the checkpoint atomically (:meth:`state_dict`). A signal (Ctrl-C, SIGTERM) during a
