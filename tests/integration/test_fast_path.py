@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_trainer, search_tiny
+from conftest import TEST_DEVICE, make_trainer, search_tiny
 from torch.utils.data import TensorDataset
 
 import wpl_nas
@@ -147,7 +147,7 @@ def test_fp16_works_on_a_cpu_with_a_gradient_scaler(tiny_space, mnist1d):
     """torch's CPU autocast supports float16 (2.x): it is allowed, with its gradient scaler."""
     assert resolve_precision("fp16", "cpu") == "fp16"
     trainer = make_trainer(tiny_space, mnist1d, strategy="wpl", train_samples=SAMPLES)
-    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler("cpu")
+    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler(trainer.device.type)
     result = trainer.train(first_arch(tiny_space), trial_index=0)
     assert math.isfinite(result.loss) and result.steps == STEPS_PER_EPOCH and 0.0 <= result.score <= 1.0
     trainer.consolidate(first_arch(tiny_space), trial_index=0, score=result.score)
@@ -164,13 +164,14 @@ def test_fp16_is_refused_for_hat_whose_embeddings_the_scaler_does_not_reach(mnis
 def test_channels_last_matches_the_default_format_on_a_2d_space():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 3, 8, 8, generator=g), torch.randint(0, 10, (96,), generator=g)
+    x, y = x.to(TEST_DEVICE), y.to(TEST_DEVICE)
     space = wpl_nas.load_space("nb201")
     arch = space.sample(random.Random(1))
     runs = {}
     for fmt in ("off", "on"):
         options = SimpleNamespace(lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=32, grad_clip=5.0,
                                   eval_batch_size=64, channels_last=fmt)
-        parts = wpl_nas.assemble(_tiny_net(), options, device="cpu", strategy="wpl")
+        parts = wpl_nas.assemble(_tiny_net(), options, device=TEST_DEVICE, strategy="wpl")
         trainer = parts.trainer(train_set=TensorDataset(x, y), held_out=TensorDataset(x, y), eval_set=(x, y),
                                 epochs=1, seed=0)
         if fmt == "on":
@@ -192,7 +193,7 @@ def test_channels_last_matches_the_default_format_on_a_2d_space():
 def _fp16_config(space_file, data_dir, runs_dir, trials: int, strategy: str = "distill") -> wpl_nas.SearchConfig:
     return wpl_nas.SearchConfig(space=str(space_file), data_dir=str(data_dir), runs_dir=str(runs_dir),
                                 study_name="fp16", trials=trials, epochs=1, train_samples=256, batch_size=64,
-                                eval_samples=200, device="cpu", threads=1, precision="fp16", strategy=strategy,
+                                eval_samples=200, device=TEST_DEVICE, threads=1, precision="fp16", strategy=strategy,
                                 sampler="random", pool_best=1, pool_recent=1)
 
 
@@ -247,7 +248,7 @@ def _replay_gradient(tiny_space, mnist1d, precision: str, *, scaled: bool = True
     first = trainer.train(archs[0], trial_index=0)
     trainer.consolidate(archs[0], trial_index=0, score=first.score)
     trainer.precision = precision
-    trainer.scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
+    trainer.scaler = torch.amp.GradScaler(trainer.device.type) if precision == "fp16" else None
     ctx = trainer.context(archs[1], 1)
     if not scaled:
         ctx.scaler = None  # what a plain loss.backward() in the strategy did
@@ -256,7 +257,7 @@ def _replay_gradient(tiny_space, mnist1d, precision: str, *, scaled: bool = True
     with torch.no_grad():  # the drift the replay repairs: without it the teacher is the student, the gradient 0
         g = torch.Generator().manual_seed(0)
         for p in ctx.params.values():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+            p.add_(0.1 * torch.randn(p.shape, generator=g).to(p.device))
     trainer.strategy.before_candidate(ctx)
     x, y = trainer.train_set.tensors[0][:64], trainer.train_set.tensors[1][:64]
     ctx.batch = (x, y)
@@ -264,7 +265,7 @@ def _replay_gradient(tiny_space, mnist1d, precision: str, *, scaled: bool = True
     for p in net.parameters():  # a zero gradient everywhere: what remains is the strategy's alone
         p.grad = torch.zeros_like(p)
     if trainer.scaler is not None:  # the trainer's order: scale the loss (a zero one), unscale, after_backward
-        trainer.scaler.scale(torch.zeros(()))
+        trainer.scaler.scale(torch.zeros((), device=trainer.device))
         trainer.scaler.unscale_(opt)
     with autocast(trainer.device, precision):
         trainer.strategy.after_backward(ctx)
@@ -284,7 +285,7 @@ def test_the_replay_gradient_under_fp16_is_scaled_and_matches_fp32(tiny_space, m
 
 def test_a_non_finite_strategy_gradient_skips_the_step_and_backs_the_scale_off(tiny_space, mnist1d):
     trainer = make_trainer(tiny_space, mnist1d, train_samples=SAMPLES)
-    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler(trainer.device.type, init_scale=2.0 ** 10)
     arch = first_arch(tiny_space)
     ctx = trainer.context(arch, 0)
     trainer.supernet.set_arch(arch)
