@@ -319,7 +319,7 @@ def test_bench_compile_quick_reports_compile_time_and_break_even(tmp_path):
     assert [r["space"] for r in rows] == ["mnist1d"]
     for r in rows:
         assert _positive(r["compile_overhead_s"]) and _positive(r["ratio"]) and r["break_even_steps"] > 0
-        assert r["max_loss_difference"] < 0.1  # compiled training computes what eager does, to rounding
+        assert r["first_loss_difference"] < 1e-3  # the same step from the same weights, to rounding
     assert "| mnist1d |" in proc.stdout and "break-even" in proc.stdout
 
 
