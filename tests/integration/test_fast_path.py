@@ -303,3 +303,26 @@ def test_a_non_finite_strategy_gradient_skips_the_step_and_backs_the_scale_off(t
     trainer.scaler.update()
     assert all(torch.equal(a, b) for a, b in zip(before, weights(trainer), strict=True))  # skipped
     assert trainer.scaler.get_scale() == 2.0 ** 9  # backed off
+
+
+def test_a_measured_gradient_under_fp16_is_scaled_and_matches_fp32(tiny_space, mnist1d):
+    """ctx.grad (ANPyC's pruning score): tiny gradients survive fp16 with the scaler's scale."""
+    trainer = make_trainer(tiny_space, mnist1d, train_samples=SAMPLES)
+    arch = first_arch(tiny_space)
+    trainer.supernet.set_arch(arch)
+    ctx = trainer.context(arch, 0)
+    params = list(ctx.params.values())
+    x = trainer.eval_x[:64]
+
+    def measured(precision: str, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+        ctx.scaler = scaler
+        with autocast(trainer.device, precision):
+            # An fp32 scalar (as autocast's losses are) whose logit gradients, ~1e-8, lie under fp16's range.
+            output = 1e-5 * trainer.supernet(x).float().logsumexp(dim=1).mean()
+        return torch.cat([g.flatten() for g in ctx.grad(output, params) if g is not None])
+
+    fp32 = measured("fp32", None)
+    plain = measured("fp16", None)
+    scaled = measured("fp16", torch.amp.GradScaler(trainer.device.type))
+    assert fp32.abs().max() > 0 and (plain - fp32).norm() > 0.5 * fp32.norm()
+    assert (scaled - fp32).norm() < 0.05 * fp32.norm()
