@@ -130,9 +130,11 @@ class Strategy(nn.Module):
     Every hook defaults to doing nothing, which is the ``naive`` strategy. Hooks are called
     with autograd enabled (a distillation term backpropagates its own loss); hooks that edit
     weights or gradients in place do so under ``torch.no_grad()``. Forward passes in hooks run under
-    the trainer's autocast; a strategy's own backward goes through :meth:`CandidateContext.backward`
-    (and gradients it only measures through :meth:`CandidateContext.grad`), never ``loss.backward()``
-    or ``torch.autograd.grad`` directly, so that fp16's loss scaling applies to it as well.
+    the trainer's autocast; in the training hooks a strategy's own backward goes through
+    :meth:`CandidateContext.backward` (and gradients it only measures through
+    :meth:`CandidateContext.grad`), never ``loss.backward()`` or ``torch.autograd.grad`` directly, so
+    that fp16's loss scaling applies to it as well. (Consolidation's gradients in ``after_candidate``,
+    Fisher and the like, are not loss-scaled.)
 
     Contract (checked for every registered strategy by the shared test suite): before any
     candidate is consolidated the strategy changes nothing (except where it reshapes the
