@@ -68,6 +68,8 @@ def commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
     batch = "8" if smoke else "256"
     step = [py, str(HERE / "bench_step.py"), "--device", dev, "--spaces", "nb201", "--batch-size", batch,
             "--json", str(out / "step.json")]
+    if dev == "cpu":  # two OpenMP threads on a busy CPU wait on each other: one thread, as the search's default
+        step += ["--threads", "1"]
     step += ["--quick", "--archs", "1", "--pool", "2"] if smoke else ["--archs", "3", "--repeats", "60",
                                                                        "--warmup", "10", "--budget", "20"]
     precision = [py, str(HERE / "bench_precision.py"), "--device", dev, "--space", "nb201", "--channels-last",
