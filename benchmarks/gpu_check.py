@@ -24,7 +24,7 @@ per-step saving on NB201 at batch 256.
 Usage::
 
     python benchmarks/gpu_check.py --out gpu-results              # on a CUDA machine: < 8 minutes
-    python benchmarks/gpu_check.py --smoke --device cpu --out /tmp/x  # every part, tiny, on a CPU
+    python benchmarks/gpu_check.py --smoke --device cpu --out gpu-smoke  # every part, tiny, on a CPU
 
 Writes ``<out>/gpu_check.json`` (rewritten after every part, so a stopped run keeps what it
 measured) and each part's own JSON and log next to it. Exit status 0 unless the script itself
