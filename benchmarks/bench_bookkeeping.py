@@ -45,7 +45,7 @@ from _common import cpu_name
 from wpl_nas.assembly import build_supernet
 from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 from wpl_nas.data import load_dataset
-from wpl_nas.evaluation import RetainedPool
+from wpl_nas.evaluation import RESCORES_ATTR, RetainedPool
 from wpl_nas.evaluation.anatomy import stage_features
 from wpl_nas.run_folder import RunFolder
 from wpl_nas.spaces import Architecture, load_space
@@ -96,13 +96,14 @@ class Study:
         arch = self.space.sample(self.rng)
         score = self.rng.uniform(0.3, 0.9)
         self.pool.add(number, str(arch), score)
-        self.pool.record(number, {m: self.rng.uniform(0.3, 0.9) for m in self.pool.members()})
+        rescores = {m: self.rng.uniform(0.3, 0.9) for m in self.pool.members()}
+        self.pool.record(number, rescores)
         self.finished[number] = ("COMPLETE", score)
         return optuna.trial.create_trial(
             params=dict(zip(self.space.choices, (arch[k] for k in self.space.choices), strict=True)),
             distributions=self.distributions, value=score,
             user_attrs={"arch": str(arch), "score_at_training": score, "train_loss": 1.0, "params": 1000,
-                        "position": number})
+                        "position": number, RESCORES_ATTR: {str(m): v for m, v in rescores.items()}})
 
     def checkpoint(self) -> None:
         self.folder.save_checkpoint({"supernet": self.supernet.state_dict(), "pool": self.pool.state_dict(),
@@ -127,6 +128,41 @@ class Study:
         return seconds | self.after_trial(frozen)
 
 
+def measure(sizes: list[int], *, trials: int, figures_every: int = 1, space_name: str = "mnist1d",
+            ) -> dict[int, dict[str, float]]:
+    """The median seconds of each part of the bookkeeping (and their total) per trial, for a synthetic
+    study of each size in ``sizes``, ``trials`` trials timed after one untimed."""
+    space = load_space(space_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_dataset("mnist1d", data_dir=Path(tmp) / "data")
+        supernet = build_supernet(space, data, seed=0)
+        probe = data.val.tensors[0][:256]  # type: ignore[attr-defined]
+        rows: dict[int, dict[str, float]] = {}
+        for size in sizes:
+            print(f"N = {size}: building ...", file=sys.stderr)
+            start = time.perf_counter()
+            study = Study(Path(tmp) / f"n{size}", size, space=space, supernet=supernet, probe=probe,
+                          figures_every=figures_every)
+            print(f"N = {size}: built in {time.perf_counter() - start:.0f} s; timing", file=sys.stderr)
+            study.next_trial()  # untimed: the first call of a process may set things up
+            runs = [study.next_trial() for _ in range(trials)]
+            rows[size] = {part: statistics.median(r[part] for r in runs) for part in PARTS}
+            rows[size]["total"] = statistics.median(sum(r.values()) for r in runs)
+            study.tensorboard.close()
+    return rows
+
+
+def table(rows: dict[int, dict[str, float]]) -> str:
+    """``rows`` (:func:`measure`) as a Markdown table in ms, and the ratio of the largest N to the smallest."""
+    lines = ["| N | " + " | ".join(PARTS) + " | total |", "|---:|" + "---:|" * (len(PARTS) + 1)]
+    lines += [f"| {size:,} | " + " | ".join(f"{1000 * row[p]:.1f}" for p in (*PARTS, "total")) + " |"
+              for size, row in rows.items()]
+    lo, hi = min(rows), max(rows)
+    lines += ["", f"ratio N = {hi:,} : N = {lo:,}: " + ", ".join(
+        f"{p} {rows[hi][p] / rows[lo][p]:.2f}×" for p in (*PARTS, "total"))]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="study sizes N")
@@ -140,35 +176,13 @@ def main(argv: list[str] | None = None) -> None:
         args.sizes, args.trials = [5, 20], 2
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(args.space)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = load_dataset("mnist1d", data_dir=Path(tmp) / "data")
-        supernet = build_supernet(space, data, seed=0)
-        probe = data.val.tensors[0][:256]  # type: ignore[attr-defined]
-        rows: dict[int, dict[str, float]] = {}
-        for size in args.sizes:
-            print(f"N = {size}: building ...", file=sys.stderr)
-            start = time.perf_counter()
-            study = Study(Path(tmp) / f"n{size}", size, space=space, supernet=supernet, probe=probe,
-                          figures_every=args.figures_every)
-            print(f"N = {size}: built in {time.perf_counter() - start:.0f} s; timing", file=sys.stderr)
-            study.next_trial()  # untimed: the first call of a process may set things up
-            runs = [study.next_trial() for _ in range(args.trials)]
-            rows[size] = {part: statistics.median(r[part] for r in runs) for part in PARTS}
-            rows[size]["total"] = statistics.median(sum(r.values()) for r in runs)
-            study.tensorboard.close()
+    rows = measure(args.sizes, trials=args.trials, figures_every=args.figures_every, space_name=args.space)
     print(f"per-trial bookkeeping, median of {args.trials} trials, ms ({cpu_name()}, 1 thread; "
           f"figures every {args.figures_every})\n")
-    print("| N | " + " | ".join(PARTS) + " | total |")
-    print("|---:|" + "---:|" * (len(PARTS) + 1))
-    for size, row in rows.items():
-        print(f"| {size:,} | " + " | ".join(f"{1000 * row[p]:.1f}" for p in (*PARTS, "total")) + " |")
+    print(table(rows))
     if args.json:
         args.json.write_text(json.dumps({"sizes": {str(n): row for n, row in rows.items()},
                                          "figures_every": args.figures_every, "trials": args.trials}, indent=1))
-    lo, hi = min(rows), max(rows)
-    print(f"\nratio N = {hi:,} : N = {lo:,}: " + ", ".join(
-        f"{p} {rows[hi][p] / rows[lo][p]:.2f}×" for p in (*PARTS, "total")))
 
 
 if __name__ == "__main__":

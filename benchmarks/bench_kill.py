@@ -44,6 +44,7 @@ import optuna
 import torch
 import yaml
 
+from wpl_nas.evaluation import retention_matrix
 from wpl_nas.run_folder import read_anatomy
 
 #: A small 1-D cell space (the tests' tiny space): a trial takes about a second on one thread.
@@ -111,7 +112,8 @@ def outcome(run: Path) -> dict[str, Any]:
 
     return {
         "candidates": [(t.user_attrs["arch"], t.value) for t in done],
-        "retention": by_position(study.user_attrs.get("retention")),
+        "retention": by_position({str(t): {str(j): v for j, v in row.items()}
+                                  for t, row in retention_matrix(study).items()}),
         "anatomy members": sorted(by_position(anatomy) or {}),
         "final scores": sorted((r["arch"], r["final"]) for r in final["rows"]) if final else None,
     }

@@ -48,7 +48,7 @@ from bench_step import machine
 
 import wpl_nas
 from wpl_nas.data import load_dataset
-from wpl_nas.evaluation import kendall_tau
+from wpl_nas.evaluation import kendall_tau, retention_matrix
 from wpl_nas.fidelity import train_standalone
 
 SAMPLERS = ("tpe", "forgetting-aware")
@@ -58,9 +58,9 @@ METRICS = ("retained_mean", "forgetting_mean", "forgetting_max", "rank_tau", "be
 
 def rank_tau(study: optuna.Study) -> float:
     """Kendall's τ between each pooled candidate's score at training and its latest re-score."""
-    retention = study.user_attrs.get("retention", {})
+    retention = retention_matrix(study)
     first = [rows[t] for t, rows in retention.items()]
-    latest = [rows[max(rows, key=int)] for rows in retention.values()]
+    latest = [rows[max(rows)] for rows in retention.values()]
     return kendall_tau(first, latest)
 
 

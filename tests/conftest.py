@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import pytest
 import torch
 
 import wpl_nas
+
+#: The device of the trainers and searches the helpers below build, and of the fast-path tests:
+#: cpu unless ``WPL_NAS_TEST_DEVICE`` names another (benchmarks/gpu_check.py sets it to cuda).
+TEST_DEVICE = os.environ.get("WPL_NAS_TEST_DEVICE", "cpu")
 
 TINY_SPACE = """\
 name: tiny1d
@@ -72,12 +77,12 @@ def make_trainer(space: wpl_nas.SearchSpace, data: wpl_nas.DataBundle, strategy:
     from torch.utils.data import TensorDataset
 
     training = SimpleNamespace(lr=lr, momentum=0.9, weight_decay=0.0, batch_size=64, grad_clip=5.0, eval_batch_size=256)
-    parts = wpl_nas.assemble(wpl_nas.build_supernet(space, data, seed=seed), training, device="cpu", strategy=strategy,
-                             strategy_options=options)
+    parts = wpl_nas.assemble(wpl_nas.build_supernet(space, data, seed=seed), training, device=TEST_DEVICE,
+                             strategy=strategy, strategy_options=options)
     train = TensorDataset(*(t[:train_samples] for t in data.train.tensors))  # type: ignore[attr-defined]
     val = data.val
-    return parts.trainer(train_set=train, held_out=val, eval_set=tuple(val.tensors[:2]),  # type: ignore[attr-defined]
-                         epochs=epochs, seed=seed)
+    eval_set = tuple(t.to(TEST_DEVICE) for t in val.tensors[:2])  # type: ignore[attr-defined]
+    return parts.trainer(train_set=train, held_out=val, eval_set=eval_set, epochs=epochs, seed=seed)
 
 
 @pytest.fixture
@@ -109,7 +114,7 @@ def search_tiny(space_file: Path, data_dir: Path, runs_dir: Path, **options: obj
     Optuna parameters are its architecture's choices."""
     import optuna
 
-    settings = {"trials": 2, "epochs": 1, "batch_size": 128, "device": "cpu", "strategy": "wpl",
+    settings = {"trials": 2, "epochs": 1, "batch_size": 128, "device": TEST_DEVICE, "strategy": "wpl",
                 "study_name": space_file.stem, **options}
     config = wpl_nas.SearchConfig(space=str(space_file), data_dir=str(data_dir), runs_dir=str(runs_dir), **settings)
     result = wpl_nas.run_search(config, progress=False, command=["test"])

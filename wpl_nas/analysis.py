@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from wpl_nas.callbacks import SNAPSHOT_KEYS
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation.anatomy import linear_cka, reset_stage, stage_features, stage_names
+from wpl_nas.evaluation.retention import matrix_from_csv
 from wpl_nas.evaluation.scoring import Metric
 from wpl_nas.run_folder import (
     ANATOMY_DIR,
@@ -37,6 +38,7 @@ from wpl_nas.run_folder import (
     RANKING_CSV,
     RANKING_MD,
     REPORT_DIR,
+    RETENTION_CSV,
     RETENTION_JSON,
     load_run,
     read_anatomy,
@@ -276,7 +278,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     if not retention_path.is_file():
         raise ConfigError(f"run {run.run_dir} has no retention.json: no trial has finished yet, or the run was made "
                           "by a wpl-nas that did not write it; run a new search")
-    pool = read_json(retention_path, what="retention record")
+    pool = _with_rows(read_json(retention_path, what="retention record"), run.run_dir)
     out = run.run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     figures = [out / "retention.png", out / "forgetting.png"]
@@ -325,6 +327,27 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     path = out / "report.html"
     write_text_atomically(path, _html(text, out))
     return ReportResult(path, figures)
+
+
+def _with_rows(pool: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A ``retention.json`` record with every candidate ever pooled and its row (``rescores``): as
+    written by runs that kept them there, or rebuilt from ``retention.csv`` (newer runs keep the rows
+    there only, so that ``retention.json`` does not grow with the search)."""
+    if all("rescores" in c for c in pool["candidates"]):
+        return pool
+    try:
+        matrix, at_training = matrix_from_csv((run_dir / RETENTION_CSV).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"run {run_dir}: cannot read its {RETENTION_CSV} ({exc}); it holds the retention matrix "
+                          f"the report draws") from None
+    sign = 1.0 if pool.get("higher_is_better", True) else -1.0
+    candidates = []
+    for trial, row in matrix.items():
+        latest = row[max(row)]
+        candidates.append({"trial": trial, "score_at_training": at_training[trial], "latest": latest,
+                           "forgetting": sign * (at_training[trial] - latest),
+                           "rescores": {str(j): v for j, v in row.items()}})
+    return {**pool, "candidates": candidates}
 
 
 def _pool_latest(pool: dict[str, Any], trial: int) -> str:

@@ -9,10 +9,14 @@ Finished Optuna trials cannot change, so what the retention callback learns afte
 the *study*'s user attributes:
 
 ``latest_rescore``, ``latest_forgetting``
-    ``{trial: score}`` and ``{trial: forgetting}``: every pooled candidate's most recent score and
-    its forgetting (score at training − that score; the other way round for perplexity).
+    ``{trial: score}`` and ``{trial: forgetting}``: each pool member's most recent score and its
+    forgetting (score at training − that score; the other way round for perplexity), and those of
+    the candidates that left the pool at this re-score (their last ones).
 ``retention``
-    ``{trial: {after trial: score}}``: the retention matrix of every candidate ever pooled.
+    only in runs made before each trial's re-scores went on the trial itself (user attribute
+    ``rescores``, :data:`~wpl_nas.evaluation.RESCORES_ATTR`): ``{trial: {after trial: score}}``, the
+    retention matrix of every candidate ever pooled, rewritten whole after every trial.
+    :func:`~wpl_nas.evaluation.retention_matrix` reads either.
 ``pool``
     the trial numbers of the current pool members; ``pool_after_trial``: the trial they follow;
     ``pool_joined`` and ``pool_left``: who joined and who left at that re-score;
@@ -29,10 +33,10 @@ and in optuna-dashboard's notes (which, unlike a finished trial's attributes, ca
 the study's note holds the pool, and each pooled trial's own note its latest re-score, forgetting,
 recent re-scores and its cell drawn large, rewritten while the candidate is in the pool.
 
-It also writes the run folder's ``retention.json`` (members, measures and every candidate's row),
-atomically, and appends each re-score to ``retention.csv`` (the matrix in long format, one row
-per re-score: :data:`~wpl_nas.evaluation.retention.CSV_COLUMNS`), so both can be read while the
-search runs (a reader may meet a last row still being written).
+It also writes the run folder's ``retention.json`` (members, measures, and the pooled candidates'
+latest scores and forgetting), atomically, and appends each re-score to ``retention.csv`` (the
+matrix in long format, one row per re-score: :data:`~wpl_nas.evaluation.retention.CSV_COLUMNS`),
+so both can be read while the search runs (a reader may meet a last row still being written).
 
 The callbacks see a search through the parts they read (its retained pool, the trials it has
 finished, its supernet, its run folder), never the objective itself: a
@@ -51,17 +55,26 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 from optuna.trial import TrialState
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
 from wpl_nas.errors import ConfigError
-from wpl_nas.evaluation import MEASURES, METRICS, STEP_MEASURES, PoolChanges, RetainedPool
+from wpl_nas.evaluation import (
+    MEASURES,
+    METRICS,
+    RESCORES_ATTR,
+    STEP_MEASURES,
+    PoolChanges,
+    RetainedPool,
+    retention_matrix,
+)
 from wpl_nas.evaluation.anatomy import linear_cka, stage_features
 from wpl_nas.notes import save_note, trial_notes
 from wpl_nas.run_folder import ANATOMY_JSON, ANATOMY_LOG, RETENTION_CSV, RETENTION_JSON, RunFolder, anatomy_lines
 from wpl_nas.spaces import Architecture, SearchSpace
 from wpl_nas.supernet import Supernet
 from wpl_nas.tracking import load_checkpoint, read_json, save_checkpoint, write_text_atomically
-from wpl_nas.tracking.figures import cell_figure, forgetting_heatmap
+from wpl_nas.tracking.figures import cell_png, forgetting_heatmap, png_size
 from wpl_nas.tracking.hparams import experiment_summary, session_end_summary, session_start_summary
 from wpl_nas.tracking.markdown import code_cell
 
@@ -117,10 +130,16 @@ class RetentionCallback:
         if trial.number not in self.finished:
             return
         changes = pool.changes(trial.number)
-        study.set_user_attr("latest_rescore", {str(t): e.latest for t, e in pool.entries.items()})
-        study.set_user_attr("latest_forgetting", {str(t): e.forgetting for t, e in pool.entries.items()})
-        study.set_user_attr("retention", {str(t): {str(j): s for j, s in rows.items()}
-                                          for t, rows in pool.matrix().items()})
+        # The members, and those that left at this re-score (their last scores): not every candidate
+        # ever pooled, so that the study's attributes do not grow with the search.
+        shown = [pool.entries[t] for t in sorted({*pool.members(), *changes.left})]
+        study.set_user_attr("latest_rescore", {str(e.trial): e.latest for e in shown})
+        study.set_user_attr("latest_forgetting", {str(e.trial): e.forgetting for e in shown})
+        if RESCORES_ATTR not in trial.user_attrs:
+            # A trial whose re-score was not recorded on it (a run made before RESCORES_ATTR, whose
+            # pool caught up after it was told): the whole matrix, as such runs kept it.
+            study.set_user_attr("retention", {str(t): {str(j): s for j, s in rows.items()}
+                                              for t, rows in pool.matrix().items()})
         study.set_user_attr("pool", pool.members())
         study.set_user_attr("pool_joined", changes.joined)
         study.set_user_attr("pool_left", changes.left)
@@ -170,12 +189,13 @@ class AnatomyCallback:
 
     After trial N: if N joined the pool, its stage representations on the fixed ``probe`` batch and
     the weights on its path are saved to ``run_dir/anatomy/trial_NNNN.pt``; every other member with
-    a snapshot is run on the probe again and its linear CKA per stage against its snapshot goes to
-    ``run_dir/anatomy.jsonl`` (a line appended per trial, ``{"after_trial": N, "cka": {member:
-    {stage: CKA}}}``; :func:`~wpl_nas.run_folder.read_anatomy` reads it back) and, as the mean over
-    those members, to the study's user attribute ``anatomy_cka`` (``{stage: CKA}``, with
-    ``anatomy_after_trial``). Snapshots of candidates that left the pool are deleted: they are no
-    longer re-scored. ``wpl-nas anatomy RUN_DIR`` reads these files.
+    a snapshot is run on the probe again (after trials whose number ``every`` divides) and its
+    linear CKA per stage against its snapshot goes to ``run_dir/anatomy.jsonl`` (a line appended
+    per such trial, ``{"after_trial": N, "cka": {member: {stage: CKA}}}``;
+    :func:`~wpl_nas.run_folder.read_anatomy` reads it back) and, as the mean over those members, to
+    the study's user attribute ``anatomy_cka`` (``{stage: CKA}``, with ``anatomy_after_trial``).
+    Snapshots of candidates that left the pool are deleted: they are no longer re-scored.
+    ``wpl-nas anatomy RUN_DIR`` reads these files.
 
     Args:
         supernet: The search's supernet (read only).
@@ -184,12 +204,18 @@ class AnatomyCallback:
         folder: The run folder.
         probe: The probe batch (at least 2 samples: CKA compares samples), on ``device``.
         device: Where the supernet lives.
+        every: Compare the members after trials whose number this divides only (each comparison runs
+            every member on the probe); a joining member's snapshot is taken after every trial, as
+            it must be, right after its training.
     """
 
     def __init__(self, supernet: Supernet, pool: RetainedPool, finished: Finished, folder: RunFolder, *,
-                 probe: torch.Tensor, device: torch.device) -> None:
+                 probe: torch.Tensor, device: torch.device, every: int = 1) -> None:
         if len(probe) < 2:
             raise ValueError(f"the probe must hold >= 2 samples (CKA compares samples), but got {len(probe)}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, but got {every}")
+        self.every = every
         self.supernet, self.pool, self.finished, self.folder = supernet, pool, finished, folder
         self.probe, self.device = probe, device
         self._record_after: int | None = None  # the last trial this callback put in the record
@@ -241,6 +267,11 @@ class AnatomyCallback:
             save_checkpoint(folder.snapshot_path(trial.number), {
                 "arch": str(arch), "features": stage_features(supernet, arch, probe),
                 "weights": {n: p.detach().clone() for n, p in supernet.parameters_of(arch).items()}})
+        for path in folder.anatomy_dir.glob("trial_*.pt"):
+            if int(path.stem.split("_")[1]) not in members:
+                path.unlink()
+        if trial.number % self.every:
+            return
         now: dict[str, list[float]] = {}
         by_member: dict[str, dict[str, float]] = {}
         for member in members:
@@ -258,9 +289,6 @@ class AnatomyCallback:
             by_member[str(member)] = cka
             for stage, value in cka.items():
                 now.setdefault(stage, []).append(value)
-        for path in folder.anatomy_dir.glob("trial_*.pt"):
-            if int(path.stem.split("_")[1]) not in members:
-                path.unlink()
         self._record(trial.number, by_member)
         study.set_user_attr("anatomy_cka", {stage: sum(v) / len(v) for stage, v in now.items()})
         study.set_user_attr("anatomy_after_trial", trial.number)
@@ -360,7 +388,7 @@ class TensorBoardCallback:
         if "arch" in attrs:
             self.writer.add_text("trial/arch", f"trial {step}: `{attrs['arch']}`", step)
             if self.space is not None:
-                self.writer.add_figure("trial/cell", cell_figure(self.space, Architecture.parse(attrs["arch"])), step)
+                self._png("trial/cell", cell_png(self.space, Architecture.parse(attrs["arch"])), step)
         if score is not None and trial.params:
             self._hparams_row(trial, score)
         study_attrs = study.user_attrs
@@ -371,6 +399,13 @@ class TensorBoardCallback:
                 if value == value:
                     self.writer.add_scalar(f"similarity/cka_{stage}", value, step)
         self._settle(study_attrs.get("pool", []))
+
+    def _png(self, tag: str, png: bytes, step: int) -> None:
+        """Log an image already encoded as PNG (``add_image`` would decode and encode it again): the
+        cell drawn for the trial's artifact (:func:`~wpl_nas.tracking.figures.cell_png`) is reused."""
+        width, height = png_size(png)
+        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)  # RGBA
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def _hparams_row(self, trial: optuna.trial.FrozenTrial, score: float) -> None:
         """Trial ``trial``'s HPARAMS row: the experiment record (the same in every trial's run; the
@@ -405,7 +440,7 @@ class TensorBoardCallback:
                 writer.add_scalar("forgetting/candidate", forgetting[str(member)], step)
         if step % self.figures_every:
             return
-        matrix = {int(t): {int(j): v for j, v in row.items()} for t, row in study_attrs["retention"].items()}
+        matrix = retention_matrix(study)
         at_training = {t.number: t.user_attrs["score_at_training"] for t in study.get_trials(deepcopy=False)
                        if t.number in matrix and "score_at_training" in t.user_attrs}
         self.writer.add_figure("forgetting/matrix", forgetting_heatmap(

@@ -107,6 +107,9 @@ class SearchConfig(Config):
     figures_every: int = opt(1, "Draw TensorBoard's forgetting heatmap (forgetting/matrix) after every N trials: it "
                                  "covers every candidate ever pooled, so its cost grows with the search (a few "
                                  "hundred ms a trial at 1,000 trials); the measures are logged every trial regardless.")
+    anatomy_every: int = opt(1, "Measure where the pool forgets (per-stage CKA of every member against its snapshot, "
+                                "anatomy.jsonl) after every N trials: each member is run on the probe again, about "
+                                "5% of a default search; a member's snapshot is still taken when it joins.")
     # How the search ends: every candidate re-scored on the final supernet (wpl_nas.selection).
     final_top_k: int = opt(0, "At the end, re-score on the final supernet only the best K candidates by score at "
                                "training (0: every candidate).")
@@ -134,7 +137,8 @@ class SearchConfig(Config):
                                "of another shape is refused.")
 
     strategy_registry_module = "wpl_nas.strategies.registry"  # its strategies are the sections
-    positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best", "figures_every", "image_size")
+    positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best", "figures_every", "anatomy_every",
+                "image_size")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent", "threads",
                     "final_top_k", "train_samples", "steps", "workers")
     open_unit = ("val_fraction",)
@@ -152,8 +156,8 @@ class SearchConfig(Config):
     # the run folder's config.yaml (``history``).
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
         "trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by", "figures_every",
-        "lr", "momentum", "weight_decay", "grad_clip", "epochs", "steps", "batch_size", "precision", "channels_last",
-        "workers")
+        "anatomy_every", "lr", "momentum", "weight_decay", "grad_clip", "epochs", "steps", "batch_size", "precision",
+        "channels_last", "workers")
     # Of those, the ones that describe this machine rather than the run: a resumed search on the
     # command line takes them from the defaults or flags, not from the run's config.yaml. (workers only
     # changes how many processes decode the files, never which batches come: see wpl_nas.data._stream.)

@@ -15,6 +15,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from wpl_nas.evaluation.retention import retention_matrix
 from wpl_nas.run_folder import RETENTION_CSV
 
 __all__ = ["save_note", "trial_notes"]
@@ -59,13 +60,13 @@ def _cell_link(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | No
     return None if cell is None else f"/artifacts/{study._study_id}/{trial._trial_id}/{cell.artifact_id}"
 
 
-def _trial_note_text(trial: optuna.trial.FrozenTrial, attrs: dict[str, Any], *, higher_is_better: bool,
-                     cell: str | None) -> str:
+def _trial_note_text(trial: optuna.trial.FrozenTrial, attrs: dict[str, Any],
+                     matrix: dict[int, dict[int, float]], *, higher_is_better: bool, cell: str | None) -> str:
     """A trial's note: its latest re-score and forgetting, its recent re-scores, its final score
     when the final selection describes the current supernet, and its cell drawn large."""
     key = str(trial.number)
     score = trial.user_attrs.get("score_at_training")
-    row = {int(j): v for j, v in attrs.get("retention", {}).get(key, {}).items()}
+    row = matrix.get(trial.number, {})
     after = attrs.get("pool_after_trial")
     sign = 1.0 if higher_is_better else -1.0
     lines: list[str] = []
@@ -110,11 +111,11 @@ def trial_notes(study: optuna.Study, numbers: Iterable[int]) -> None:
     dashboard, wanted = _dashboard(), set(numbers)
     if dashboard is None or not wanted:
         return
-    attrs = study.user_attrs
+    attrs, matrix = study.user_attrs, retention_matrix(study)
     higher_is_better = study.directions[0] == StudyDirection.MAXIMIZE
     for trial in study.get_trials(deepcopy=False):
         if trial.number in wanted and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            text = _trial_note_text(trial, attrs, higher_is_better=higher_is_better,
+            text = _trial_note_text(trial, attrs, matrix, higher_is_better=higher_is_better,
                                     cell=_cell_link(study, trial))
             dashboard.save_note(_TrialNote(study, trial), text)
 

@@ -60,7 +60,7 @@ from wpl_nas.config import OBJECTIVES, SearchConfig, resume_changes
 from wpl_nas.data import DATASETS, DataBundle, load_dataset
 from wpl_nas.distributed import World, state_checksum
 from wpl_nas.errors import ConfigError, TrainingDiverged, reason
-from wpl_nas.evaluation import RetainedPool
+from wpl_nas.evaluation import RESCORES_ATTR, RetainedPool
 from wpl_nas.evaluation.cost import count_flops, measure_latency
 from wpl_nas.run_folder import ARTIFACTS, RunFolder
 from wpl_nas.spaces import Architecture, SearchSpace, load_space
@@ -197,6 +197,7 @@ class SupernetObjective:
                 group.update(lr=self.config.lr, momentum=self.config.momentum,
                              weight_decay=self.config.weight_decay)
             self.pool.load_state_dict(state["pool"])
+            self.trainer.load_state_dict(state.get("trainer", {}))  # absent from checkpoints before fp16's scaler
             # In place: the callbacks hold this dict.
             self.finished.update({int(k): (str(v[0]), v[1]) for k, v in state["finished"].items()})
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
@@ -215,10 +216,11 @@ class SupernetObjective:
 
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint holds: supernet, strategy, optimiser, pool, finished trials, RNG states,
-        and the identity of the study it belongs to."""
+        the identity of the study it belongs to, and the trainer's state (fp16's gradient scaler)."""
         return {"supernet": self.supernet.state_dict(), "strategy": self.strategy.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "pool": self.pool.state_dict(),
-                "finished": dict(self.finished), "rng": capture_rng(), "identity": self._identity}
+                "finished": dict(self.finished), "rng": capture_rng(), "identity": self._identity,
+                "trainer": self.trainer.state_dict()}
 
     def save(self) -> None:
         """Write the checkpoint atomically (:meth:`state_dict`). A signal (Ctrl-C, SIGTERM) during a
@@ -412,7 +414,7 @@ class SupernetObjective:
             # told (an interruption in between) still carries them when it is told on resume.
             self._annotate(trial, result)
             # The pool is re-scored before the checkpoint, so trial and pool are saved together, once.
-            self._update_pool(trial.number, None if result.pruned else str(arch), result.score)
+            self._update_pool(trial.number, None if result.pruned else str(arch), result.score, trial=trial)
             with deferred():  # `finished` in memory and in the checkpoint on disk change together
                 self.finished[trial.number] = outcome
                 try:
@@ -432,10 +434,13 @@ class SupernetObjective:
                                      f"at score {result.score:.4f}")
         return result.score if single else tuple(values)
 
-    def _update_pool(self, number: int, arch: str | None, score: float) -> None:
+    def _update_pool(self, number: int, arch: str | None, score: float, *, trial: optuna.Trial | None = None) -> None:
         """Trial ``number`` joins the retained pool (when it completed: ``arch`` given, with its
         ``score`` at training), replacing the entry of its architecture, and every other member is
-        re-scored on the fixed evaluation set; the scores are recorded as taken after ``number``."""
+        re-scored on the fixed evaluation set; the scores are recorded as taken after ``number``, and
+        on ``trial`` (the running trial, when given) as its user attribute
+        :data:`~wpl_nas.evaluation.RESCORES_ATTR`: the study's records then grow by the pool's size
+        per trial, however long the search."""
         pool = self.pool
         if arch is not None:
             pool.add(number, arch, score)
@@ -443,6 +448,8 @@ class SupernetObjective:
         if number in pool.entries:
             rescores[number] = pool.entries[number].score
         pool.record(number, rescores)
+        if trial is not None:
+            trial.set_user_attr(RESCORES_ATTR, {str(t): s for t, s in rescores.items()})
 
     def _check_strategy_state(self, number: int) -> None:
         """Refuse to go on (and to save) once the strategy's state holds NaN or infinity: every later
@@ -504,7 +511,8 @@ class SupernetObjective:
         """A study callback that measures, per stage, how far the pool members' representations drift
         (see :class:`~wpl_nas.callbacks.AnatomyCallback`)."""
         return AnatomyCallback(self.supernet, self.pool, self.finished, self.folder,
-                               probe=self.trainer.eval_x[:probe_size], device=self.device)
+                               probe=self.trainer.eval_x[:probe_size], device=self.device,
+                               every=self.config.anatomy_every)
 
     def tensorboard_callback(self, log_dir: str | Path | None = None) -> TensorBoardCallback:
         """A study callback that writes TensorBoard events to ``log_dir`` [default: ``run_dir/tb``]

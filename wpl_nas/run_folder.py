@@ -9,7 +9,7 @@
       search.lock            who is searching this folder now
       checkpoints/last.pt    supernet, strategy, optimiser, retained pool, finished trials, RNG states
       artifacts/             each trial's cell image (Optuna artifacts, shown by the dashboard)
-      retention.json         the retained pool and every candidate's re-scores, rewritten after every trial
+      retention.json         the retained pool now (members, measures, latest scores), rewritten after every trial
       retention.csv          the retention matrix, one row per re-score, appended after every trial
       anatomy.jsonl, anatomy/  per-stage CKA of the pool members (a line per trial), and their snapshots
       final.json, .csv       every candidate re-scored on the final supernet

@@ -303,3 +303,56 @@ def test_bench_distributed_quick_compares_two_processes_with_one(tmp_path):
     assert rows["1x1"]["max_weight_diff"] == 0.0 and rows["2x1"]["same_candidates"] is True
     assert all(math.isfinite(v) and v >= 0 for v in figures["undivided"].values())
     assert "| 2x1 |" in proc.stdout and "| consolidation |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_overhead_quick_splits_each_search_into_its_parts_and_times_the_bookkeeping(tmp_path):
+    """Each variant's search is split into parts that add up to its whole process, training steps
+    included, with the ratio total / training steps; the two variants end with the same final.csv (the
+    lean one only draws and measures less often); the bookkeeping has its row per size."""
+    out = tmp_path / "overhead.json"
+    proc = _run("bench_overhead.py", json_out=out)
+    figures = json.loads(out.read_text())
+    assert set(figures["search"]) == {"default", "lean"}
+    for row in figures["search"].values():
+        cpu = row["cpu"]
+        assert _positive(cpu["training steps"]) and _positive(cpu["pool re-scoring"]) and _positive(cpu["total"])
+        assert sum(v for k, v in cpu.items() if k != "total") == pytest.approx(cpu["total"], rel=1e-6)
+        assert row["ratio_cpu"] == pytest.approx(cpu["total"] / cpu["training steps"]) and row["ratio_cpu"] > 1
+    assert set(figures["bookkeeping"]) == {"5", "20"}
+    assert "| default | " in proc.stdout and "ratio N = 20 : N = 5" in proc.stdout
+    assert "same final.csv in every search: yes" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_compile_quick_reports_compile_time_and_break_even(tmp_path):
+    out = tmp_path / "compile.json"
+    proc = _run("bench_compile.py", "--spaces", "mnist1d", json_out=out)
+    rows = json.loads(out.read_text())["results"]
+    assert [r["space"] for r in rows] == ["mnist1d"]
+    for r in rows:
+        assert _positive(r["compile_overhead_s"]) and _positive(r["ratio"]) and r["break_even_steps"] > 0
+        assert r["first_loss_difference"] < 1e-3  # the same step from the same weights, to rounding
+    assert "| mnist1d |" in proc.stdout and "break-even" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_the_search_part_on_a_cpu_and_writes_its_json(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--device", "cpu",
+               "--parts", "search", "--out", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["environment"]["device"] == "cpu" and list(report["parts"]) == ["search"]
+    search = report["parts"]["search"]
+    assert search["status"] == "ok", search["tail"]
+    figures = search["results"]
+    assert figures["finished"] and figures["trials"] == 3 and 0 < figures["training_share"] < 1
+    assert "## gpu_check summary" in proc.stdout and "3 candidates x 2 steps" in proc.stdout
+
+
+def test_gpu_check_refuses_an_unknown_part(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--parts", "tests,warp", "--out",
+               str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "unknown parts ['warp']; valid choices: tests, step" in proc.stderr

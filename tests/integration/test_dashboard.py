@@ -24,6 +24,7 @@ from PIL import Image
 
 import wpl_nas
 from wpl_nas.cli import cli
+from wpl_nas.evaluation import retention_matrix
 
 
 def browser() -> str:
@@ -92,8 +93,8 @@ def test_dashboard_shows_architecture_and_final_scores_in_a_browser(tiny_space_f
         assert "score_at_training" in trials and "cell_trial_0000.png" in trials  # and its cell, as an artifact
         # The trial's own note: its latest retained score (a finished trial's attributes cannot change,
         # its note can), its score on the final supernet, and its cell drawn large enough to read.
-        row = result.study.user_attrs["retention"]["0"]
-        last = max(row, key=int)
+        row = retention_matrix(result.study)[0]
+        last = max(row)
         dom = page_dom(chromium, f"{base}/trials?numbers=0", tmp_path / "profile")
         shown = dom_text(dom)
         assert f"Retained score {row[last]:.4f} after trial {last}" in shown

@@ -3,17 +3,20 @@ channels_last memory format (--channels-last), on a CPU. Tiny and fast."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_trainer, search_tiny
+import torch.nn.functional as F
+from conftest import TEST_DEVICE, make_trainer, search_tiny
 from torch.utils.data import TensorDataset
 
 import wpl_nas
 from wpl_nas.errors import ConfigError
+from wpl_nas.strategies.distill import DistillOptions
 from wpl_nas.supernet import Supernet
 from wpl_nas.training.precision import autocast, resolve_channels_last, resolve_precision
 
@@ -144,7 +147,7 @@ def test_fp16_works_on_a_cpu_with_a_gradient_scaler(tiny_space, mnist1d):
     """torch's CPU autocast supports float16 (2.x): it is allowed, with its gradient scaler."""
     assert resolve_precision("fp16", "cpu") == "fp16"
     trainer = make_trainer(tiny_space, mnist1d, strategy="wpl", train_samples=SAMPLES)
-    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler("cpu")
+    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler(trainer.device.type)
     result = trainer.train(first_arch(tiny_space), trial_index=0)
     assert math.isfinite(result.loss) and result.steps == STEPS_PER_EPOCH and 0.0 <= result.score <= 1.0
     trainer.consolidate(first_arch(tiny_space), trial_index=0, score=result.score)
@@ -161,13 +164,14 @@ def test_fp16_is_refused_for_hat_whose_embeddings_the_scaler_does_not_reach(mnis
 def test_channels_last_matches_the_default_format_on_a_2d_space():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 3, 8, 8, generator=g), torch.randint(0, 10, (96,), generator=g)
+    x, y = x.to(TEST_DEVICE), y.to(TEST_DEVICE)
     space = wpl_nas.load_space("nb201")
     arch = space.sample(random.Random(1))
     runs = {}
     for fmt in ("off", "on"):
         options = SimpleNamespace(lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=32, grad_clip=5.0,
                                   eval_batch_size=64, channels_last=fmt)
-        parts = wpl_nas.assemble(_tiny_net(), options, device="cpu", strategy="wpl")
+        parts = wpl_nas.assemble(_tiny_net(), options, device=TEST_DEVICE, strategy="wpl")
         trainer = parts.trainer(train_set=TensorDataset(x, y), held_out=TensorDataset(x, y), eval_set=(x, y),
                                 epochs=1, seed=0)
         if fmt == "on":
@@ -183,3 +187,142 @@ def test_channels_last_matches_the_default_format_on_a_2d_space():
     assert runs["on"][1] == pytest.approx(runs["off"][1], rel=1e-4)
     for a, b in zip(runs["on"][2], runs["off"][2], strict=True):  # 3 SGD steps apart, sums reassociated
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+# --- fp16: the gradient scaler's state and the strategies' own backward ------------------------
+def _fp16_config(space_file, data_dir, runs_dir, trials: int, strategy: str = "distill") -> wpl_nas.SearchConfig:
+    return wpl_nas.SearchConfig(space=str(space_file), data_dir=str(data_dir), runs_dir=str(runs_dir),
+                                study_name="fp16", trials=trials, epochs=1, train_samples=256, batch_size=64,
+                                eval_samples=200, device=TEST_DEVICE, threads=1, precision="fp16", strategy=strategy,
+                                sampler="random", pool_best=1, pool_recent=1)
+
+
+def _run_state(result: wpl_nas.SearchResult) -> tuple[list[object], dict[str, torch.Tensor], dict[str, object]]:
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    values = [t.value for t in result.study.get_trials()]
+    return values, {**state["supernet"], **{f"s.{k}": v for k, v in state["strategy"].items()}}, state["trainer"]
+
+
+def test_an_fp16_search_stopped_and_resumed_equals_an_uninterrupted_one(tiny_space_file, data_dir, tmp_path,
+                                                                       monkeypatch):
+    """The scaler's scale, which backs off on overflow during the search, travels in the checkpoint."""
+    # A real scaler starting high (2^20, where this tiny space overflows now and then), so that its
+    # scale moves within three 4-step candidates: at torch's 2^16 it would not, and the test could not fail.
+    init = 2.0 ** 20
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=init))
+    whole = _run_state(wpl_nas.run_search(_fp16_config(tiny_space_file, data_dir, tmp_path / "whole", 3),
+                                          progress=False, command=["t"]))
+    assert whole[2]["scaler"]["scale"] < init  # it backed off
+    config = _fp16_config(tiny_space_file, data_dir, tmp_path / "split", 2)
+    wpl_nas.run_search(config, progress=False, command=["t"])
+    resumed = _run_state(wpl_nas.run_search(config.replace(trials=3), progress=False, command=["t"]))
+    assert resumed[0] == whole[0] and resumed[2] == whole[2]
+    assert resumed[1].keys() == whole[1].keys()
+    for name, tensor in whole[1].items():
+        assert torch.equal(tensor, resumed[1][name]), name
+
+
+def test_a_checkpoint_without_a_scaler_state_still_resumes_and_a_forged_one_is_refused(
+        tiny_space_file, data_dir, tmp_path):
+    config = _fp16_config(tiny_space_file, data_dir, tmp_path, 1, strategy="naive")
+    result = wpl_nas.run_search(config, progress=False, command=["t"])
+    path = result.run_dir / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    good = state.pop("trainer")
+    torch.save(state, path)  # as written before the scaler was saved
+    assert len(wpl_nas.run_search(config.replace(trials=2), progress=False, command=["t"]).study.get_trials()) == 2
+    state = torch.load(path, weights_only=True)
+    state["trainer"] = {"scaler": {**good["scaler"], "scale": float("nan")}}
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match=r"does not fit this run.*scale must be a finite positive number"):
+        wpl_nas.run_search(config.replace(trials=3), progress=False, command=["t"])
+
+
+def _replay_gradient(tiny_space, mnist1d, precision: str, *, scaled: bool = True) -> torch.Tensor:
+    """The gradient distill's own backward adds on one step of a second candidate: the trainer's state
+    after the candidate's unscaled backward, with a λ so small that fp16's range flushes it unscaled."""
+    torch.manual_seed(0)
+    trainer = make_trainer(tiny_space, mnist1d, strategy="distill", options=DistillOptions(lam=1e-5, protect=2),
+                           train_samples=SAMPLES)
+    archs = [tiny_space.sample(random.Random(i)) for i in (0, 1)]
+    first = trainer.train(archs[0], trial_index=0)
+    trainer.consolidate(archs[0], trial_index=0, score=first.score)
+    trainer.precision = precision
+    trainer.scaler = torch.amp.GradScaler(trainer.device.type) if precision == "fp16" else None
+    ctx = trainer.context(archs[1], 1)
+    if not scaled:
+        ctx.scaler = None  # what a plain loss.backward() in the strategy did
+    net, opt = trainer.supernet, trainer.optimizer
+    net.set_arch(archs[1])
+    with torch.no_grad():  # the drift the replay repairs: without it the teacher is the student, the gradient 0
+        g = torch.Generator().manual_seed(0)
+        for p in ctx.params.values():
+            p.add_(0.1 * torch.randn(p.shape, generator=g).to(p.device))
+    trainer.strategy.before_candidate(ctx)
+    x, y = trainer.train_set.tensors[0][:64], trainer.train_set.tensors[1][:64]
+    ctx.batch = (x, y)
+    opt.zero_grad(set_to_none=False)
+    for p in net.parameters():  # a zero gradient everywhere: what remains is the strategy's alone
+        p.grad = torch.zeros_like(p)
+    if trainer.scaler is not None:  # the trainer's order: scale the loss (a zero one), unscale, after_backward
+        trainer.scaler.scale(torch.zeros((), device=trainer.device))
+        trainer.scaler.unscale_(opt)
+    with autocast(trainer.device, precision):
+        trainer.strategy.after_backward(ctx)
+    return torch.cat([p.grad.flatten() for p in ctx.params.values()])
+
+
+def test_the_replay_gradient_under_fp16_is_scaled_and_matches_fp32(tiny_space, mnist1d):
+    fp32 = _replay_gradient(tiny_space, mnist1d, "fp32")
+    fp16 = _replay_gradient(tiny_space, mnist1d, "fp16")
+    plain = _replay_gradient(tiny_space, mnist1d, "fp16", scaled=False)
+    assert fp32.abs().max() > 0
+    # Unscaled, fp16 loses it (activation gradients under its smallest subnormal, 6e-8, flush to 0)...
+    assert (plain - fp32).norm() > 0.5 * fp32.norm()
+    # ...scaled, it matches fp32 to fp16's precision.
+    assert (fp16 - fp32).norm() < 0.05 * fp32.norm()
+
+
+def test_a_non_finite_strategy_gradient_skips_the_step_and_backs_the_scale_off(tiny_space, mnist1d):
+    trainer = make_trainer(tiny_space, mnist1d, train_samples=SAMPLES)
+    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler(trainer.device.type, init_scale=2.0 ** 10)
+    arch = first_arch(tiny_space)
+    ctx = trainer.context(arch, 0)
+    trainer.supernet.set_arch(arch)
+    with pytest.raises(RuntimeError, match="after_backward"):  # no unscale_ this step yet
+        ctx.backward(trainer.supernet(trainer.eval_x[:8]).sum())
+    before = weights(trainer)
+    x = trainer.eval_x[:8]
+    with autocast(trainer.device, "fp16"):
+        loss = F.cross_entropy(trainer.supernet(x), trainer.eval_y[:8])
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.unscale_(trainer.optimizer)
+    with autocast(trainer.device, "fp16"):
+        ctx.backward(trainer.supernet(x).sum() * float("inf"))
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(trainer), strict=True))  # skipped
+    assert trainer.scaler.get_scale() == 2.0 ** 9  # backed off
+
+
+def test_a_measured_gradient_under_fp16_is_scaled_and_matches_fp32(tiny_space, mnist1d):
+    """ctx.grad (ANPyC's pruning score): tiny gradients survive fp16 with the scaler's scale."""
+    trainer = make_trainer(tiny_space, mnist1d, train_samples=SAMPLES)
+    arch = first_arch(tiny_space)
+    trainer.supernet.set_arch(arch)
+    ctx = trainer.context(arch, 0)
+    params = list(ctx.params.values())
+    x = trainer.eval_x[:64]
+
+    def measured(precision: str, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+        ctx.scaler = scaler
+        with autocast(trainer.device, precision):
+            # An fp32 scalar (as autocast's losses are) whose logit gradients, ~1e-8, lie under fp16's range.
+            output = 1e-5 * trainer.supernet(x).float().logsumexp(dim=1).mean()
+        return torch.cat([g.flatten() for g in ctx.grad(output, params) if g is not None])
+
+    fp32 = measured("fp32", None)
+    plain = measured("fp16", None)
+    scaled = measured("fp16", torch.amp.GradScaler(trainer.device.type))
+    assert fp32.abs().max() > 0 and (plain - fp32).norm() > 0.5 * fp32.norm()
+    assert (scaled - fp32).norm() < 0.05 * fp32.norm()

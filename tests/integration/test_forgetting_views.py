@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 
 from wpl_nas import SupernetObjective
 from wpl_nas.callbacks import SEARCH_RUN
+from wpl_nas.evaluation import retention_matrix
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def repeated(tiny_space_file, data_dir, tmp_path_factory):
     objective.close()
     archs = [t.user_attrs["arch"] for t in study.trials]
     assert archs[2] == archs[0] != archs[1]
-    return SimpleNamespace(study=study, tb=run_dir / "tb", attrs=study.user_attrs)
+    return SimpleNamespace(study=study, tb=run_dir / "tb", attrs=study.user_attrs, matrix=retention_matrix(study))
 
 
 @pytest.mark.slow
@@ -42,12 +43,12 @@ def test_the_repeat_replaces_its_architecture_in_the_pool_and_joining_is_told_ap
     attrs = repeated.attrs
     assert attrs["pool"] == [1, 2] and attrs["pool_replaced"] == {"0": 2}
     assert attrs["pool_joined"] == [2] and attrs["pool_left"] == [0]
-    assert attrs["retention"]["0"].keys() == {"0", "1"}  # trial 0 is no longer re-scored
+    assert repeated.matrix[0].keys() == {0, 1}  # trial 0 is no longer re-scored
     # Over the earlier member (trial 1) alone: its latest score, and what training trial 2 cost it.
-    rows = attrs["retention"]["1"]
-    assert attrs["earlier_retained_mean"] == pytest.approx(rows["2"])
-    assert attrs["forgetting_this_trial"] == pytest.approx(rows["1"] - rows["2"])
-    assert attrs["latest_forgetting"]["1"] == pytest.approx(rows["1"] - rows["2"])
+    rows = repeated.matrix[1]
+    assert attrs["earlier_retained_mean"] == pytest.approx(rows[2])
+    assert attrs["forgetting_this_trial"] == pytest.approx(rows[1] - rows[2])
+    assert attrs["latest_forgetting"]["1"] == pytest.approx(rows[1] - rows[2])
 
 
 @pytest.mark.slow
@@ -81,7 +82,7 @@ def test_tensorboard_runs_groups_and_hparams_rows(repeated):
         assert row["trial/score_at_training"] == pytest.approx(t.user_attrs["score_at_training"])
         assert row["retained/candidate_acc"] == pytest.approx(attrs["latest_rescore"][str(t.number)])
         assert row["forgetting/candidate"] == pytest.approx(attrs["latest_forgetting"][str(t.number)])
-    assert table["trials/trial_0000"]["retained/candidate_acc"] == pytest.approx(attrs["retention"]["0"]["1"])
+    assert table["trials/trial_0000"]["retained/candidate_acc"] == pytest.approx(repeated.matrix[0][1])
 
 
 @pytest.mark.slow

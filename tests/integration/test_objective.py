@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import wpl_nas
 from wpl_nas import ConfigError, SupernetObjective
 from wpl_nas.errors import TrainingDiverged
+from wpl_nas.evaluation import retention_matrix
 from wpl_nas.tracking.markdown import code_cell
 
 
@@ -95,7 +96,7 @@ def test_second_optimize_on_a_reopened_study_continues_where_the_first_stopped(m
     study2.optimize(second, n_trials=2, callbacks=[second.retention_callback()])
 
     assert [t.value for t in study2.get_trials()] == [t.value for t in study.get_trials()]
-    assert study2.user_attrs["retention"] == study.user_attrs["retention"]
+    assert retention_matrix(study2) == retention_matrix(study)
     a, b = state_of(whole), state_of(second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -235,13 +236,14 @@ def test_callbacks_attached_and_detached(make_objective, tmp_path):
     # The retention matrix in the run folder, as JSON and CSV, matches the study's attributes.
     saved = json.loads((tmp_path / "logged" / "retention.json").read_text())
     assert saved["after_trial"] == 2 and saved["members"] == [0, 1, 2]
-    assert {str(c["trial"]): c["rescores"] for c in saved["candidates"]} == study.user_attrs["retention"]
+    matrix = retention_matrix(study)
+    assert [(c["trial"], c["latest"]) for c in saved["candidates"]] == [(t, row[max(row)]) for t, row in matrix.items()]
     assert saved["summary"]["backward_transfer"] == pytest.approx(-saved["summary"]["forgetting_mean"])
     rows = list(csv.DictReader((tmp_path / "logged" / "retention.csv").open()))  # one row per re-score
     assert [(r["after_trial"], r["trial"]) for r in rows] == [("0", "0"), ("1", "0"), ("1", "1"),
                                                               ("2", "0"), ("2", "1"), ("2", "2")]
     assert {(int(r["trial"]), int(r["after_trial"])): float(r["score"]) for r in rows} == {
-        (int(t), int(j)): v for t, row in study.user_attrs["retention"].items() for j, v in row.items()}
+        (t, j): v for t, row in matrix.items() for j, v in row.items()}
     assert float(rows[3]["score"]) == pytest.approx(latest)
 
 

@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import wpl_nas
 from wpl_nas.cli import cli
+from wpl_nas.evaluation import retention_matrix
 from wpl_nas.run_folder import RunFolder, read_anatomy
 from wpl_nas.study import create_sampler
 from wpl_nas.tracking.lock import LOCK_FILE
@@ -73,7 +74,7 @@ def _by_position(run_dir: Path) -> dict[str, Any]:
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     return {
         "candidates": [(t.user_attrs["arch"], t.values) for t in trials],
-        "retention": {k: rekey(row) for k, row in rekey(run.study.user_attrs["retention"]).items()},
+        "retention": {pos[k]: {pos[j]: v for j, v in row.items()} for k, row in retention_matrix(run.study).items()},
         "anatomy": {k: rekey(row) for k, row in rekey(anatomy).items()},
         "retention.csv": [(pos[int(after)], pos[int(trial)], *rest) for after, trial, *rest in rows[1:]],
         "final": sorted((pos[r["trial"]], r["arch"], r["final"]) for r in final["rows"]),
@@ -279,11 +280,11 @@ def test_a_checkpoint_whose_pool_is_a_trial_behind_is_caught_up_on_resume(tiny_s
 
     original, publish = wpl_nas.SupernetObjective._update_pool, callbacks.RetentionCallback.__call__
 
-    def old_order(self, number, arch, score):
-        if number == 1:  # the old checkpoint of trial 1: its pool as after trial 0
+    def old_order(self, number, arch, score, **kw):
+        if number == 1:  # the old checkpoint of trial 1: its pool as after trial 0 (and no re-scores on it)
             raise_at_callback.append(True)
             return None
-        return original(self, number, arch, score)
+        return original(self, number, arch, score, **kw)
 
     def stop(self, study, trial):
         raise _Stop("killed before the old retention callback re-scored the pool")

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import wpl_nas
 from wpl_nas.cli import cli
+from wpl_nas.evaluation import retention_matrix
 
 
 @pytest.fixture
@@ -49,12 +50,15 @@ def test_cli_search_writes_study_tensorboard_and_checkpoint(base_args, tmp_path,
         assert t.value == t.user_attrs["score_at_training"]
         assert "penalty" in t.user_attrs and t.intermediate_values.keys() == {0}
     assert trials[0].user_attrs["penalty"] == 0.0  # nothing consolidated before the first candidate
-    # Finished trials are immutable: re-scores live on the study (the retention matrix, row per candidate).
+    # Each trial carries the pool's re-score after it; the study the latest one (the retention matrix,
+    # row per candidate, is rebuilt from the trials).
     assert set(study.user_attrs["latest_rescore"]) == {"0", "1", "2"}
-    retention = study.user_attrs["retention"]
-    assert retention["0"].keys() == {"0", "1", "2"} and retention["2"].keys() == {"2"}
-    assert retention["0"]["0"] == trials[0].value
-    assert study.user_attrs["latest_rescore"]["0"] == retention["0"]["2"]
+    assert [set(t.user_attrs["rescores"]) for t in trials] == [{"0"}, {"0", "1"}, {"0", "1", "2"}]
+    assert "retention" not in study.user_attrs  # no whole-matrix attribute rewritten every trial
+    retention = retention_matrix(study)
+    assert retention[0].keys() == {0, 1, 2} and retention[2].keys() == {2}
+    assert retention[0][0] == trials[0].value
+    assert study.user_attrs["latest_rescore"]["0"] == retention[0][2]
     assert study.user_attrs["pool"] == [0, 1, 2] and study.user_attrs["pool_after_trial"] == 2
     assert study.user_attrs["forgetting_max"] >= study.user_attrs["forgetting_mean"]
 

@@ -173,4 +173,7 @@ def test_pool_history_and_files():
     # Each trial appends its own rows: the file built row by row is the file written whole.
     assert lines[0] + "\n" + "".join(pool.csv_rows(j) for j in range(3)) == text
     data = pool.to_json(after_trial=2)
-    assert data["members"] == [0, 2] and data["candidates"][0]["rescores"] == {"0": 0.9, "1": 0.8, "2": 0.85}
+    # The pool now (and who left at this re-score: trial 1), with latest scores; the rows are retention.csv's.
+    assert data["members"] == [0, 2] and data["left"] == [1]
+    assert [(c["trial"], c["latest"]) for c in data["candidates"]] == [(0, 0.85), (1, 0.5), (2, 0.7)]
+    assert all("rescores" not in c for c in data["candidates"])

@@ -25,12 +25,21 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from wpl_nas.evaluation.metrics import retention_measures
 
-__all__ = ["CSV_COLUMNS", "STEP_MEASURES", "PoolChanges", "PoolEntry", "RetainedPool"]
+__all__ = ["CSV_COLUMNS", "RESCORES_ATTR", "STEP_MEASURES", "PoolChanges", "PoolEntry", "RetainedPool",
+           "matrix_from_csv", "retention_matrix"]
+
+#: The user attribute of a search's trial holding the pool's re-score after it, ``{member trial:
+#: score}`` (a member that joined with this trial: its score at training). Recorded on the trial
+#: itself, so the study's records grow by the pool's size per trial, however long the search; runs
+#: made before it kept the whole matrix in the study attribute ``retention``
+#: (:func:`retention_matrix` reads both).
+RESCORES_ATTR = "rescores"
 
 #: The keys of :meth:`RetainedPool.step_measures`: measures over the earlier members only.
 STEP_MEASURES = ("earlier_retained_mean", "earlier_forgetting_mean", "forgetting_this_trial")
@@ -186,20 +195,25 @@ class RetainedPool:
 
     def to_json(self, *, after_trial: int | None = None, chance: float | None = None) -> dict[str, Any]:
         """The pool as plain data: its members, its summary (with :meth:`step_measures` when
-        ``after_trial`` is given), who joined and left, and every candidate's row."""
+        ``after_trial`` is given), who joined and left, and the candidates it holds (with those that
+        left it at this re-score): architecture, score at training, latest re-score, forgetting. Their
+        rows of the retention matrix are not repeated here: a best member's row grows with the search,
+        and ``retention.csv`` has them all (:func:`matrix_from_csv`); runs made before kept every
+        candidate ever pooled, with its row as ``rescores``."""
         summary = self.summary(chance=chance)
         out: dict[str, Any] = {"after_trial": after_trial, "members": self.members(),
                                "higher_is_better": self.higher_is_better}
+        shown = set(self.members())
         if after_trial is not None:
             changes = self.changes(after_trial)
             summary |= self.step_measures(after_trial)
             out |= {"earlier": changes.earlier, "joined": changes.joined, "left": changes.left}
+            shown |= set(changes.left)
         replaced = self.replaced_by()
         return {**out, "summary": summary,
                 "candidates": [{"trial": e.trial, "arch": e.arch, "score_at_training": e.score, "latest": e.latest,
-                                "forgetting": e.forgetting, "replaced_by": replaced.get(e.trial),
-                                "rescores": {str(j): v for j, v in e.rescores.items()}}
-                               for e in self.entries.values()]}
+                                "forgetting": e.forgetting, "replaced_by": replaced.get(e.trial)}
+                               for t, e in sorted(self.entries.items()) if t in shown]}
 
     def csv_rows(self, after_trial: int) -> str:
         """The re-score after ``after_trial`` as :data:`CSV_COLUMNS` rows (no header), one per
@@ -239,3 +253,46 @@ class RetainedPool:
         self.best, self.recent = state["best"], state["recent"]
         self.higher_is_better = state.get("higher_is_better", True)  # absent in runs saved before perplexity
         self.entries = {t: PoolEntry(t, a, s, dict(r), self.higher_is_better) for t, a, s, r in state["entries"]}
+
+
+def retention_matrix(study: Any) -> dict[int, dict[int, float]]:
+    """The retention matrix ``{candidate trial: {after trial: score}}`` (as :meth:`RetainedPool.matrix`)
+    of a search's Optuna ``study``: each finished trial's :data:`RESCORES_ATTR`, over the whole-matrix
+    study attribute ``retention`` that runs made before it wrote (a run resumed across the change
+    holds both: the old rows, then the new trials' re-scores). Trials that did not finish (lost in
+    flight, failed) are left out: their re-scores never reached the checkpoint."""
+    legacy: Mapping[str, Mapping[str, float]] = study.user_attrs.get("retention", {})
+    matrix = {int(t): {int(j): float(v) for j, v in row.items()} for t, row in legacy.items()}
+    for trial in study.get_trials(deepcopy=False):
+        rescores = trial.user_attrs.get(RESCORES_ATTR)
+        if rescores is None or trial.state.name not in ("COMPLETE", "PRUNED"):
+            continue
+        for member, score in rescores.items():
+            matrix.setdefault(int(member), {})[trial.number] = float(score)
+    return {t: dict(sorted(row.items())) for t, row in sorted(matrix.items())}
+
+
+def matrix_from_csv(text: str) -> tuple[dict[int, dict[int, float]], dict[int, float]]:
+    """The retention matrix ``{candidate trial: {after trial: score}}`` and each candidate's score at
+    training from the text of a ``retention.csv`` (:data:`CSV_COLUMNS`). A last line cut short (a
+    search still writing it) is left out.
+
+    Raises:
+        ValueError: the header is not :data:`CSV_COLUMNS` (a file from before the long format).
+    """
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows and not text.endswith("\n"):
+        rows.pop()  # a line still being written: its last field may be cut short
+    if not rows or tuple(rows[0]) != CSV_COLUMNS:
+        raise ValueError(f"not a long-format retention.csv: its header is {rows[0] if rows else None}, "
+                         f"not {list(CSV_COLUMNS)}")
+    matrix: dict[int, dict[int, float]] = {}
+    at_training: dict[int, float] = {}
+    for row in rows[1:]:
+        try:
+            after, trial, score, base = int(row[0]), int(row[1]), float(row[2]), float(row[3])
+        except (ValueError, IndexError):
+            continue  # a row still being written
+        matrix.setdefault(trial, {})[after] = score
+        at_training[trial] = base
+    return matrix, at_training

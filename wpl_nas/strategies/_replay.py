@@ -37,18 +37,19 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
                     reduction="batchmean", log_target=True) * (t * t)
 
 
-def distil_on(supernet: Supernet, arch: Architecture, x: torch.Tensor, targets: torch.Tensor, *,
+def distil_on(ctx: CandidateContext, arch: Architecture, x: torch.Tensor, targets: torch.Tensor, *,
               lam: float, temperature: float, off_path: list[nn.Parameter]) -> torch.Tensor:
     """Distil candidate ``arch`` on inputs ``x`` towards ``targets`` (its remembered logits).
 
-    The student is the live supernet under ``arch`` (with grad); ``λ·KD`` is back-propagated,
-    adding to the ``.grad`` the current candidate's own loss left. The student also runs tensors
+    The student is the live supernet under ``arch`` (with grad); ``λ·KD`` is back-propagated
+    (:meth:`~wpl_nas.strategies.base.CandidateContext.backward`, loss-scaled in fp16), adding to the
+    ``.grad`` the current candidate's own loss left. The student also runs tensors
     that are off the *current* candidate's path (``arch``'s private ops); their gradients are
     dropped (``.grad = None``) so those tensors never move, and the supernet's previous
     architecture is restored.
 
     Args:
-        supernet: The supernet, with the current candidate chosen.
+        ctx: The current candidate's context (its supernet, with the current candidate chosen).
         arch: The candidate to distil (a protected, earlier one).
         x: Inputs it is distilled on.
         targets: Its remembered logits on ``x`` (no grad).
@@ -59,9 +60,10 @@ def distil_on(supernet: Supernet, arch: Architecture, x: torch.Tensor, targets: 
     Returns:
         The weighted loss ``λ·KD``, detached (for logging).
     """
+    supernet = ctx.supernet
     with supernet.use(arch):
         loss = lam * kd_loss(supernet(x), targets, temperature)
-    loss.backward()
+    ctx.backward(loss)
     for p in off_path:
         p.grad = None
     return loss.detach()

@@ -130,7 +130,7 @@ class ANPyCStrategy(QuadraticStrategy):
         if not params:  # a cell of parameter-free ops: nothing to prune
             return
         with torch.enable_grad():
-            grads = torch.autograd.grad(output_entropy(ctx.supernet(x), x), params, allow_unused=True)
+            grads = ctx.grad(output_entropy(ctx.supernet(x), x), params)  # loss-scaled in fp16
         held: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         with torch.no_grad():
             for name, param, g in zip(names, params, grads, strict=True):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +48,8 @@ class CandidateContext:
         batch: The current training batch ``(x, y)``, set before ``after_backward``.
         score: The candidate's score right after its training; set before ``after_candidate``
             (None if it was not scored).
+        scaler: The trainer's fp16 gradient scaler (None in fp32 and bf16): strategies do not use it
+            directly but through :meth:`backward` and :meth:`grad`.
     """
 
     supernet: Supernet
@@ -62,6 +64,35 @@ class CandidateContext:
     step: int = 0
     batch: tuple[torch.Tensor, torch.Tensor] | None = None
     score: float | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def backward(self, loss: torch.Tensor, *, inputs: Sequence[torch.Tensor] | None = None) -> None:
+        """Back-propagate a strategy's own ``loss`` in ``after_backward``, adding its gradient to ``.grad``.
+
+        The one correct way to do it at every precision: ``loss.backward()`` in fp32 and bf16; in fp16
+        the loss is scaled like the candidate's, its gradient unscaled before it is added, and a
+        non-finite one skips the step and backs the scale off, as the scaler does for the candidate's
+        (:func:`~wpl_nas.training.precision.scaled_backward`). A plain ``loss.backward()`` there would
+        flush small gradients to zero.
+
+        Args:
+            loss: A scalar computed with grad.
+            inputs: The tensors to differentiate [default: every parameter the loss reaches].
+        """
+        if self.scaler is None:
+            loss.backward(inputs=inputs)
+            return
+        # Imported here: wpl_nas.training imports this module; fp16 has created a trainer by now.
+        from wpl_nas.training.precision import scaled_backward
+        scaled_backward(loss, scaler=self.scaler, optimizer=self.optimizer, inputs=inputs)
+
+    def grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+        """``torch.autograd.grad(output, inputs, allow_unused=True)``, loss-scaled in fp16 so that small
+        gradients survive: for gradients a strategy measures (a pruning score) rather than adds."""
+        if self.scaler is None:
+            return torch.autograd.grad(output, inputs, allow_unused=True)
+        from wpl_nas.training.precision import scaled_grad
+        return scaled_grad(output, inputs, scaler=self.scaler)
 
     @property
     def budget(self) -> int:
@@ -88,16 +119,22 @@ class Strategy(nn.Module):
         before_candidate(ctx)                   # once, path fixed
         for each epoch:
             for each training batch:
-                loss.backward()
+                loss.backward()                 # fp16: scaled, then unscaled, before after_backward
                 after_backward(ctx)             # may edit p.grad (e.g. a closed-form penalty gradient)
-                optimizer.step()
+                                                # and back-propagate its own loss: ctx.backward(loss)
+                optimizer.step()                # fp16: skipped if a gradient was not finite
                 after_step(ctx)                 # may edit the weights (e.g. a proximal pull)
             penalty(ctx)                        # the penalty's current value, for logging only
         after_candidate(ctx, held_out)          # once, after training and scoring: consolidate it
 
     Every hook defaults to doing nothing, which is the ``naive`` strategy. Hooks are called
     with autograd enabled (a distillation term backpropagates its own loss); hooks that edit
-    weights or gradients in place do so under ``torch.no_grad()``.
+    weights or gradients in place do so under ``torch.no_grad()``. Forward passes in hooks run under
+    the trainer's autocast; in the training hooks a strategy's own backward goes through
+    :meth:`CandidateContext.backward` (and gradients it only measures through
+    :meth:`CandidateContext.grad`), never ``loss.backward()`` or ``torch.autograd.grad`` directly, so
+    that fp16's loss scaling applies to it as well. (Consolidation's gradients in ``after_candidate``,
+    Fisher and the like, are not loss-scaled.)
 
     Contract (checked for every registered strategy by the shared test suite): before any
     candidate is consolidated the strategy changes nothing (except where it reshapes the

@@ -108,7 +108,7 @@ class DistillStrategy(ReplayStrategy):
         net = ctx.supernet
         with torch.no_grad(), net.use(member.arch):
             targets = functional_call(net, member.data, (x,))
-        return distil_on(net, member.arch, x, targets, lam=self.options.lam,
+        return distil_on(ctx, member.arch, x, targets, lam=self.options.lam,
                          temperature=self.options.temperature, off_path=member.off_path)
 
     @torch.no_grad()

@@ -154,7 +154,7 @@ class SyntheticStrategy(ReplayStrategy):
 
     def replay(self, ctx: CandidateContext, member: Member) -> torch.Tensor:
         x, targets = member.data
-        return distil_on(ctx.supernet, member.arch, x, targets, lam=self.options.lam,
+        return distil_on(ctx, member.arch, x, targets, lam=self.options.lam,
                          temperature=self.options.temperature, off_path=member.off_path)
 
     # --- consolidation -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import textwrap
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from wpl_nas.spaces import Architecture, SearchSpace
 
 __all__ = ["ARTIFACT_DPI", "cell_figure", "cell_png", "forgetting_grid", "forgetting_heatmap", "png_bytes",
-           "space_figure"]
+           "png_size", "space_figure"]
 
 
 def forgetting_grid(matrix: Mapping[int, Mapping[int, float]], at_training: Mapping[int, float], *,
@@ -176,8 +177,23 @@ def cell_figure(space: SearchSpace, arch: Architecture, *, fontsize: float = CEL
 
 def cell_png(space: SearchSpace, arch: Architecture) -> bytes:
     """:func:`cell_figure` as the PNG attached to a trial: :data:`ARTIFACT_DPI`, so that its labels
-    read at the size the image is shown (optuna-dashboard's trial note, or the image opened alone)."""
-    return png_bytes(cell_figure(space, arch), dpi=ARTIFACT_DPI)
+    read at the size the image is shown (optuna-dashboard's trial note, or the image opened alone).
+
+    The last few are kept: a search draws each candidate's cell for its artifact and again for
+    TensorBoard, and rendering is most of the cost (about 0.1 s a cell)."""
+    return _cell_png(space, str(arch))
+
+
+@functools.lru_cache(maxsize=4)
+def _cell_png(space: SearchSpace, arch: str) -> bytes:  # spaces are frozen and hashed by identity
+    return png_bytes(cell_figure(space, Architecture.parse(arch)), dpi=ARTIFACT_DPI)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """The ``(width, height)`` in pixels of PNG ``png`` (its header's IHDR chunk)."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG image")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 def space_figure(space: SearchSpace) -> Figure:

@@ -9,13 +9,17 @@ CPU: float32 and the default memory format, so a CPU run computes exactly what i
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from wpl_nas.config import CHANNELS_LAST, PRECISIONS
 from wpl_nas.errors import ConfigError
 
-__all__ = ["CHANNELS_LAST", "PRECISIONS", "autocast", "resolve_channels_last", "resolve_precision", "to_format"]
+__all__ = ["CHANNELS_LAST", "PRECISIONS", "autocast", "load_scaler_state", "resolve_channels_last", "resolve_precision",
+           "scaled_backward", "scaled_grad", "to_format"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,3 +82,97 @@ def to_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     if channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def _inverse_scale(scaler: torch.amp.GradScaler, device: torch.device) -> torch.Tensor:
+    # scale() of a one is the current scale as a tensor on the device (no host sync); inverted in
+    # double as GradScaler.unscale_ does, so both unscale by the same float.
+    return scaler.scale(torch.ones((), device=device)).double().reciprocal().float()
+
+
+def scaled_backward(loss: torch.Tensor, *, scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                    inputs: Sequence[torch.Tensor] | None = None) -> None:
+    """Back-propagate ``loss`` under fp16 loss scaling and add its true gradient to ``.grad``.
+
+    For a strategy's own loss in ``after_backward``, where the trainer has already unscaled the
+    candidate's gradients (:meth:`torch.amp.GradScaler.unscale_`): an unscaled fp16 backward would
+    flush small activation gradients to zero. ``loss`` is multiplied by the scaler's current scale,
+    its gradients are unscaled and checked with the kernel the scaler uses, and any non-finite one
+    is recorded in the flag the scaler's ``step`` reads for this optimiser: the step is then skipped
+    and the scale backs off, exactly as when the candidate's own gradients overflow.
+
+    Args:
+        loss: A scalar computed with grad (under autocast).
+        scaler: The trainer's gradient scaler, after ``unscale_(optimizer)`` this step.
+        optimizer: The optimiser it unscaled.
+        inputs: The tensors to differentiate [default: every parameter of ``optimizer`` that
+            requires grad; those ``loss`` does not reach are left alone].
+
+    Raises:
+        RuntimeError: ``scaler`` has not unscaled ``optimizer``'s gradients this step (called outside
+            ``after_backward``).
+    """
+    params = list(inputs) if inputs is not None else [
+        p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    # GradScaler keeps no public handle on the flag: this is the dict its step() and update() read.
+    found_by_device: dict[torch.device, torch.Tensor] = scaler._per_optimizer_states[id(optimizer)][
+        "found_inf_per_device"]
+    if not found_by_device:
+        raise RuntimeError("scaled_backward needs the trainer's unscale_ of this step: call it from after_backward")
+    grads = torch.autograd.grad(scaler.scale(loss), params, allow_unused=True)
+    pairs = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+    if not pairs:
+        return
+    device = pairs[0][1].device
+    found = found_by_device.setdefault(device, torch.zeros(1, device=device))
+    with torch.no_grad():
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for _, g in pairs:
+            by_dtype.setdefault(g.dtype, []).append(g)
+        inverse = _inverse_scale(scaler, device)
+        for group in by_dtype.values():
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found, inverse)
+        for p, g in pairs:
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+
+
+def scaled_grad(output: torch.Tensor, inputs: Sequence[torch.Tensor], *,
+                scaler: torch.amp.GradScaler) -> tuple[torch.Tensor | None, ...]:
+    """``torch.autograd.grad(output, inputs, allow_unused=True)`` computed under fp16 loss scaling:
+    for gradients a strategy measures (a pruning score) rather than adds to the step.
+
+    ``output`` is multiplied by the scaler's current scale so that small gradients survive fp16's
+    range, and the result divided by it. Should that overflow, the gradient is computed again
+    unscaled: a measurement has no step to skip.
+    """
+    scaled = scaler.scale(output)
+    grads = torch.autograd.grad(scaled, inputs, allow_unused=True, retain_graph=True)
+    present = [g for g in grads if g is not None]
+    with torch.no_grad():
+        found = torch.zeros(1, device=scaled.device)
+        if present:
+            torch._amp_foreach_non_finite_check_and_unscale_(present, found, _inverse_scale(scaler, scaled.device))
+    if found.item():  # once per call, and measurements are rare (once per candidate): a sync is fine
+        return torch.autograd.grad(output, inputs, allow_unused=True)
+    return grads
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Load a checkpoint's scaler state into ``scaler`` after checking it (files read back are
+    untrusted): a finite, positive scale and factors, a non-negative integer tracker.
+
+    Raises:
+        ValueError: a missing entry or a value out of range.
+    """
+    scale, growth, backoff = state["scale"], state["growth_factor"], state["backoff_factor"]
+    interval, tracker = state["growth_interval"], state["_growth_tracker"]
+    for name, value in (("scale", scale), ("growth_factor", growth), ("backoff_factor", backoff)):
+        if not isinstance(value, float | int) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"gradient scaler {name} must be a finite positive number, but got {value!r}")
+    for name, value, least in (("growth_interval", interval, 1), ("_growth_tracker", tracker, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"gradient scaler {name} must be an integer >= {least}, but got {value!r}")
+    scaler.load_state_dict(state)

@@ -22,7 +22,7 @@ from wpl_nas.spaces import Architecture
 from wpl_nas.strategies import CandidateContext, Strategy
 from wpl_nas.supernet import Supernet
 from wpl_nas.training.augment import augment_crop_flip
-from wpl_nas.training.precision import autocast, to_format
+from wpl_nas.training.precision import autocast, load_scaler_state, to_format
 
 __all__ = ["CandidateTrainer", "TrainResult"]
 
@@ -123,6 +123,23 @@ class CandidateTrainer:
         # fp16's narrow range underflows small gradients: scale the loss (bf16 has fp32's range).
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's own state: fp16's gradient scaler (its scale grows and backs off during the
+        search, so a resumed search needs it); empty in fp32 and bf16."""
+        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load :meth:`state_dict`. A state without a scaler (a checkpoint from before it was saved, or
+        from a run in another precision) leaves this one's as it is; a scaler's state when this trainer
+        has none (the precision changed on resume) is ignored.
+
+        Raises:
+            ValueError: the scaler's state is out of range (a damaged or forged checkpoint).
+        """
+        saved = state.get("scaler")
+        if self.scaler is not None and saved:
+            load_scaler_state(self.scaler, saved)
+
     @property
     def steps_per_epoch(self) -> int:
         """Training steps of one whole epoch."""
@@ -160,7 +177,7 @@ class CandidateTrainer:
     def context(self, arch: Architecture, trial_index: int) -> CandidateContext:
         return CandidateContext(self.supernet, arch, trial_index, self.supernet.parameters_of(arch),
                                 self.optimizer, epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
-                                total_steps=self.steps)
+                                total_steps=self.steps, scaler=self.scaler)
 
     def score(self, arch: Architecture) -> float:
         """The metric (accuracy, or perplexity) of ``arch`` on the fixed evaluation set."""
