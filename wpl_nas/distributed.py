@@ -6,6 +6,18 @@ torchrun starts one process per device and tells each its place in the environme
 ``wpl-nas search`` runs exactly the code it ran before. :func:`join` starts the process group: NCCL
 on CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the CPU; :func:`leave` ends it.
 
+How long a process waits for the others (:data:`TIMEOUT_ENV`, default :data:`DEFAULT_TIMEOUT`): the
+ranks other than 0 wait in a broadcast while rank 0 does alone what lies between two trials (the
+pool's re-scores, the study's callbacks and figures, the checkpoint, the sampler) and, at the
+start, opens the study and loads the data first. torch's default limit for a collective, 30 min
+with gloo and 10 min with NCCL, would end a healthy search whose rank 0 takes longer than that; a
+process that dies ends the group through torchrun anyway, so the limit only catches a process that
+hangs alive, and a long one costs little. It is an environment variable, as torch's and NCCL's own
+settings of a launch are (``OMP_NUM_THREADS``, ``NCCL_*``): it belongs to the launch, not to the
+search (it is not recorded in the run's config, and may differ on resume); every process reads its
+own, so on several nodes each node's launch sets it. The final selection (every candidate
+re-scored) is rank 0's alone: the others are released before it.
+
 How a candidate trains data-parallel (:class:`~wpl_nas.training.CandidateTrainer`):
 
 - Every rank draws the same seeded order of *global* batches (the trainer's per-candidate
@@ -52,6 +64,8 @@ the global RNG (every draw has its own seeded generator), so the ranks need no R
 from __future__ import annotations
 
 import contextlib
+import datetime
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -63,7 +77,13 @@ from torch import nn
 
 from wpl_nas.errors import ConfigError
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "World", "join", "leave", "state_checksum"]
+__all__ = ["DEFAULT_TIMEOUT", "TIMEOUT_ENV", "BatchNorm1d", "BatchNorm2d", "World", "join", "leave", "state_checksum"]
+
+#: The environment variable that sets, in seconds, how long a process of a torchrun search waits in
+#: a collective (a broadcast, an all-reduce) for the others before it fails.
+TIMEOUT_ENV = "WPL_NAS_DIST_TIMEOUT"
+#: Its default, in seconds: 2 hours (torch's own is 30 min with gloo, 10 min with NCCL).
+DEFAULT_TIMEOUT = 7200.0
 
 #: The world of the training step in progress, while it runs (:meth:`World.global_batch_norm`).
 _STEP_WORLD: World | None = None
@@ -77,19 +97,24 @@ class World:
         rank: This process's rank (0 owns the study and writes every file).
         size: The number of processes.
         local_rank: Its rank on this machine (its CUDA device).
+        timeout: How long, in seconds, a collective waits for the other processes before it fails
+            (:data:`TIMEOUT_ENV`).
     """
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    timeout: float = DEFAULT_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> World:
         """The world torchrun describes in ``environ`` [default: ``os.environ``]; a single process
-        when ``WORLD_SIZE`` is absent.
+        when ``WORLD_SIZE`` is absent. The collective timeout is :data:`TIMEOUT_ENV`'s, when set.
 
         Raises:
-            ConfigError: ``RANK``, ``WORLD_SIZE`` or ``LOCAL_RANK`` is not a valid integer.
+            ConfigError: ``RANK``, ``WORLD_SIZE`` or ``LOCAL_RANK`` is not a valid integer, or
+                :data:`TIMEOUT_ENV` is not a finite number of seconds >= 1 (checked in a single
+                process too: a mistake shows before the search goes to a cluster).
         """
         env = os.environ if environ is None else environ
         values = {}
@@ -104,7 +129,7 @@ class World:
         if size < 1 or not 0 <= rank < size or local < 0:
             raise ConfigError(f"torchrun's environment is inconsistent: RANK={rank}, WORLD_SIZE={size}, "
                               f"LOCAL_RANK={local} (need 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0)")
-        return cls(rank=rank, size=size, local_rank=local)
+        return cls(rank=rank, size=size, local_rank=local, timeout=_timeout(env.get(TIMEOUT_ENV)))
 
     @property
     def distributed(self) -> bool:
@@ -166,10 +191,27 @@ class World:
             _STEP_WORLD = previous
 
 
+def _timeout(text: str | None) -> float:
+    """The collective timeout :data:`TIMEOUT_ENV` gives (``text``), in seconds; the default when unset."""
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+        datetime.timedelta(seconds=seconds)  # torch takes a timedelta: beyond its range is refused too
+    except (ValueError, OverflowError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 1):
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={text!r} is not a valid timeout: give a finite number "
+                          f"of seconds >= 1 (how long a process of a torchrun search waits for the others; default "
+                          f"{DEFAULT_TIMEOUT:g})")
+    return seconds
+
+
 def join(world: World, device: torch.device) -> None:
     """Start the process group of ``world`` (torchrun's ``env://`` rendezvous): NCCL when ``device``
     is CUDA, whose process then uses ``cuda:LOCAL_RANK`` as its current device; gloo otherwise.
-    Nothing in a single process.
+    Its collectives (and the rendezvous store) wait up to ``world.timeout`` seconds. Nothing in a
+    single process.
 
     Raises:
         ConfigError: a CUDA device with an index (``cuda:1``: every process would use it), or more
@@ -186,7 +228,8 @@ def join(world: World, device: torch.device) -> None:
                               f"{torch.cuda.device_count()}; start at most that many processes per node "
                               "(--nproc-per-node), or search on the CPU with --device cpu")
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,
+                            timeout=datetime.timedelta(seconds=world.timeout))
 
 
 def leave() -> None:

@@ -1,10 +1,14 @@
-"""The process world of a data-parallel search: torchrun's environment, batch slices, and, in a real
-2-process gloo group, batch norm on global statistics and the summed path gradients."""
+"""The process world of a data-parallel search: torchrun's environment, the collective timeout, batch
+slices, and, in a real 2-process gloo group, batch norm on global statistics, the summed path
+gradients and the timeout in force."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import wpl_nas
-from wpl_nas.distributed import BatchNorm1d, BatchNorm2d, World, join
+from wpl_nas.distributed import DEFAULT_TIMEOUT, TIMEOUT_ENV, BatchNorm1d, BatchNorm2d, World, join
 from wpl_nas.errors import ConfigError
 from wpl_nas.ops import batch_norm
 
@@ -37,6 +41,21 @@ def test_the_world_is_read_from_torchruns_environment():
 def test_a_bad_environment_is_a_config_error_naming_it(env):
     with pytest.raises(ConfigError, match=r"RANK|WORLD_SIZE"):
         World.from_env(env)
+
+
+def test_the_collective_timeout_is_generous_and_read_from_the_environment():
+    assert World.from_env({}).timeout == DEFAULT_TIMEOUT >= 3600  # torch's default: 30 min (gloo), 10 (NCCL)
+    world = World.from_env({"RANK": "1", "WORLD_SIZE": "2", TIMEOUT_ENV: "5400.5"})
+    assert world.timeout == 5400.5 and world.rank == 1
+
+
+@pytest.mark.parametrize("text", ["0", "-60", "0.5", "nan", "inf", "-inf", "1e20", "2h", ""])
+def test_a_bad_timeout_is_a_config_error_naming_it(text):
+    with pytest.raises(ConfigError, match=TIMEOUT_ENV) as caught:
+        World.from_env({"WORLD_SIZE": "2", TIMEOUT_ENV: text})
+    assert repr(text) in str(caught.value) and ">= 1" in str(caught.value)
+    with pytest.raises(ConfigError, match=TIMEOUT_ENV):  # a single process refuses it too
+        World.from_env({TIMEOUT_ENV: text})
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 64])
@@ -156,3 +175,29 @@ def test_under_torchrun_a_gpu_index_is_refused_before_any_group_starts():
     with pytest.raises(ConfigError, match="cuda:1"):
         join(World(rank=0, size=2), torch.device("cuda:1"))
     assert not dist.is_initialized()
+
+
+def _joined(rank: int, port: int, timed_out: Any) -> None:
+    """Rank ``rank`` of a group started by :func:`join` from torchrun's environment with a 1 s timeout:
+    rank 1 waits for a message rank 0 never sends, and must give up; rank 0 waits until it has."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = World.from_env({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), TIMEOUT_ENV: "1"})
+    join(world, torch.device("cpu"))
+    try:
+        if rank == 1:
+            with pytest.raises(RuntimeError, match="1000ms"):  # gloo names the timeout in force
+                world.share()
+            timed_out.set()
+        else:
+            # Not a measurement: rank 1's 1 s timeout has long passed when this gives up (had the value
+            # not reached the group, rank 1 would wait torch's 30 min instead).
+            assert timed_out.wait(120), "rank 1 did not time out: the timeout did not reach the process group"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_timeout_reaches_the_process_group():
+    with socket.socket() as probe:  # a free port for the env:// rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_joined, args=(port, mp.get_context("spawn").Event()), nprocs=2, join=True)
