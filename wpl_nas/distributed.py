@@ -53,11 +53,12 @@ training forward would go through a wrapper while scoring and consolidation use 
 One flattened all-reduce of the path's gradients (plus the strategy's own tensors) sends only
 what changed, with none of that machinery.
 
-What is not split: scoring (after every epoch), the retained pool's re-scores and consolidation
-(Fisher, MAS, WPL, ...) run on every rank on the full data. Their inputs are identical, so every
-rank computes the same state without any reduction; SI accumulates from the (summed) gradients
-and the weights, so it is identical too. That is the simple first step: this work is not divided
-among the ranks (``benchmarks/bench_distributed.py`` measures its share). Nothing in training uses
+What is not split: scoring (after every epoch) and consolidation (Fisher, MAS, WPL, ...) run on
+every rank on the full data. Their inputs are identical, so every rank computes the same state
+without any reduction; SI accumulates from the (summed) gradients and the weights, so it is
+identical too. The retained pool's re-scores after each trial are rank 0's alone (the others wait
+for the next candidate), as is the final selection. That is the simple first step: this work is
+not divided among the ranks (``benchmarks/bench_distributed.py`` measures its share). Nothing in training uses
 the global RNG (every draw has its own seeded generator), so the ranks need no RNG exchange.
 """
 

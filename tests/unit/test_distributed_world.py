@@ -58,6 +58,17 @@ def test_a_bad_timeout_is_a_config_error_naming_it(text):
         World.from_env({TIMEOUT_ENV: text})
 
 
+def test_the_cli_refuses_a_bad_timeout_with_exit_code_2_before_writing(tmp_path):
+    from click.testing import CliRunner
+
+    from wpl_nas.cli import cli
+
+    result = CliRunner().invoke(cli, ["search", "--runs-dir", str(tmp_path / "runs"), "--no-progress"],
+                                env={TIMEOUT_ENV: "-1"})
+    assert result.exit_code == 2 and "WPL_NAS_DIST_TIMEOUT='-1'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 64])
 @pytest.mark.parametrize("size", [2, 3])
 def test_the_slices_of_a_batch_cover_it_in_rank_order(n, size):
