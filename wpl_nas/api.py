@@ -374,7 +374,8 @@ def follow_search(world: World) -> int:
     """The part of a rank other than 0 in a data-parallel search (rank 0 runs :func:`run_search`).
 
     It receives the options and the states from rank 0, then trains and consolidates each
-    candidate rank 0 names, on its slice of every batch, and stops when rank 0 says so. It writes
+    candidate rank 0 names, on its slice of every batch, re-scores its share of the retained pool
+    rank 0 names after it, and stops when rank 0 says so. It writes
     nothing and prints nothing: the study, the run folder and every score recorded are rank 0's.
     Should rank 0 fail, torchrun ends this process with the group.
 
@@ -408,5 +409,6 @@ def follow_search(world: World) -> int:
                                name=f"trial {number}")
         if not result.pruned:
             trainer.consolidate(arch, trial_index=position, score=result.score)
+        world.divide(world.share(), lambda member: trainer.score(Architecture.parse(member)))  # the pool's re-scores
         trained += 1
     return trained

@@ -56,9 +56,12 @@ what changed, with none of that machinery.
 What is not split: scoring (after every epoch) and consolidation (Fisher, MAS, WPL, ...) run on
 every rank on the full data. Their inputs are identical, so every rank computes the same state
 without any reduction; SI accumulates from the (summed) gradients and the weights, so it is
-identical too. The retained pool's re-scores after each trial are rank 0's alone (the others wait
-for the next candidate), as is the final selection. That is the simple first step: this work is
-not divided among the ranks (``benchmarks/bench_distributed.py`` measures its share). Nothing in training uses
+identical too. This work is not divided among the ranks (``benchmarks/bench_distributed.py``
+measures its share). The retained pool's re-scores after each trial are (:meth:`World.divide`):
+rank 0 names the members, each rank scores its share of them on the full evaluation set, and the
+scores are summed over the ranks; a score depends only on the architecture and the shared weights,
+so each is exactly the one a rank alone would take. The final selection (every candidate
+re-scored) is rank 0's alone, after the others have stopped. Nothing in training uses
 the global RNG (every draw has its own seeded generator), so the ranks need no RNG exchange.
 """
 
@@ -68,9 +71,9 @@ import contextlib
 import datetime
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -85,6 +88,8 @@ __all__ = ["DEFAULT_TIMEOUT", "TIMEOUT_ENV", "BatchNorm1d", "BatchNorm2d", "Worl
 TIMEOUT_ENV = "WPL_NAS_DIST_TIMEOUT"
 #: Its default, in seconds: 2 hours (torch's own is 30 min with gloo, 10 min with NCCL).
 DEFAULT_TIMEOUT = 7200.0
+
+T = TypeVar("T")
 
 #: The world of the training step in progress, while it runs (:meth:`World.global_batch_norm`).
 _STEP_WORLD: World | None = None
@@ -157,6 +162,24 @@ class World:
         """This rank's contiguous slice ``[start, stop)`` of a global batch of ``n`` samples: the
         slices of all ranks cover it in rank order, their sizes differ by at most one."""
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
+
+    def divide(self, items: Sequence[T], score: Callable[[T], float]) -> list[float]:
+        """``[score(item) for item in items]``, each item scored by one rank only (its contiguous share,
+        :meth:`bounds`), the scores then summed over the ranks so that every rank holds them all.
+
+        Exact when ``score`` depends on the item and on state every rank holds alike (a candidate's
+        score with the shared weights): each value is one rank's float, added to zeros. Every rank
+        must pass the same ``items``.
+        """
+        if not self.distributed:
+            return [score(item) for item in items]
+        start, stop = self.bounds(len(items))
+        scores = torch.zeros(len(items), dtype=torch.float64)
+        scores[start:stop] = torch.tensor([score(item) for item in items[start:stop]], dtype=torch.float64)
+        if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+            scores = scores.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(scores)
+        return scores.tolist()
 
     def all_reduce_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
         """Sum the gradients of ``tensors`` over the ranks, in place, in one all-reduce; tensors

@@ -440,11 +440,19 @@ class SupernetObjective:
         re-scored on the fixed evaluation set; the scores are recorded as taken after ``number``, and
         on ``trial`` (the running trial, when given) as its user attribute
         :data:`~wpl_nas.evaluation.RESCORES_ATTR`: the study's records then grow by the pool's size
-        per trial, however long the search."""
+        per trial, however long the search.
+
+        In a data-parallel search, the re-scores of a trial (``trial`` given) are divided among the
+        ranks (:meth:`~wpl_nas.distributed.World.divide`); those of :meth:`_pool_catch_up` are rank
+        0's alone (before the others start)."""
         pool = self.pool
         if arch is not None:
             pool.add(number, arch, score)
-        rescores = {t: self.score(pool.entries[t].arch) for t in pool.members() if t != number}
+        others = [t for t in pool.members() if t != number]
+        archs = [pool.entries[t].arch for t in others]
+        if trial is not None and self.world.distributed:  # the other ranks wait for them after the trial
+            self.world.share(archs)
+        rescores = dict(zip(others, self.world.divide(archs, self.score), strict=True))
         if number in pool.entries:
             rescores[number] = pool.entries[number].score
         pool.record(number, rescores)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import wpl_nas
 from wpl_nas.cli import cli
+from wpl_nas.evaluation import RESCORES_ATTR
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +53,12 @@ def _states(run: Path) -> list[tuple[int, str, str, dict[int, float]]]:
     return [(t.number, t.state.name, t.user_attrs["arch"], t.intermediate_values) for t in study.get_trials()]
 
 
+def _rescores(run: Path) -> list[dict[str, float]]:
+    """The retained pool's scores recorded after each trial (their trial numbers as keys)."""
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{run / 'study.db'}")
+    return [t.user_attrs[RESCORES_ATTR] for t in study.get_trials()]
+
+
 def _checkpoint(run: Path) -> dict[str, Any]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)
 
@@ -70,6 +77,11 @@ def _assert_close_runs(one: Path, two: Path, *, eval_samples: int = 256, weight_
         assert (a is None) == (b is None)  # pruned in both, or in neither
         if a is not None and b is not None:
             assert abs(a - b) <= 2 / eval_samples + 1e-9
+    # The pool's re-scores after each trial (divided among the ranks in two processes).
+    rescores_a, rescores_b = _rescores(one), _rescores(two)
+    assert [r.keys() for r in rescores_a] == [r.keys() for r in rescores_b] and any(rescores_a)
+    for ra, rb in zip(rescores_a, rescores_b, strict=True):
+        assert all(abs(ra[t] - rb[t]) <= 2 / eval_samples + 1e-9 for t in ra)
     a, b = _checkpoint(one), _checkpoint(two)
     weights_a, weights_b = _floats(a["supernet"]), _floats(b["supernet"])
     assert weights_a.keys() == weights_b.keys()

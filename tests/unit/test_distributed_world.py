@@ -212,3 +212,28 @@ def test_the_timeout_reaches_the_process_group():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     mp.spawn(_joined, args=(port, mp.get_context("spawn").Event()), nprocs=2, join=True)
+
+
+def _check_divide(world: World, n: int) -> None:
+    scored: list[int] = []
+
+    def score(item: int) -> float:
+        scored.append(item)
+        return item / 3 if item % 2 else -item / 7  # not exact in binary: each gathered
+        # value must be the scoring rank's float, bit for bit
+
+    divided = world.divide(list(range(n)), score)
+    mine = list(scored)
+    assert divided == [score(i) for i in range(n)]
+    assert mine == list(range(*world.bounds(n)))  # this rank scored its share only...
+    count = torch.tensor([len(mine)])
+    assert int(world.all_reduce_(count)) == n  # ...and the shares cover the items once
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])  # 1: rank 0 scores nothing
+def test_divided_scores_are_each_ranks_share_gathered_exactly(tmp_path, n):
+    _spawn(tmp_path, "_check_divide", n)
+
+
+def test_in_one_process_divide_scores_everything_in_order():
+    assert World().divide(["a", "bb", "ccc"], len) == [1.0, 2.0, 3.0]
