@@ -19,9 +19,9 @@ weight in the final checkpoint (another thread count moves them too: the sums ar
 another order, and training amplifies the last digits).
 
 A second part measures, in this process, the work a data-parallel search does *not* divide (every
-rank scores after each epoch and consolidates on the full data; rank 0 alone re-scores the pool,
-the others waiting): the time of those calls against the training epochs'
-(``CandidateTrainer.run_epoch``) in a one-process search.
+rank scores after each epoch and consolidates on the full data): the time of those calls against
+the training epochs' (``CandidateTrainer.run_epoch``) in a one-process search. Its "scores" also
+count the retained pool's re-scores, which the ranks divide among them.
 
 Usage::
 
