@@ -450,9 +450,11 @@ class SupernetObjective:
             pool.add(number, arch, score)
         others = [t for t in pool.members() if t != number]
         archs = [pool.entries[t].arch for t in others]
-        if trial is not None and self.world.distributed:  # the other ranks wait for them after the trial
-            self.world.share(archs)
-        rescores = dict(zip(others, self.world.divide(archs, self.score), strict=True))
+        # Only after a trial do the other ranks wait for this pool (a catch-up runs before they start).
+        world = self.world if trial is not None else World()
+        if world.distributed:
+            world.share(archs)
+        rescores = dict(zip(others, world.divide(archs, self.score), strict=True))
         if number in pool.entries:
             rescores[number] = pool.entries[number].score
         pool.record(number, rescores)
