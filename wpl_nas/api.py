@@ -32,7 +32,7 @@ from wpl_nas.objective import SupernetObjective, search_parts
 from wpl_nas.run_folder import LOCK_FILE, TENSORBOARD_DIR
 from wpl_nas.selection import FinalScores, best_at_training, final_note, latest_finished, load_final, rescore_final
 from wpl_nas.spaces import Architecture, load_space
-from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub
+from wpl_nas.storage import check_storage_url, journal_path, mask_storage, open_storage, scrub, sqlite_write_ahead
 from wpl_nas.study import PRUNERS, SAMPLERS, create_pruner, create_sampler
 from wpl_nas.threads import use_threads
 from wpl_nas.tracking.signals import SearchInterrupted, deferred, interrupts_handled
@@ -140,6 +140,7 @@ class _Search:
         self.progress = progress
         self.final: FinalScores | None = None  # set when the search ends
         self.run_dir = self.objective.run_dir
+        self._journal = contextlib.ExitStack()
         try:
             sampler = create_sampler(config.resolved_sampler, self.objective.space, seed=config.seed)  # grid's limit
             check_storage_url(config.resolved_storage)
@@ -164,11 +165,14 @@ class _Search:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(self.objective.metric_names)
             self.objective.reconcile(self.study)  # before any TensorBoard file is written
+            # Only now, when nothing refused the run: the journal mode is written into the file.
+            self._journal.enter_context(sqlite_write_ahead(storage))
             self.tensorboard = self.objective.tensorboard_callback()
             self.callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
                 self.objective.retention_callback(), self.objective.anatomy_callback(), self.tensorboard]
             self._catch_up()
         except BaseException:
+            self._journal.close()
             self.objective.close()
             if new_journal and journal is not None and journal.is_file() and journal.stat().st_size == 0:
                 journal.unlink()  # opened, nothing written to it: the journal file goes too
@@ -300,8 +304,9 @@ class _Search:
         return final
 
     def close(self) -> None:
-        """Close the event file and release the run folder's lock."""
+        """Close the event file, leave the SQLite study whole in its file, release the run folder's lock."""
         self.tensorboard.close()
+        self._journal.close()
         self.objective.close()
 
     def result(self) -> SearchResult:

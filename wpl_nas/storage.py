@@ -18,8 +18,10 @@ driver find it (PostgreSQL: ``PGPASSWORD`` or ``~/.pgpass``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = ["ENV_VAR", "JOURNAL_SUFFIXES", "MASK", "check_storage_url", "journal_path", "mask_storage",
-           "open_storage", "scrub"]
+           "open_storage", "scrub", "sqlite_write_ahead"]
 
 #: The environment variable that holds a storage's full URL, password included, for run folders
 #: that keep it masked.
@@ -120,6 +122,41 @@ def open_storage(storage: str, *, create: bool = True) -> optuna.storages.BaseSt
         return optuna.storages.RDBStorage(url.render_as_string(hide_password=False))
     except (ImportError, RuntimeError, sqlalchemy.exc.SQLAlchemyError) as exc:
         raise ConfigError(f"cannot open storage {shown!r}: {scrub(reason(exc), url)}{hint}") from None
+
+
+@contextlib.contextmanager
+def sqlite_write_ahead(storage: optuna.storages.BaseStorage) -> Iterator[None]:
+    """While the block runs, an SQLite ``storage`` commits through a write-ahead log (one sync to
+    disk a commit instead of three; as durable); afterwards its file is in rollback-journal mode
+    again and holds every record (the log is folded into it and deleted). Other storages are left
+    as they are.
+
+    The journal mode is a property of the database file, so other processes that open the study
+    meanwhile (the dashboard) use the log too. Going back needs the file to itself: with another
+    process reading it (a dashboard left open), the file stays in write-ahead-log mode, which every
+    SQLite reader handles; a search that is killed leaves the log beside the file, and SQLite folds it
+    in when the study is next opened.
+    """
+    import optuna
+
+    engine = storage.engine if isinstance(storage, optuna.storages.RDBStorage) else None
+    if engine is None or engine.dialect.name != "sqlite":
+        yield
+        return
+    _journal_mode(engine, "wal")
+    try:
+        yield
+    finally:
+        engine.dispose()  # the pool's idle connections would keep the file in write-ahead-log mode
+        _journal_mode(engine, "delete")
+
+
+def _journal_mode(engine: sqlalchemy.engine.Engine, mode: str) -> None:
+    """Set SQLite's journal mode on ``engine``'s file; no wait and no error when another connection
+    holds the file (the mode then stays as it was: a speed-up missed, nothing lost)."""
+    with contextlib.suppress(sqlalchemy.exc.OperationalError), engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA busy_timeout = 0")
+        connection.exec_driver_sql(f"PRAGMA journal_mode = {mode}")
 
 
 def scrub(text: str, storage: str | sqlalchemy.engine.URL | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 import optuna
@@ -10,7 +11,15 @@ import yaml
 
 from wpl_nas.config import SearchConfig, resume_changes
 from wpl_nas.errors import ConfigError
-from wpl_nas.storage import ENV_VAR, check_storage_url, journal_path, mask_storage, open_storage, scrub
+from wpl_nas.storage import (
+    ENV_VAR,
+    check_storage_url,
+    journal_path,
+    mask_storage,
+    open_storage,
+    scrub,
+    sqlite_write_ahead,
+)
 
 SECRET = "s3cr3t-Pw"
 
@@ -119,3 +128,47 @@ def test_the_saved_config_and_its_history_hold_no_password(tmp_path):
     assert resume_changes(saved, saved, run_dir=tmp_path) == {}
     moved = resume_changes(saved, config.replace(storage=f"postgresql://me:{SECRET}@h/db2"), run_dir=tmp_path)
     assert moved == {"storage": ["postgresql://me:***@h/db", "postgresql://me:***@h/db2"]}
+
+
+def _mode(path):
+    connection = sqlite3.connect(path)  # closed at once: an open connection would hold the file
+    try:
+        return connection.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def test_an_sqlite_study_commits_through_a_log_while_searched_and_is_whole_in_its_file_after(tmp_path):
+    db = tmp_path / "study.db"
+    storage = open_storage(f"sqlite:///{db}")
+    with sqlite_write_ahead(storage):
+        study = optuna.create_study(study_name="s", storage=storage)
+        study.set_user_attr("k", 1)
+        assert _mode(db) == "wal" and (tmp_path / "study.db-wal").is_file()
+    assert _mode(db) == "delete" and not (tmp_path / "study.db-wal").exists()
+    copy = tmp_path / "copy.db"  # the file alone holds every record
+    copy.write_bytes(db.read_bytes())
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{copy}").user_attrs == {"k": 1}
+
+
+def test_a_reader_holding_the_file_leaves_it_in_log_mode_without_a_wait_or_a_loss(tmp_path):
+    db = tmp_path / "study.db"
+    storage = open_storage(f"sqlite:///{db}")
+    reader = sqlite3.connect(db)
+    try:
+        with sqlite_write_ahead(storage):
+            optuna.create_study(study_name="s", storage=storage).set_user_attr("k", 2)
+            reader.execute("BEGIN")  # a dashboard in the middle of a read
+            reader.execute("SELECT count(*) FROM studies").fetchone()
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        reader.close()
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{db}").user_attrs == {"k": 2}
+
+
+def test_other_storages_keep_their_journal(tmp_path):
+    journal = tmp_path / "journal.log"
+    storage = open_storage(str(journal))
+    with sqlite_write_ahead(storage):
+        optuna.create_study(study_name="s", storage=storage)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.log"]
