@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from wpl_nas.assembly import resolve_device
 from wpl_nas.config import SearchConfig
-from wpl_nas.distributed import World, state_checksum
+from wpl_nas.distributed import World, leave, state_checksum
 from wpl_nas.errors import ConfigError, reason
 from wpl_nas.objective import SupernetObjective, search_parts
 from wpl_nas.run_folder import LOCK_FILE, TENSORBOARD_DIR
@@ -211,7 +211,9 @@ class _Search:
                 best = max((e.score for e in self.objective.pool.entries.values()), key=quality, default=0.0)
                 bar.set_postfix(best=f"{best:.3f}", retained=f"{pool['retained_mean']:.3f}",
                                 forget=f"{pool['forgetting_mean']:+.3f}")
-        self.world.share(None)  # the other ranks stop: the final re-scores are rank 0's alone
+        if self.world.distributed:
+            self.world.share(None)  # the other ranks stop: the final re-scores are rank 0's alone
+            leave(self.world)  # all together, before rank 0 works on alone and the others exit
         self.final = self._final_selection()
         self.tensorboard.close()
         return self.result()
@@ -354,7 +356,8 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
         command: The command line to record in the run folder's ``config.yaml``.
         world: The processes of a data-parallel search under torchrun (:mod:`wpl_nas.distributed`,
             process group started), of which this is rank 0; the others run :func:`follow_search`
-            [default: this process alone].
+            [default: this process alone]. When the last trial is done, every rank ends the group
+            together (:func:`~wpl_nas.distributed.leave` with the world), and rank 0 selects alone.
         **overrides: Fields of ``config`` to replace, e.g. ``trials=5`` or ``wpl={"alpha": 10}``.
 
     Raises:
@@ -380,7 +383,8 @@ def follow_search(world: World) -> int:
 
     It receives the options and the states from rank 0, then trains and consolidates each
     candidate rank 0 names, on its slice of every batch, re-scores its share of the retained pool
-    rank 0 names after it, and stops when rank 0 says so. It writes
+    rank 0 names after it, and stops when rank 0 says so, ending the process group together with
+    rank 0 (:func:`~wpl_nas.distributed.leave` with the world). It writes
     nothing and prints nothing: the study, the run folder and every score recorded are rank 0's.
     Should rank 0 fail, torchrun ends this process with the group.
 
@@ -416,4 +420,5 @@ def follow_search(world: World) -> int:
             trainer.consolidate(arch, trial_index=position, score=result.score)
         world.divide(world.share(), lambda member: trainer.score(Architecture.parse(member)))  # the pool's re-scores
         trained += 1
+    leave(world)  # together with rank 0, which selects alone after it
     return trained

@@ -16,7 +16,7 @@ hangs alive, and a long one costs little. It is an environment variable, as torc
 settings of a launch are (``OMP_NUM_THREADS``, ``NCCL_*``): it belongs to the launch, not to the
 search (it is not recorded in the run's config, and may differ on resume); every process reads its
 own, so on several nodes each node's launch sets it. The final selection (every candidate
-re-scored) is rank 0's alone: the others are released before it.
+re-scored) is rank 0's alone: the others are released before it, so no one waits for it.
 
 How a candidate trains data-parallel (:class:`~wpl_nas.training.CandidateTrainer`):
 
@@ -61,8 +61,11 @@ measures its share). The retained pool's re-scores after each trial are (:meth:`
 rank 0 names the members, each rank scores its share of them on the full evaluation set, and the
 scores are summed over the ranks; a score depends only on the architecture and the shared weights,
 so each is exactly the one a rank alone would take. The final selection (every candidate
-re-scored) is rank 0's alone, after the others have stopped. Nothing in training uses
-the global RNG (every draw has its own seeded generator), so the ranks need no RNG exchange.
+re-scored) is rank 0's alone: once the last trial's re-scores are summed, every rank ends the
+process group together (:func:`leave` with the world: a barrier, then each destroys its own), the
+others exit, and rank 0 selects with no connection left open to a process that has gone. Nothing
+in training uses the global RNG (every draw has its own seeded generator), so the ranks need no RNG
+exchange.
 """
 
 from __future__ import annotations
@@ -256,10 +259,21 @@ def join(world: World, device: torch.device) -> None:
                             timeout=datetime.timedelta(seconds=world.timeout))
 
 
-def leave() -> None:
-    """End the process group, if one was started."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def leave(world: World | None = None) -> None:
+    """End the process group, if one was started.
+
+    Args:
+        world: Given at a point every rank of ``world`` reaches alike (the clean end of a search's
+            collectives): the ranks first wait for each other (a barrier), so that none closes its
+            connections while a message to or from another may still be on its way, and all end
+            the group together. Without it (an error, an interrupt: the others may be anywhere),
+            this process ends its own part at once.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if world is not None and world.distributed:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def state_checksum(*modules: nn.Module) -> float:

@@ -3,8 +3,10 @@ pruning included, resume, and a failing rank 0 that ends the run instead of leav
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,50 @@ def _args(space: Path, data_dir: Path, runs: Path, strategy: str, *extra: str) -
             "--study-name", "s", "--strategy", strategy, *extra]
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+#: Variables of an enclosing launch (a suite itself run under torchrun or on a cluster node) that
+#: would steer the children's rendezvous or sockets instead of torchrun's own ``--standalone`` choice.
+_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK",
+                     "LOCAL_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "GLOO_SOCKET_IFNAME")
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A finished torchrun: its exit code, the ranks' standard output (rank 0's first), torchrun's own
+    standard error and each rank's (empty when torchrun ended before it started the ranks)."""
+
+    returncode: int
+    stdout: str
+    torchrun: str
+    ranks: tuple[str, ...]
+
+    @property
+    def stderr(self) -> str:
+        return self.torchrun + "".join(self.ranks)
+
+    def failure(self, tail: int = 4000) -> str:
+        """What a failed run said: torchrun's account (which rank ended, with what exit code or
+        signal) and every rank's last lines, rank 1's included."""
+        parts = [f"[torchrun, exit code {self.returncode}]\n{self.torchrun[-tail:]}"]
+        parts += [f"[rank {n} stderr]\n{text[-tail:]}" for n, text in enumerate(self.ranks)]
+        return "\n".join(parts)
+
+
+def _torchrun(args: list[str], logs: Path) -> Ran:
+    """``torchrun --standalone --nproc-per-node 2 -m wpl_nas ARGS``, each rank's output kept whole in its
+    own files under ``logs`` (torchrun's ``--redirects``) so that a failure shows every rank's last words.
+
+    ``--standalone`` has the rendezvous store bind port 0 itself (no window between choosing a free
+    port and binding it), so suites running side by side on one machine cannot take each other's.
+    """
+    logs.mkdir(parents=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "wpl_nas", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+               "--log-dir", str(logs), "--redirects", "3", "-m", "wpl_nas", *args]
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARIABLES and not k.startswith("TORCHELASTIC_")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False, env=env)
+    folders = [sorted(logs.glob(f"*/attempt_*/{rank}")) for rank in (0, 1)]
+    out = "".join((f[-1] / "stdout.log").read_text() for f in folders if f)
+    ranks = tuple((f[-1] / "stderr.log").read_text() for f in folders if f)
+    return Ran(done.returncode, done.stdout + out, done.stderr, ranks)
 
 
 def _single(args: list[str]) -> None:
@@ -102,8 +144,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_process_wpl(runs: Path, tiny_space_file: Path, mnist1d: Any, data_dir: Path) -> Path:
     """An uninterrupted 3-trial WPL search in 2 gloo processes."""
-    done = _torchrun(_args(tiny_space_file, data_dir, runs / "wpl-two", "wpl"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _torchrun(_args(tiny_space_file, data_dir, runs / "wpl-two", "wpl"), runs / "logs" / "wpl-two")
+    assert done.returncode == 0, done.failure()
     assert done.stdout.count("best architecture") == 1  # rank 1 prints nothing
     assert done.stderr.count("CPU threads:") == 1
     return runs / "wpl-two" / "s"
@@ -117,8 +159,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(strategy, runs, tiny
     if strategy == "wpl":
         two = request.getfixturevalue("two_process_wpl")
     else:
-        done = _torchrun(_args(tiny_space_file, data_dir, runs / f"{strategy}-two", strategy))
-        assert done.returncode == 0, done.stderr[-3000:]
+        done = _torchrun(_args(tiny_space_file, data_dir, runs / f"{strategy}-two", strategy),
+                         runs / "logs" / f"{strategy}-two")
+        assert done.returncode == 0, done.failure()
         two = runs / f"{strategy}-two" / "s"
     _assert_close_runs(one / "s", two)
 
@@ -136,10 +179,10 @@ def test_two_processes_prune_as_one_and_stay_in_step(runs, tiny_space_file, mnis
     # The setting does what this test needs: a trial stopped before its last epoch, then another trial.
     assert [state for _, state, _, _ in states] == ["COMPLETE"] * 3 + ["PRUNED"] * 2
     assert [len(scores) for *_, scores in states] == [3, 3, 3, 2, 2]
-    done = _torchrun(_args(tiny_space_file, data_dir, runs / "pruning-two", "wpl", *PRUNING))
+    done = _torchrun(_args(tiny_space_file, data_dir, runs / "pruning-two", "wpl", *PRUNING), runs / "logs" / "pruning")
     # Rank 1 stopped where rank 0 did: it checked its state against rank 0's before trial 4 (after
     # pruned trial 3), and the run ended cleanly.
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.failure()
     two = _states(runs / "pruning-two" / "s")
     assert [(n, state, arch) for n, state, arch, _ in two] == [(n, state, arch) for n, state, arch, _ in states]
     for (*_, a), (*_, b) in zip(states, two, strict=True):
@@ -153,11 +196,11 @@ def test_two_processes_prune_as_one_and_stay_in_step(runs, tiny_space_file, mnis
 def test_a_resumed_two_process_search_equals_an_uninterrupted_one(two_process_wpl, runs, tiny_space_file, mnist1d,
                                                                    data_dir):
     args = _args(tiny_space_file, data_dir, runs / "wpl-resumed", "wpl")
-    first = _torchrun([*args[:2], "2", *args[3:]])  # --trials 2
-    assert first.returncode == 0, first.stderr[-3000:]
+    first = _torchrun([*args[:2], "2", *args[3:]], runs / "logs" / "resumed-first")  # --trials 2
+    assert first.returncode == 0, first.failure()
     assert len(_trials(runs / "wpl-resumed" / "s")) == 2
-    again = _torchrun(args)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = _torchrun(args, runs / "logs" / "resumed-again")
+    assert again.returncode == 0, again.failure()
     resumed = runs / "wpl-resumed" / "s"
     # Rank 1 receives rank 0's checkpointed state: the run goes on exactly, not approximately.
     assert _trials(resumed) == _trials(two_process_wpl)
@@ -171,7 +214,8 @@ def test_a_failing_rank_0_ends_the_run_without_a_hang(two_process_wpl, runs, tin
     # The run folder holds a search with seed 0: rank 0 refuses seed 5 (a ConfigError) while rank 1
     # waits for its first message; torchrun must end it and exit non-zero well within the timeout.
     run_dir = two_process_wpl.parent
-    done = _torchrun(_args(tiny_space_file, data_dir, run_dir, "wpl", "--seed", "5", "--trials", "4"))
+    done = _torchrun(_args(tiny_space_file, data_dir, run_dir, "wpl", "--seed", "5", "--trials", "4"),
+                     runs / "logs" / "failing")
     assert done.returncode != 0
     assert "seed" in done.stderr
     assert len(_trials(two_process_wpl)) == 3  # nothing was trained
