@@ -1,12 +1,11 @@
 """The process world of a data-parallel search: torchrun's environment, the collective timeout, batch
 slices, and, in a real 2-process gloo group, batch norm on global statistics, the summed path
-gradients and the timeout in force."""
+gradients, the timeout in force and the ranks' leaving their group together."""
 
 from __future__ import annotations
 
 import itertools
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import wpl_nas
-from wpl_nas.distributed import DEFAULT_TIMEOUT, TIMEOUT_ENV, BatchNorm1d, BatchNorm2d, World, join
+from wpl_nas.distributed import DEFAULT_TIMEOUT, TIMEOUT_ENV, BatchNorm1d, BatchNorm2d, World, join, leave
 from wpl_nas.errors import ConfigError
 from wpl_nas.ops import batch_norm
 
@@ -100,7 +99,7 @@ def _in_group(rank: int, store: str, check: str, *args: object) -> None:
     try:
         globals()[check](World(rank=rank, size=2), *args)
     finally:
-        dist.destroy_process_group()
+        leave()  # a check may have ended the group already
 
 
 def _spawn(tmp_path: Path, check: str, *args: object) -> None:
@@ -188,11 +187,20 @@ def test_under_torchrun_a_gpu_index_is_refused_before_any_group_starts():
     assert not dist.is_initialized()
 
 
-def _joined(rank: int, port: int, timed_out: Any) -> None:
-    """Rank ``rank`` of a group started by :func:`join` from torchrun's environment with a 1 s timeout:
-    rank 1 waits for a message rank 0 never sends, and must give up; rank 0 waits until it has."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    world = World.from_env({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), TIMEOUT_ENV: "1"})
+def _joined(rank: int, port: int, joining: Any, timed_out: Any) -> None:
+    """Rank ``rank`` of a group started by :func:`join` from torchrun's environment: rank 1, with a 1 s
+    timeout, waits for a message rank 0 never sends, and must give up; rank 0 waits until it has."""
+    # As under torchrun, the ranks are clients of a store the launcher serves on ``port``.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
+    # The timeout bounds the ranks' wait for each other in the rendezvous too: only rank 1 has the
+    # short one, and it joins once rank 0 is joining, not a process start-up (seconds on a busy
+    # machine) behind it. Every process reads its own timeout.
+    timeout = "1" if rank == 1 else str(DEFAULT_TIMEOUT)
+    world = World.from_env({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), TIMEOUT_ENV: timeout})
+    if rank == 0:
+        joining.set()
+    else:
+        assert joining.wait(120)
     join(world, torch.device("cpu"))
     try:
         if rank == 1:
@@ -204,14 +212,39 @@ def _joined(rank: int, port: int, timed_out: Any) -> None:
             # not reached the group, rank 1 would wait torch's 30 min instead).
             assert timed_out.wait(120), "rank 1 did not time out: the timeout did not reach the process group"
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 def test_the_timeout_reaches_the_process_group():
-    with socket.socket() as probe:  # a free port for the env:// rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_joined, args=(port, mp.get_context("spawn").Event()), nprocs=2, join=True)
+    # This process serves the rendezvous store, as torchrun's agent does, on a port it binds at once
+    # (port 0): a free port probed then bound by the ranks could be taken in between by another
+    # suite running on the same machine.
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    context = mp.get_context("spawn")
+    mp.spawn(_joined, args=(store.port, context.Event(), context.Event()), nprocs=2, join=True)
+
+
+def _check_leave_together(world: World, started: Any, left: Any, arrived: Any) -> None:
+    """Rank 0 comes to leave first, rank 1 only once rank 0 has left or 2 s have passed: rank 0 may
+    not end its group before rank 1 has come (without the barrier it would end it at once)."""
+    if world.leader:
+        started.set()
+        leave(world)
+        came = arrived.is_set()
+        left.set()
+        assert came, "rank 0 ended its group before rank 1 had come to leave"
+    else:
+        assert started.wait(120)
+        left.wait(2)  # not a measurement: any wait that ends shows a rank 0 that did not wait
+        arrived.set()
+        leave(world)
+    assert not dist.is_initialized()
+    leave(world)  # the group is gone: nothing more to do, on any rank
+
+
+def test_the_ranks_of_a_search_leave_their_group_together(tmp_path):
+    context = mp.get_context("spawn")
+    _spawn(tmp_path, "_check_leave_together", context.Event(), context.Event(), context.Event())
 
 
 def _check_divide(world: World, n: int) -> None:
