@@ -333,7 +333,8 @@ class _Search:
 
 
 def run_search(config: SearchConfig | None = None, *, progress: bool = True,
-               command: Sequence[str] | None = None, world: World | None = None, **overrides: Any) -> SearchResult:
+               command: Sequence[str] | None = None, world: World | None = None,
+               on_start: Callable[[], None] | None = None, **overrides: Any) -> SearchResult:
     """Run (or resume) a search and return its result.
 
     Re-running with the same config resumes: the study from its storage, and the supernet,
@@ -358,6 +359,9 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
             process group started), of which this is rank 0; the others run :func:`follow_search`
             [default: this process alone]. When the last trial is done, every rank ends the group
             together (:func:`~wpl_nas.distributed.leave` with the world), and rank 0 selects alone.
+        on_start: Called once every option is checked and the run folder and study are open, right
+            before the first trial (the CLI prints its threads line there): a search refused for a
+            bad option never calls it.
         **overrides: Fields of ``config`` to replace, e.g. ``trials=5`` or ``wpl={"alpha": 10}``.
 
     Raises:
@@ -373,6 +377,8 @@ def run_search(config: SearchConfig | None = None, *, progress: bool = True,
         search = _Search(config, progress=progress, command=command if command is not None else sys.argv,
                          world=world)
         try:
+            if on_start is not None:
+                on_start()
             return search.run()
         finally:
             search.close()

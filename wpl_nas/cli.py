@@ -23,7 +23,7 @@ import click
 from wpl_nas.config import CALIBRATION_SAMPLES, CHOOSE_BY, SearchConfig, keep_saved, load_config, resume_changes
 from wpl_nas.configs import Config, Options, field_type, read_yaml_mapping, section_name
 from wpl_nas.errors import ConfigError, TrainingDiverged, write_refused
-from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP, threads_line, use_threads
+from wpl_nas.threads import DEFAULT_THREADS, THREADS_HELP, threads_in_use, threads_line, use_threads
 
 __all__ = ["cli", "main"]
 
@@ -210,9 +210,11 @@ def search(config_file: str | None, progress: bool, **flags: Any) -> None:
                 _follow(world)
                 return
         config = _resume_options(config, given=_given(overrides, config_file))
-        click.echo(threads_line(use_threads(config.threads)), err=True)  # the search applies the same
         try:
-            result = run_search(config, progress=progress, command=command, world=world)
+            # The threads line once the search has checked every option (a refused one prints none);
+            # the search itself applies config.threads.
+            result = run_search(config, progress=progress, command=command, world=world,
+                                on_start=lambda: click.echo(threads_line(threads_in_use()), err=True))
         finally:
             leave()
     except ConfigError as exc:

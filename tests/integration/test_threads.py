@@ -60,6 +60,18 @@ def test_a_search_prints_the_threads_it_uses_in_one_line(tiny_space_file, data_d
     assert wpl_nas.load_run(tmp_path / "tiny1d-wpl").config.threads == 1  # the default, recorded
 
 
+@pytest.mark.parametrize("bad", [["--space", "no-such-space"], ["--strategy", "no-such-strategy"],
+                                 ["--sampler", "no-such-sampler"]])
+def test_a_search_refused_by_its_checks_prints_the_error_and_no_threads_line(bad, tmp_path):
+    """These names pass the config's own validation and are refused by the search's set-up (exit 2):
+    the threads line would say the search had started."""
+    result = CliRunner().invoke(cli, ["search", "--no-progress", "--runs-dir", str(tmp_path), *bad])
+    assert result.exit_code == 2, result.output
+    assert bad[1] in result.output and "Error:" in result.output, result.output
+    assert "CPU threads:" not in result.output, result.output
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 @pytest.mark.parametrize("command", [*COMMANDS, "search", "forgetting"])
 def test_every_command_that_trains_or_scores_has_threads_defaulting_to_one(command):
     result = CliRunner().invoke(cli, [command, "--help"])
