@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import pytest
@@ -223,6 +226,27 @@ def write_image_folder(root: Path, *, test: bool = True, classes: int = 3, seed:
                 pixels = (rng.integers(0, 60, (12, 12, 3)) + 80 * c).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+@contextlib.contextmanager
+def counting_decodes() -> Iterator[list[int]]:
+    """Count the images this process decodes (calls of ``ImageFiles.read``, the one decoding path),
+    watched with ``sys.setprofile``: the code runs as it is, nothing is replaced."""
+    from wpl_nas.data._imagefolder import ImageFiles
+
+    calls = [0]
+    code = ImageFiles.read.__code__
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is code:
+            calls[0] += 1
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield calls
+    finally:
+        sys.setprofile(previous)
 
 
 @pytest.fixture

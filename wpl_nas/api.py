@@ -227,7 +227,8 @@ class _Search:
         buffer = io.BytesIO()
         torch.save({"supernet": self.objective.supernet.state_dict(), "strategy": self.objective.strategy.state_dict(),
                     "optimizer": self.objective.optimizer.state_dict()}, buffer)
-        self.world.share({"config": self.config, "state": buffer.getvalue()})
+        self.world.share({"config": self.config, "state": buffer.getvalue(),
+                          "statistics": self.objective.data.statistics})  # the run's, recorded or measured
 
     def _trial(self, trial: optuna.Trial) -> None:
         """Train ``trial``'s candidate, tell the study and run the callbacks."""
@@ -407,7 +408,7 @@ def follow_search(world: World) -> int:
     use_threads(config.threads)
     device = resolve_device(config.device)
     space = load_space(config.space)
-    _, parts, trainer = search_parts(config, space, device=device, world=world)
+    _, parts, trainer = search_parts(config, space, device=device, world=world, statistics=start.get("statistics"))
     state = torch.load(io.BytesIO(start["state"]), map_location=device, weights_only=True)
     parts.supernet.load_state_dict(state["supernet"])
     parts.strategy.load_state_dict(state["strategy"])

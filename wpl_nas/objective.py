@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from wpl_nas.assembly import Assembly, assemble, build_supernet, check_supernet_size, resolve_device
 from wpl_nas.callbacks import AnatomyCallback, RetentionCallback, TensorBoardCallback
 from wpl_nas.config import OBJECTIVES, SearchConfig, resume_changes
-from wpl_nas.data import DATASETS, DataBundle, load_dataset
+from wpl_nas.data import DATASETS, DataBundle, Statistics, load_dataset
 from wpl_nas.distributed import World, state_checksum
 from wpl_nas.errors import ConfigError, TrainingDiverged, reason
 from wpl_nas.evaluation import RESCORES_ATTR, RetainedPool
@@ -81,17 +81,18 @@ RUN_ID_ATTR = "wpl_nas_run_id"
 RETRY_ATTR = "retry_of"
 
 
-def search_parts(config: SearchConfig, space: SearchSpace, *, device: torch.device,
-                 world: World | None = None) -> tuple[DataBundle, Assembly, CandidateTrainer]:
+def search_parts(config: SearchConfig, space: SearchSpace, *, device: torch.device, world: World | None = None,
+                 statistics: Statistics | None = None) -> tuple[DataBundle, Assembly, CandidateTrainer]:
     """The data, the assembled supernet, strategy and optimiser, and the trainer of a search with
     ``config`` (validated) on ``space``: what every rank of a data-parallel search builds alike.
+    ``statistics``: the data statistics the run recorded (``RunFolder.statistics``), or None.
 
     Raises:
         ConfigError: the data set cannot be loaded, or the supernet would be too large.
     """
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                         val_fraction=config.val_fraction, seed=config.seed, train_samples=config.train_samples,
-                        image_size=config.image_size)
+                        image_size=config.image_size, statistics=statistics)
     check_supernet_size(space, data)  # a search builds its supernet once: check it here
     parts = assemble(build_supernet(space, data, seed=config.seed), config, device=device,
                      strategy=config.strategy, strategy_options=config)
@@ -150,7 +151,8 @@ class SupernetObjective:
         self.changes: dict[str, list[Any]] = (
             resume_changes(self.folder.config(), config, run_dir=self.folder.path) if self.folder.is_run() else {})
         self.world = world or World()
-        self.data, parts, self.trainer = search_parts(config, self.space, device=self.device, world=self.world)
+        self.data, parts, self.trainer = search_parts(config, self.space, device=self.device, world=self.world,
+                                                      statistics=self.folder.statistics())
         self.supernet, self.strategy, self.optimizer = parts.supernet, parts.strategy, parts.optimizer
         self.objectives = config.objective_list
         self.pool = RetainedPool(best=config.pool_best, recent=config.pool_recent,
@@ -280,6 +282,7 @@ class SupernetObjective:
                         self.mark_lost(study, trial.number)
         self._pool_catch_up(study)
         self.folder.record_config(self.config, study=study.study_name, command=self.command, position=self.position)
+        self.folder.record_statistics(self.config.dataset, self.data.statistics)
         self._reconciled = study.study_name
 
     def tell_checkpointed(self, study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:

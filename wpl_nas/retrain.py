@@ -104,7 +104,8 @@ def retrain_run(run_dir: str | Path, *, trial: int | None = None, epochs: int = 
     arch = space.parse(chosen.user_attrs["arch"])
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
-                        val_fraction=config.val_fraction, seed=config.seed, image_size=config.image_size)
+                        val_fraction=config.val_fraction, seed=config.seed, image_size=config.image_size,
+                        statistics=run.folder.statistics())
     train, test = data.train, data.test
 
     folder = run.folder.trial_dir(RETRAIN_DIR, chosen.number)

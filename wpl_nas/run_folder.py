@@ -4,6 +4,8 @@
 
     RUN_DIR/
       config.yaml            the options in force, the command, the study's name, the history of changes
+      data.json              the statistics the data set measured on its files when the run first loaded it
+                             (imagefolder's per-channel mean and std), given back to every later load
       space/NAME.yaml        a copy of the space file the run was made from (none for a built-in space)
       study.db               the Optuna study (SQLite, unless another storage was given)
       search.lock            who is searching this folder now
@@ -25,6 +27,7 @@ read safely and the checkpoint with ``weights_only=True``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ import yaml
 
 from wpl_nas.assembly import build_supernet, evaluation_set, resolve_device
 from wpl_nas.config import RUN_RECORD_KEYS, STUDY_DB, SearchConfig, resume_changes
-from wpl_nas.data import DataBundle, load_dataset
+from wpl_nas.data import DataBundle, Statistics, load_dataset
 from wpl_nas.errors import ConfigError
 from wpl_nas.evaluation import RetainedPool
 from wpl_nas.evaluation.scoring import METRICS, Metric
@@ -58,6 +61,7 @@ __all__ = [
     "CHECKPOINT",
     "CHECKPOINT_KEYS",
     "CONFIG_FILE",
+    "DATA_JSON",
     "EXPORT_DIR",
     "FINAL_CSV",
     "FINAL_JSON",
@@ -82,6 +86,9 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.yaml"
+#: What the data set measured on its files at the run's first load (``DataBundle.statistics``):
+#: ``{"dataset": NAME, "mean": [...], "std": [...]}``, written once.
+DATA_JSON = "data.json"
 #: A copy of the space file the run was made from, under the file's own name (which names the
 #: study when no study name is given); none for a built-in space.
 SPACE_DIR = "space"
@@ -233,6 +240,42 @@ class RunFolder:
             config.dump(self.config_path, extra={"command": record.get("command"), "study": record.get("study"),
                                                  "history": history})
 
+    # --- data.json ---------------------------------------------------------------------------
+    def statistics(self) -> Statistics | None:
+        """The data statistics the run recorded (:data:`DATA_JSON`), to give back to every load of its
+        data set (``load_dataset(..., statistics=)``); None when it recorded none (a data set with
+        fixed statistics, a run made before they were recorded, or not a run yet).
+
+        Raises:
+            ConfigError: the file is damaged: not JSON, or not equal-length lists of finite numbers with
+                every std > 0 (the loader checks the number of channels it needs).
+        """
+        path = self.path / DATA_JSON
+        if not self.is_run() or not path.is_file():
+            return None
+        record = read_json(path, what="the run's data statistics")
+        mean: Any = record.get("mean") if isinstance(record, dict) else None
+        std: Any = record.get("std") if isinstance(record, dict) else None
+
+        def numbers(values: Any) -> bool:
+            return isinstance(values, list) and bool(values) and all(
+                isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+        if not (numbers(mean) and numbers(std) and len(mean) == len(std) and min(std) > 0):
+            raise ConfigError(f"{path}: the data statistics must be {{'mean': [...], 'std': [...]}}, one finite "
+                              f"number per channel each and every std > 0, but got {record!r}; restore the file "
+                              "from a copy (or delete it to measure them again on the files as they are now)")
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def record_statistics(self, dataset: str, statistics: Statistics | None) -> None:
+        """Write :data:`DATA_JSON` with ``statistics`` (the bundle's), unless the run has it already:
+        the first load's statistics are the run's for good. None (nothing measured) writes nothing."""
+        path = self.path / DATA_JSON
+        if statistics is None or path.is_file():
+            return
+        mean, std = statistics
+        write_text_atomically(path, json.dumps({"dataset": dataset, "mean": list(mean), "std": list(std)}) + "\n")
+
     # --- the checkpoint --------------------------------------------------------------------
     def load_checkpoint(self, *, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         """The checkpoint's contents (:data:`CHECKPOINT_KEYS`, and ``identity``), or None before
@@ -292,7 +335,7 @@ class RunFolder:
         space = load_space(config.space)
         data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                             val_fraction=config.val_fraction, seed=config.seed, train_samples=config.train_samples,
-                            image_size=config.image_size)
+                            image_size=config.image_size, statistics=self.statistics())
         supernet = build_supernet(space, data, seed=config.seed).to(device)
         strategy = create_strategy(config.strategy, supernet, config).to(device)
         metric = METRICS.get(data.metric)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import counting_decodes
 from torch.utils.data import TensorDataset
 
 import wpl_nas
@@ -80,6 +81,42 @@ def test_bad_folders_and_sizes_are_refused(tmp_path, image_dir, write_images):
         load_dataset("imagefolder", data_dir=odd)
     with pytest.raises(ConfigError, match="image_size must be at least 1"):
         load_dataset("imagefolder", data_dir=image_dir, image_size=0)
+
+
+def test_statistics_given_back_are_used_as_they_are_without_decoding_a_sample(tmp_path, write_images):
+    root = write_images(tmp_path / "images")
+    with counting_decodes() as first_load:
+        first = load_dataset("imagefolder", data_dir=root, image_size=SIZE)
+    assert first_load[0] == CLASSES * PER_CLASS  # every train image is in the sample (fewer than STAT_SAMPLES)
+    assert first.statistics is not None and len(first.statistics[0]) == 3
+    # The files change (brighter images); given the first load's statistics, a load decodes nothing
+    # and normalises with them: the same tensors as the first load's for the same files.
+    x, y = first.train[0]
+    write_images(tmp_path / "images", seed=1)
+    with counting_decodes() as again_load:
+        again = load_dataset("imagefolder", data_dir=root, image_size=SIZE, statistics=first.statistics)
+    assert again_load[0] == 0
+    assert again.statistics == first.statistics
+    assert torch.equal(again.train.mean, first.train.mean) and torch.equal(again.test.std, first.test.std)  # type: ignore[attr-defined]
+    assert torch.equal(again.val.mean, first.val.mean)  # type: ignore[attr-defined]
+    measured = load_dataset("imagefolder", data_dir=root, image_size=SIZE)
+    assert measured.statistics != first.statistics  # measured afresh, the changed files would normalise otherwise
+    assert y == again.train[0][1] and not torch.equal(x, again.train[0][0])  # the pixels changed, not the rule
+
+
+@pytest.mark.parametrize("statistics", [
+    ((0.5, 0.5), (0.2, 0.2)),                           # 2 channels for RGB images
+    ((0.5, 0.5, float("nan")), (0.2, 0.2, 0.2)),        # not finite
+    ((0.5, 0.5, 0.5), (0.2, 0.0, 0.2)),                 # std 0 would divide by zero
+    ((0.5, 0.5, 0.5), (0.2, float("inf"), 0.2)),
+])
+def test_statistics_given_back_out_of_range_are_refused_by_name(image_dir, statistics):
+    with pytest.raises(ConfigError, match=r"imagefolder: the recorded statistics must .*mean=\[0.5"):
+        load_dataset("imagefolder", data_dir=image_dir, statistics=statistics)
+
+
+def test_statistics_are_none_for_data_sets_whose_statistics_are_fixed(mnist1d):
+    assert mnist1d.statistics is None
 
 
 def _labels(batches: object) -> list[list[int]]:

@@ -19,11 +19,12 @@ from wpl_nas.data._bundle import (
     RECIPES,
     DataBundle,
     Recipe,
+    Statistics,
     iterate_batches,
     load_dataset,
     recipe_for,
     register_dataset,
 )
 
-__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "iterate_batches", "load_dataset", "recipe_for",
+__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "Statistics", "iterate_batches", "load_dataset", "recipe_for",
            "register_dataset"]

@@ -21,8 +21,11 @@ from wpl_nas.data._images import ImageTensors
 from wpl_nas.errors import ConfigError
 from wpl_nas.registry import Registry
 
-__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "in_memory", "iterate_batches", "load_dataset",
+__all__ = ["DATASETS", "RECIPES", "DataBundle", "Recipe", "Statistics", "in_memory", "iterate_batches", "load_dataset",
            "make_bundle", "on_device", "recipe_for", "register_dataset", "take"]
+
+#: ``(mean, std)`` per channel on the [0, 1] scale: what a data set normalises its images with.
+Statistics = tuple[tuple[float, ...], tuple[float, ...]]
 
 #: What :meth:`DataBundle.from_tensors` takes as tensors: a tensor, a NumPy array, or a nested list.
 TensorLike = Tensor | np.ndarray[Any, Any] | list[Any]
@@ -43,6 +46,10 @@ class DataBundle:
             ``(T,)`` for token sequences.
         metric: How candidates are scored: ``accuracy`` (higher is better) or, for language
             data, ``perplexity`` (lower is better); see :mod:`wpl_nas.evaluation.scoring`.
+        statistics: The per-channel ``(mean, std)`` this load normalises with when the loader
+            *measured* them on the files (``imagefolder``), None for fixed statistics or none. A run
+            records them and gives them back to its later loads (``load_dataset(..., statistics=)``),
+            which then normalise exactly as the first did, without measuring again.
     """
 
     name: str
@@ -52,6 +59,7 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     metric: str = "accuracy"
+    statistics: Statistics | None = None
 
     @classmethod
     def from_tensors(
@@ -269,6 +277,7 @@ def load_dataset(
     seed: int = 0,
     train_samples: int = 0,
     image_size: int = 32,
+    statistics: Statistics | None = None,
 ) -> DataBundle:
     """Load a registered dataset by name.
 
@@ -283,6 +292,9 @@ def load_dataset(
             validation and test splits are unchanged. Less data makes architectures differ more.
         image_size: Side of the square images of data sets decoded from image files (``imagefolder``);
             offered, like the others, only to loaders that take an ``image_size`` argument.
+        statistics: The ``(mean, std)`` an earlier load measured (its bundle's ``statistics``, as the
+            run folder records them): offered to loaders that take a ``statistics`` argument, which
+            then use them rather than measure the files again [default: measured when needed].
 
     Returns:
         The loaded :class:`DataBundle`.
@@ -297,6 +309,8 @@ def load_dataset(
         raise ConfigError(f"train_samples must be >= 0 (0: all), but got {train_samples=}")
     offered = {"data_dir": Path(data_dir), "download": download, "val_fraction": val_fraction, "seed": seed,
                "image_size": image_size}
+    if statistics is not None:  # only then: a loader taking **kwargs has never been given it
+        offered["statistics"] = statistics
     parameters = inspect.signature(loader).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         offered = {key: value for key, value in offered.items() if key in parameters}

@@ -8,9 +8,12 @@
 ``wpl-nas search --dataset imagefolder --data-dir PATH --image-size 32 --workers 4``. Every image is
 resized (shorter side) and centre-cropped to ``image_size`` x ``image_size`` RGB. The validation split
 is carved from train by ``val_fraction`` and ``seed``, as for every data set. The per-channel
-statistics are measured once per load on a fixed sample of the ``train`` folder's images (the
-first :data:`STAT_SAMPLES` of a permutation seeded by 0, before any split: a property of the data,
-the same for every run seed and on resume).
+statistics are measured on a fixed sample of the ``train`` folder's images (the first
+:data:`STAT_SAMPLES` of a permutation seeded by 0, before any split: a property of the data, the
+same for every run seed), once per run: the bundle carries them (``DataBundle.statistics``), the
+run folder records them, and every later load of the run (resume, ``export``, ``anatomy``,
+``rank``, ...) is given them back, so it decodes no sample and normalises exactly as the search
+did, even if files in the folder have changed since.
 
 The splits are :class:`ImageFiles`: lists of files decoded on demand, by the trainer's
 :class:`~wpl_nas.data._stream.StreamedBatches` worker processes, batch by batch.
@@ -18,6 +21,7 @@ The splits are :class:`ImageFiles`: lists of files decoded on demand, by the tra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from wpl_nas.data._bundle import DataBundle, Recipe, register_dataset, seeded_split
+from wpl_nas.data._bundle import DataBundle, Recipe, Statistics, register_dataset, seeded_split
 from wpl_nas.data._images import normalise_images
 from wpl_nas.errors import ConfigError
 
@@ -129,21 +133,51 @@ def _statistics(images: ImageFiles) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def _checked(statistics: Statistics) -> Statistics:
+    """Statistics given back by a run (read from its folder: untrusted) for this data set's RGB images.
+
+    Raises:
+        ConfigError: not one finite mean and one finite, positive std per channel (3).
+    """
+    mean, std = (tuple(values) for values in statistics)
+    if len(mean) != 3 or len(std) != 3:
+        raise ConfigError(f"imagefolder: the recorded statistics must give 3 channels (RGB), but got "
+                          f"mean={list(mean)}, std={list(std)}")
+    if not all(isinstance(v, float | int) and not isinstance(v, bool) and math.isfinite(v) for v in (*mean, *std)) \
+            or min(std) <= 0:
+        raise ConfigError(f"imagefolder: the recorded statistics must be finite with std > 0, but got "
+                          f"mean={list(mean)}, std={list(std)}")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 @register_dataset("imagefolder", recipe=Recipe(lr=0.1, weight_decay=5e-4, batch_size=128, augment=True))
-def load_imagefolder(*, data_dir: Path, val_fraction: float = 0.2, seed: int = 0, image_size: int = 32) -> DataBundle:
+def load_imagefolder(*, data_dir: Path, val_fraction: float = 0.2, seed: int = 0, image_size: int = 32,
+                     statistics: Statistics | None = None) -> DataBundle:
     """A directory of image files as a :class:`DataBundle` of lazy :class:`ImageFiles` splits (see the
     module docstring).
 
+    Args:
+        data_dir: The folder of ``train/`` (and ``test/``).
+        val_fraction: Fraction of train held out as the validation split.
+        seed: Seed of the splits.
+        image_size: Side of the square images.
+        statistics: The ``(mean, std)`` a run measured when it first loaded the folder [default:
+            measured now, decoding up to :data:`STAT_SAMPLES` images].
+
     Raises:
         ConfigError: no ``train`` folder of class folders, a ``test`` folder with other classes, an
-            ``image_size`` below 1, or too few images for the splits.
+            ``image_size`` below 1, too few images for the splits, or ``statistics`` that are not 3
+            finite means and 3 finite, positive stds.
     """
     if image_size < 1:
         raise ConfigError(f"image_size must be at least 1, but got {image_size=}")
     root = Path(data_dir)
     train, classes = _folder(root, "train", None)
-    # Measured on the whole train folder, before any split: the same statistics for every seed.
-    mean, std = _statistics(ImageFiles(train, image_size=image_size, mean=[0.0] * 3, std=[1.0] * 3))
+    if statistics is not None:
+        mean, std = _checked(statistics)
+    else:  # measured on the whole train folder, before any split: the same statistics for every seed
+        measured = _statistics(ImageFiles(train, image_size=image_size, mean=[0.0] * 3, std=[1.0] * 3))
+        mean, std = tuple(measured[0]), tuple(measured[1])
     if (root / "test").is_dir():
         test, _ = _folder(root, "test", classes)
     else:
@@ -153,4 +187,4 @@ def load_imagefolder(*, data_dir: Path, val_fraction: float = 0.2, seed: int = 0
     kept, val = seeded_split(len(whole), val_fraction, seed, f"val_fraction of dataset 'imagefolder' in {root}")
     return DataBundle(name="imagefolder", train=whole.subset(kept), val=whole.subset(val),
                       test=ImageFiles(test, image_size=image_size, mean=mean, std=std), num_classes=len(classes),
-                      input_shape=(3, image_size, image_size))
+                      input_shape=(3, image_size, image_size), statistics=(mean, std))
