@@ -100,7 +100,8 @@ class ANPyCStrategy(QuadraticStrategy):
 
     def estimate(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> list[torch.Tensor]:
         o = self.options
-        return entropy_taylor_importance(ctx.supernet, names, held_out, batch_size=o.batch_size, batches=o.batches)
+        return entropy_taylor_importance(ctx.supernet, names, held_out, batch_size=o.batch_size, batches=o.batches,
+                                         scale=ctx.measuring_scale())
 
     def before_candidate(self, ctx: CandidateContext) -> None:
         super().before_candidate(ctx)

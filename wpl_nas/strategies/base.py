@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from torch import nn
 from wpl_nas import configs
 from wpl_nas.spaces import Architecture
 from wpl_nas.supernet import Supernet
+
+if TYPE_CHECKING:  # wpl_nas.training imports this module
+    from wpl_nas.training.precision import MeasuringScale
 
 __all__ = ["Batches", "CandidateContext", "Strategy", "StrategyFamily"]
 
@@ -94,6 +97,17 @@ class CandidateContext:
         from wpl_nas.training.precision import scaled_grad
         return scaled_grad(output, inputs, scaler=self.scaler)
 
+    def measuring_scale(self) -> MeasuringScale | None:
+        """The loss scale of the gradients a strategy measures in ``after_candidate`` (its importance:
+        Fisher, MAS, synthetic sets' meta-gradients), for the functions of
+        :mod:`~wpl_nas.strategies.importance` (``scale=``): None in fp32 and bf16, where gradients are
+        computed as they are; in fp16 a fresh :class:`~wpl_nas.training.precision.MeasuringScale` from
+        the scaler's current scale, so that small gradients survive fp16's range."""
+        if self.scaler is None:
+            return None
+        from wpl_nas.training.precision import MeasuringScale
+        return MeasuringScale(self.scaler.get_scale())
+
     @property
     def budget(self) -> int:
         """The training steps this candidate takes in all: ``total_steps``, or whole epochs."""
@@ -133,8 +147,8 @@ class Strategy(nn.Module):
     the trainer's autocast; in the training hooks a strategy's own backward goes through
     :meth:`CandidateContext.backward` (and gradients it only measures through
     :meth:`CandidateContext.grad`), never ``loss.backward()`` or ``torch.autograd.grad`` directly, so
-    that fp16's loss scaling applies to it as well. (Consolidation's gradients in ``after_candidate``,
-    Fisher and the like, are not loss-scaled.)
+    that fp16's loss scaling applies to it as well. Gradients measured in ``after_candidate`` (Fisher
+    and the like) are loss-scaled through :meth:`CandidateContext.measuring_scale`.
 
     Contract (checked for every registered strategy by the shared test suite): before any
     candidate is consolidated the strategy changes nothing (except where it reshapes the

@@ -72,7 +72,7 @@ class _FisherStrategy(QuadraticStrategy):
     def estimate(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> list[torch.Tensor]:
         o = self.options
         return empirical_fisher(ctx.supernet, names, held_out, batch_size=o.fisher_batch_size,
-                                batches=o.fisher_batches, per_sample=o.per_sample)
+                                batches=o.fisher_batches, per_sample=o.per_sample, scale=ctx.measuring_scale())
 
 
 @STRATEGIES.register("ewc")

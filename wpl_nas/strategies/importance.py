@@ -12,11 +12,19 @@ statistics, no running buffers) then normalises over the sample's own positions,
 per-sample function is well defined for the convolutional spaces. :func:`per_sample_grads_loop`
 computes the same thing one sample at a time; it is the reference the vectorised version is
 tested and benchmarked against.
+
+Under fp16 autocast the gradients are loss-scaled (``scale``, a
+:class:`~wpl_nas.training.precision.MeasuringScale` from ``CandidateContext.measuring_scale``) and
+unscaled in float32 before they are squared or averaged: unscaled, fp16 flushes activation
+gradients under 6e-8 to zero and the importance comes out too small. A batch whose gradient is
+not finite at any scale is left out of the average (with a warning). Without ``scale`` (fp32,
+bf16) nothing is scaled: the gradients are computed exactly as they always were.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +32,9 @@ from torch.func import functional_call, grad, vmap
 
 from wpl_nas.strategies.base import Batches
 from wpl_nas.supernet import Supernet
+
+if TYPE_CHECKING:
+    from wpl_nas.training.precision import MeasuringScale
 
 __all__ = [
     "PerSampleLoss", "cross_entropy", "empirical_fisher", "entropy_taylor_importance", "mas_importance",
@@ -49,10 +60,12 @@ def output_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_grads(supernet: Supernet, names: list[str], x: torch.Tensor, y: torch.Tensor,
-                     loss: PerSampleLoss = cross_entropy) -> list[torch.Tensor]:
+                     loss: PerSampleLoss = cross_entropy, *,
+                     scale: MeasuringScale | None = None) -> list[torch.Tensor] | None:
     """Gradients of ``loss`` for each sample separately: one ``(N, *shape)`` tensor per name.
 
-    Vectorised with ``torch.func``; parameters outside ``names`` are held fixed.
+    Vectorised with ``torch.func``; parameters outside ``names`` are held fixed. With ``scale``
+    (fp16) the loss is scaled and the gradients unscaled; None if they are not finite at any scale.
     """
     params = dict(supernet.named_parameters())
     wanted = {n: params[n].detach() for n in names}
@@ -62,8 +75,16 @@ def per_sample_grads(supernet: Supernet, names: list[str], x: torch.Tensor, y: t
         out = functional_call(supernet, {**fixed, **p}, (xi.unsqueeze(0),))
         return loss(out, yi.unsqueeze(0))
 
-    grads = vmap(grad(one), in_dims=(None, 0, 0))(wanted, x, y)
-    return [grads[n] for n in names]
+    if scale is None:
+        grads = vmap(grad(one), in_dims=(None, 0, 0))(wanted, x, y)
+        return [grads[n] for n in names]
+
+    def scaled(s: float) -> list[torch.Tensor]:
+        by_name = vmap(grad(lambda p, xi, yi: one(p, xi, yi) * s), in_dims=(None, 0, 0))(wanted, x, y)
+        return [by_name[n] for n in names]
+
+    measured = scale.grads(scaled)
+    return None if measured is None else [g for g in measured if g is not None]
 
 
 def per_sample_grads_loop(supernet: Supernet, names: list[str], x: torch.Tensor, y: torch.Tensor,
@@ -82,17 +103,26 @@ def per_sample_grads_loop(supernet: Supernet, names: list[str], x: torch.Tensor,
 
 
 def _batch_grads(supernet: Supernet, names: list[str], x: torch.Tensor, y: torch.Tensor,
-                 loss: PerSampleLoss) -> list[torch.Tensor]:
+                 loss: PerSampleLoss, scale: MeasuringScale | None) -> list[torch.Tensor] | None:
+    """The batch gradient of ``loss`` (zeros where it does not reach); None if not finite at any scale."""
     params = dict(supernet.named_parameters())
     wanted = [params[n] for n in names]
     with torch.enable_grad():
-        grads = torch.autograd.grad(loss(supernet(x), y), wanted, allow_unused=True)
+        value = loss(supernet(x), y)
+        if scale is None:
+            grads: list[torch.Tensor | None] | None = list(torch.autograd.grad(value, wanted, allow_unused=True))
+        else:
+            grads = scale.grads(lambda s: torch.autograd.grad(value * s, wanted, allow_unused=True, retain_graph=True))
+    if grads is None:
+        return None
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, wanted, strict=True)]
 
 
 def _average(supernet: Supernet, names: list[str], held_out: Batches, batch_size: int, batches: int,
-             each: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]) -> list[torch.Tensor]:
-    """Mean over held-out batches of ``each(x, y)`` (one tensor per name), in train mode."""
+             each: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor] | None], *,
+             scale: MeasuringScale | None = None, what: str = "an importance estimate") -> list[torch.Tensor]:
+    """Mean over held-out batches of ``each(x, y)`` (one tensor per name), in train mode; batches
+    for which it is None (not finite at any fp16 scale) are left out, and ``scale`` warns of them."""
     params = dict(supernet.named_parameters())
     total = [torch.zeros_like(params[n]) for n in names]
     count = 0
@@ -100,53 +130,75 @@ def _average(supernet: Supernet, names: list[str], held_out: Batches, batch_size
     supernet.train()  # batch norm on batch statistics, as during training
     try:
         for x, y in held_out(batch_size, batches):
-            torch._foreach_add_(total, each(x, y))
+            values = each(x, y)
+            if values is None:
+                continue
+            torch._foreach_add_(total, values)
             count += 1
     finally:
         supernet.train(was_training)
     if count:
         torch._foreach_div_(total, float(count))
+    if scale is not None:
+        scale.report(what)
     return total
 
 
+def _grads(supernet: Supernet, names: list[str], x: torch.Tensor, y: torch.Tensor, loss: PerSampleLoss, *,
+           per_sample: bool, scale: MeasuringScale | None) -> list[torch.Tensor] | None:
+    if per_sample:
+        return per_sample_grads(supernet, names, x, y, loss, scale=scale)
+    return _batch_grads(supernet, names, x, y, loss, scale)
+
+
 def empirical_fisher(supernet: Supernet, names: list[str], held_out: Batches, *, batch_size: int,
-                     batches: int, per_sample: bool) -> list[torch.Tensor]:
+                     batches: int, per_sample: bool, scale: MeasuringScale | None = None) -> list[torch.Tensor]:
     """Diagonal empirical Fisher E[g²] of the cross-entropy on the chosen path.
 
     ``per_sample``: the mean of squared per-sample gradients, the definition. Otherwise the
     batch approximation B·mean_b(ḡ_b²), which equals it where the mean gradient is ~0 (at a
-    stationary point) and costs one backward per batch.
+    stationary point) and costs one backward per batch. ``scale``: fp16's loss scale (module docstring).
     """
-    def each(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def each(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor] | None:
+        grads = _grads(supernet, names, x, y, cross_entropy, per_sample=per_sample, scale=scale)
+        if grads is None:
+            return None
         if per_sample:
-            return [g.square().mean(0) for g in per_sample_grads(supernet, names, x, y)]
-        return [g.square().mul_(float(len(y))) for g in _batch_grads(supernet, names, x, y, cross_entropy)]
+            return [g.square().mean(0) for g in grads]
+        return [g.square().mul_(float(len(y))) for g in grads]
 
-    return _average(supernet, names, held_out, batch_size, batches, each)
+    return _average(supernet, names, held_out, batch_size, batches, each, scale=scale, what="the Fisher")
 
 
 def mas_importance(supernet: Supernet, names: list[str], held_out: Batches, *, batch_size: int, batches: int,
-                   per_sample: bool) -> list[torch.Tensor]:
-    """MAS: E_x |∂‖f(x)‖²/∂θ| (per-sample), or |∂ mean_x ‖f(x)‖²/∂θ| per batch (cheaper, smaller)."""
-    def each(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+                   per_sample: bool, scale: MeasuringScale | None = None) -> list[torch.Tensor]:
+    """MAS: E_x |∂‖f(x)‖²/∂θ| (per-sample), or |∂ mean_x ‖f(x)‖²/∂θ| per batch (cheaper, smaller).
+    ``scale``: fp16's loss scale (module docstring)."""
+    def each(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor] | None:
+        grads = _grads(supernet, names, x, y, squared_output_norm, per_sample=per_sample, scale=scale)
+        if grads is None:
+            return None
         if per_sample:
-            return [g.abs().mean(0) for g in per_sample_grads(supernet, names, x, y, squared_output_norm)]
-        return [g.abs() for g in _batch_grads(supernet, names, x, y, squared_output_norm)]
+            return [g.abs().mean(0) for g in grads]
+        return [g.abs() for g in grads]
 
-    return _average(supernet, names, held_out, batch_size, batches, each)
+    return _average(supernet, names, held_out, batch_size, batches, each, scale=scale, what="MAS's importance")
 
 
 def entropy_taylor_importance(supernet: Supernet, names: list[str], held_out: Batches, *, batch_size: int,
-                              batches: int) -> list[torch.Tensor]:
+                              batches: int, scale: MeasuringScale | None = None) -> list[torch.Tensor]:
     """ANPyC: max(0, g·θ + ½θ²g²) with g the gradient of the batch's summed output entropy,
-    averaged over batches: the second-order estimate of the output change if θ_i were zeroed."""
+    averaged over batches: the second-order estimate of the output change if θ_i were zeroed.
+    ``scale``: fp16's loss scale (module docstring)."""
     params = dict(supernet.named_parameters())
     thetas = [params[n].detach() for n in names]
 
-    def each(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for g, theta in zip(_batch_grads(supernet, names, x, y, output_entropy), thetas, strict=True):
-            out.append((g * theta + 0.5 * theta.square() * g.square()).clamp_min_(0.0))
-        return out
+    def each(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor] | None:
+        grads = _batch_grads(supernet, names, x, y, output_entropy, scale)
+        if grads is None:
+            return None
+        return [(g * theta + 0.5 * theta.square() * g.square()).clamp_min_(0.0)
+                for g, theta in zip(grads, thetas, strict=True)]
 
-    return _average(supernet, names, held_out, batch_size, batches, each)
+    return _average(supernet, names, held_out, batch_size, batches, each, scale=scale,
+                    what="ANPyC's importance")

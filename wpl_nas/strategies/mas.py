@@ -62,4 +62,4 @@ class MASStrategy(QuadraticStrategy):
     def estimate(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> list[torch.Tensor]:
         o = self.options
         return mas_importance(ctx.supernet, names, held_out, batch_size=o.batch_size, batches=o.batches,
-                              per_sample=o.per_sample)
+                              per_sample=o.per_sample, scale=ctx.measuring_scale())

@@ -10,7 +10,7 @@ stored logits: the candidate's weights need not be kept, only its few inputs and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from wpl_nas.strategies._replay import Member, ReplayStrategy, distil_on, kd_los
 from wpl_nas.strategies.base import Batches, CandidateContext
 from wpl_nas.strategies.registry import STRATEGIES
 from wpl_nas.supernet import Supernet
+
+if TYPE_CHECKING:
+    from wpl_nas.training.precision import MeasuringScale
 
 __all__ = ["Synthesis", "SyntheticOptions", "SyntheticStrategy"]
 
@@ -162,7 +165,8 @@ class SyntheticStrategy(ReplayStrategy):
         slot = self.slot_of(ctx.arch)
         if slot is None:
             slot = self._slots.index(None)  # the protected set just made room
-        synthesis = self.synthesize(ctx.supernet, ctx.arch, held_out, seed=ctx.trial_index)
+        synthesis = self.synthesize(ctx.supernet, ctx.arch, held_out, seed=ctx.trial_index,
+                                    scale=ctx.measuring_scale())
         if synthesis is None:
             return False
         self.last_synthesis = synthesis
@@ -187,7 +191,7 @@ class SyntheticStrategy(ReplayStrategy):
                 self.targets[slot].zero_()
 
     def synthesize(self, supernet: Supernet, arch: Architecture, held_out: Batches, *,
-                   seed: int) -> Synthesis | None:
+                   seed: int, scale: MeasuringScale | None = None) -> Synthesis | None:
         """Learn ``arch``'s synthetic set (see the class docstring); None without held-out data.
 
         Args:
@@ -195,6 +199,9 @@ class SyntheticStrategy(ReplayStrategy):
             arch: The candidate.
             held_out: Held-out training batches: the initial inputs and the outer loss's batches.
             seed: Seeds the simulated interference (the trial index), so runs repeat.
+            scale: fp16's loss scale (``CandidateContext.measuring_scale``) of the meta-gradient and
+                of the unrolled repair's gradients inside it; an outer step whose meta-gradient is not
+                finite at any scale is skipped (with a warning) [default: none, fp32 and bf16].
         """
         o = self.options
         initial = self._initial_inputs(held_out, supernet.num_classes)
@@ -212,8 +219,24 @@ class SyntheticStrategy(ReplayStrategy):
         supernet.train()
         with supernet.use(arch), torch.enable_grad():
             for step in range(o.outer_steps):
-                outer = self._outer_loss(supernet, x, self._disturb(clean, gen), *real[step % len(real)])
-                (grad,) = torch.autograd.grad(outer, [x], allow_unused=True)
+                theta = self._disturb(clean, gen)  # drawn once per step, whatever the retries below
+                grad: torch.Tensor | None
+                if scale is None:
+                    outer = self._outer_loss(supernet, x, theta, *real[step % len(real)])
+                    (grad,) = torch.autograd.grad(outer, [x], allow_unused=True)
+                else:
+                    outers: list[torch.Tensor] = []
+
+                    def scaled(s: float, theta: dict[str, torch.Tensor] = theta,
+                               batch: tuple[torch.Tensor, torch.Tensor] = real[step % len(real)],
+                               outers: list[torch.Tensor] = outers) -> tuple[torch.Tensor | None, ...]:
+                        outers.append(self._outer_loss(supernet, x, theta, *batch, scale=s))
+                        return torch.autograd.grad(outers[-1] * s, [x], allow_unused=True)
+
+                    measured = scale.grads(scaled)
+                    if measured is None:  # not finite even unscaled: this step learns nothing
+                        continue
+                    outer, (grad,) = outers[-1], measured
                 losses.append(outer.item())  # one sync per outer step, at consolidation only
                 if grad is None:  # the output ignores the input (no live cell path): nothing to learn
                     break
@@ -224,6 +247,8 @@ class SyntheticStrategy(ReplayStrategy):
                 learned = x.detach().clone()
                 targets = supernet(learned)
         supernet.train(was_training)
+        if scale is not None:
+            scale.report("a synthetic set's meta-gradient")
         return Synthesis(learned, targets, initial, losses)
 
     def repair_loss(self, supernet: Supernet, arch: Architecture, x: torch.Tensor,
@@ -261,21 +286,29 @@ class SyntheticStrategy(ReplayStrategy):
                 for n, t in clean.items()}
 
     def _outer_loss(self, supernet: Supernet, x: torch.Tensor, theta: dict[str, torch.Tensor],
-                    xr: torch.Tensor, yr: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on ``(xr, yr)`` after the unrolled repair from ``theta`` on ``x``."""
+                    xr: torch.Tensor, yr: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+        """Cross-entropy on ``(xr, yr)`` after the unrolled repair from ``theta`` on ``x`` (``scale``:
+        fp16's loss scale of the repair's gradients)."""
         # The targets follow x (the clean candidate's logits on it, differentiable): replay distils
         # towards exactly these, and ignoring their dependence on x biases the meta-gradient.
         targets = supernet(x)
-        theta = self._unroll(supernet, theta, x, targets)
+        theta = self._unroll(supernet, theta, x, targets, scale=scale)
         return F.cross_entropy(functional_call(supernet, theta, (xr,)), yr)
 
     def _unroll(self, supernet: Supernet, theta: dict[str, torch.Tensor], x: torch.Tensor,
-                targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``inner_steps`` differentiable SGD steps of distillation on ``x`` from ``theta``."""
+                targets: torch.Tensor, *, scale: float | None = None) -> dict[str, torch.Tensor]:
+        """``inner_steps`` differentiable SGD steps of distillation on ``x`` from ``theta``. With
+        ``scale`` (fp16) the distillation loss is scaled and its gradients divided by it (in float32,
+        differentiably), so that they do not flush to zero; a non-finite one makes the outer loss
+        non-finite, which the caller's :class:`~wpl_nas.training.precision.MeasuringScale` catches."""
         o = self.options
         for _ in range(o.inner_steps):
             loss = kd_loss(functional_call(supernet, theta, (x,)), targets, o.temperature)
-            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True, allow_unused=True)
+            if scale is not None:
+                scaled = torch.autograd.grad(loss * scale, list(theta.values()), create_graph=True, allow_unused=True)
+                grads = tuple(None if g is None else g / scale for g in scaled)
+            else:
+                grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True, allow_unused=True)
             # A tensor without a gradient (an op fed only by a dead node) stays where it is.
             theta = {n: t if g is None else t - o.inner_lr * g for (n, t), g in zip(theta.items(), grads, strict=True)}
         return theta

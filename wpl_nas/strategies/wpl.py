@@ -123,7 +123,7 @@ class WPLStrategy(QuadraticStrategy):
     def estimate(self, ctx: CandidateContext, names: list[str], held_out: Batches) -> list[torch.Tensor]:
         o = self.options
         fisher = empirical_fisher(ctx.supernet, names, held_out, batch_size=o.fisher_batch_size,
-                                  batches=o.fisher_batches, per_sample=o.per_sample)
+                                  batches=o.fisher_batches, per_sample=o.per_sample, scale=ctx.measuring_scale())
         if o.normalize:
             with torch.no_grad():
                 for f in fisher:

@@ -4,13 +4,20 @@ Both are resolved once, for a device, by :func:`resolve_precision` and :func:`re
 the trainer then wraps every forward pass (training, scoring, the strategies' importance estimates
 and the retained pool's re-scores) in :func:`autocast`. The defaults (``auto``) change nothing on a
 CPU: float32 and the default memory format, so a CPU run computes exactly what it did before.
+
+In fp16 every backward pass is loss-scaled, because fp16 flushes gradients under 6e-8 to zero: the
+candidate's by the trainer's :class:`torch.amp.GradScaler`, a strategy's own loss in a training step
+by :func:`scaled_backward`, and every gradient a strategy only *measures* (a pruning score, the
+Fisher and MAS importance and the synthetic sets' meta-gradients at consolidation) by
+:class:`MeasuringScale`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,8 +25,8 @@ import torch
 from wpl_nas.config import CHANNELS_LAST, PRECISIONS
 from wpl_nas.errors import ConfigError
 
-__all__ = ["CHANNELS_LAST", "PRECISIONS", "autocast", "load_scaler_state", "resolve_channels_last", "resolve_precision",
-           "scaled_backward", "scaled_grad", "to_format"]
+__all__ = ["CHANNELS_LAST", "PRECISIONS", "MeasuringScale", "autocast", "load_scaler_state", "resolve_channels_last",
+           "resolve_precision", "scaled_backward", "scaled_grad", "to_format"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -139,25 +146,78 @@ def scaled_backward(loss: torch.Tensor, *, scaler: torch.amp.GradScaler, optimiz
                 p.grad.add_(g)
 
 
+class MeasuringScale:
+    """The loss scale of gradients a strategy measures in fp16 (a pruning score, the Fisher or MAS
+    importance and the synthetic sets' meta-gradients at consolidation), which no optimiser step
+    follows, so no step can be skipped when they overflow.
+
+    :meth:`grads` multiplies the measured output by the scale, so that small gradients survive fp16's
+    range, and divides the gradients by it in float32 (the parameters' type; a power of two, so
+    exactly). A non-finite result is computed again at half the scale, down to 1 (unscaled); the
+    scale that worked is kept for the next call, so that a consolidation's batches pay for an
+    overflow once. Should even the unscaled gradient be non-finite (the forward pass itself
+    overflowed fp16), :meth:`grads` returns None and counts it in :attr:`skipped`: the caller leaves
+    that batch out rather than fold infinities into a strategy's state, and :meth:`report` says so.
+
+    Args:
+        scale: The scale to start from: the trainer's scaler's current scale (a power of two; one
+            below 1 starts from 1).
+    """
+
+    def __init__(self, scale: float) -> None:
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"a measuring scale must be a finite positive number, but got {scale=}")
+        self.scale = max(1.0, float(scale))
+        #: Calls whose gradient was not finite even unscaled (their batches were left out).
+        self.skipped = 0
+        #: Calls in all.
+        self.calls = 0
+
+    def grads(self, grads_of: Callable[[float], Sequence[torch.Tensor | None]]) -> list[torch.Tensor | None] | None:
+        """The true gradients, from ``grads_of(s)``: the gradients of ``s`` times the measured output
+        (``None`` for an input it does not reach). ``grads_of`` may be called more than once (keep the
+        graph: ``retain_graph=True``); None if every scale down to 1 gave a non-finite gradient."""
+        self.calls += 1
+        while True:
+            grads = list(grads_of(self.scale))
+            present = [g for g in grads if g is not None]
+            if not present:
+                return grads
+            with torch.no_grad():
+                found = torch.zeros(1, device=present[0].device)
+                inverse = torch.full((1,), 1.0 / self.scale, device=found.device)
+                by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+                for g in present:
+                    by_dtype.setdefault(g.dtype, []).append(g)
+                for group in by_dtype.values():
+                    torch._amp_foreach_non_finite_check_and_unscale_(group, found, inverse)
+            if not found.item():  # one sync per measured batch, at consolidation only
+                return grads
+            if self.scale <= 1.0:
+                self.skipped += 1
+                return None
+            self.scale = max(1.0, self.scale / 2.0)
+
+    def report(self, what: str) -> None:
+        """Warn (``RuntimeWarning``) if any batch of ``what`` was left out for a non-finite gradient."""
+        if self.skipped:
+            warnings.warn(f"fp16: {self.skipped} of {self.calls} batch(es) of {what} gave non-finite gradients even "
+                          "unscaled (the forward pass overflowed fp16) and were left out of it; bf16 or fp32 "
+                          "(--precision) has the range they need", RuntimeWarning, stacklevel=3)
+
+
 def scaled_grad(output: torch.Tensor, inputs: Sequence[torch.Tensor], *,
                 scaler: torch.amp.GradScaler) -> tuple[torch.Tensor | None, ...]:
-    """``torch.autograd.grad(output, inputs, allow_unused=True)`` computed under fp16 loss scaling:
-    for gradients a strategy measures (a pruning score) rather than adds to the step.
-
-    ``output`` is multiplied by the scaler's current scale so that small gradients survive fp16's
-    range, and the result divided by it. Should that overflow, the gradient is computed again
-    unscaled: a measurement has no step to skip.
+    """``torch.autograd.grad(output, inputs, allow_unused=True)`` computed under fp16 loss scaling
+    (:class:`MeasuringScale`, from the scaler's current scale): for gradients a strategy measures
+    (a pruning score) rather than adds to the step. Should it be non-finite at every scale, the
+    unscaled gradient is returned as it is: a measurement has no step to skip.
     """
-    scaled = scaler.scale(output)
-    grads = torch.autograd.grad(scaled, inputs, allow_unused=True, retain_graph=True)
-    present = [g for g in grads if g is not None]
-    with torch.no_grad():
-        found = torch.zeros(1, device=scaled.device)
-        if present:
-            torch._amp_foreach_non_finite_check_and_unscale_(present, found, _inverse_scale(scaler, scaled.device))
-    if found.item():  # once per call, and measurements are rare (once per candidate): a sync is fine
+    measured = MeasuringScale(scaler.get_scale()).grads(
+        lambda s: torch.autograd.grad(output * s, inputs, allow_unused=True, retain_graph=True))
+    if measured is None:
         return torch.autograd.grad(output, inputs, allow_unused=True)
-    return grads
+    return tuple(measured)
 
 
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
