@@ -433,3 +433,18 @@ def test_synthetic_meta_gradients_under_fp16_are_scaled_and_a_step_overflowing_a
         skipped, measuring = synthesize(1e6)
     assert skipped is not None and measuring.skipped == 2 and skipped.outer_losses == []
     assert torch.equal(skipped.inputs, skipped.initial) and torch.isfinite(skipped.targets).all()
+
+
+def test_si_under_fp16_passes_over_the_steps_the_scaler_skips(tiny_space, mnist1d):
+    """A scale of 2^24 overflows the first steps' gradients: the scaler skips them (Δθ = 0), and SI's
+    path integral, −g·Δθ, takes nothing from them rather than inf·0 = NaN; the steps after count."""
+    trainer = make_trainer(tiny_space, mnist1d, "si", train_samples=SAMPLES, epochs=4)
+    trainer.precision, trainer.scaler = "fp16", torch.amp.GradScaler(trainer.device.type, init_scale=2.0 ** 24)
+    arch = first_arch(tiny_space)
+    before = weights(trainer)
+    result = trainer.train(arch, trial_index=0)
+    assert trainer.scaler.get_scale() < 2.0 ** 24  # steps were skipped (the scale backed off)...
+    assert any(not torch.equal(a, b) for a, b in zip(before, weights(trainer), strict=True))  # ...and others taken
+    trainer.consolidate(arch, trial_index=0, score=result.score)
+    omega = trainer.strategy.omega
+    assert isinstance(omega, torch.Tensor) and torch.isfinite(omega).all() and omega.abs().max() > 0

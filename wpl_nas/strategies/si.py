@@ -86,6 +86,11 @@ class SIStrategy(QuadraticStrategy):
             self._checked = True
         if self._params:  # the task gradient, before the penalty's is added
             torch._foreach_copy_(self._grad, [p.grad for p in self._params])  # type: ignore[misc]
+            if ctx.scaler is not None:
+                # fp16: a non-finite gradient makes the scaler skip this step (Δθ = 0), so the step's
+                # true share of the path integral is 0; kept, inf·0 would turn ω, then Ω, into NaN for good.
+                for g in self._grad:
+                    torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
         super().after_backward(ctx)
 
     @torch.no_grad()
