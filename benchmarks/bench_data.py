@@ -21,6 +21,11 @@ space (``tiny2d`` below) so that what the data path costs shows; a real space's 
 it. Memory: the bytes of the training images held as uint8 and as float32, for these images and
 for CIFAR-10's 50,000 (computed from the element sizes, which is what the storage holds).
 
+Load time, side by side in interleaved rounds: ``load_dataset("imagefolder", ...)`` of the same folder
+with its per-channel statistics measured (a run's first load: every image of the statistics' sample
+decoded) and given back (``statistics=``: what a resumed search, ``export``, ``anatomy``, ``rank``
+and ``retrain`` do with the statistics the run recorded in ``data.json``).
+
 Usage::
 
     python benchmarks/bench_data.py              # ~1-2 min on 2 cores
@@ -55,6 +60,7 @@ from bench_step import compare, load_average, machine, race
 
 from wpl_nas.data import load_dataset
 from wpl_nas.data._bundle import take
+from wpl_nas.data._imagefolder import STAT_SAMPLES
 from wpl_nas.data._images import ImageTensors
 from wpl_nas.lab.scenarios import default_arch
 from wpl_nas.spaces import SearchSpace
@@ -137,9 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants[name] = epoch
         steps = -(-len(uint8) // batch_size)
         times = race(variants, rounds=repeats, warmup=warmup)
+        # Loading the folder as a run first does (statistics measured on its sample of images) and as
+        # every later load of the run does (given back the statistics the run recorded).
+        loads = {"load-measured": lambda: load_dataset("imagefolder", data_dir=root, image_size=32),
+                 "load-recorded": lambda: load_dataset("imagefolder", data_dir=root, image_size=32,
+                                                       statistics=data.statistics)}
+        load_times = race(loads, rounds=2 if args.quick else 5, warmup=1)
     base = "memory-float32"
     rows = [{**compare(times, base, name, resamples=100 if args.quick else 1000, seed=0),
              "steps_per_epoch": steps, "loss": losses[name][-1]} for name in variants]
+    load = {**compare(load_times, "load-measured", "load-recorded", resamples=100 if args.quick else 1000, seed=0),
+            "sample_images": min(STAT_SAMPLES, per_class * 10)}
     memory = {"images": len(uint8), "uint8_bytes": pixels.untyped_storage().nbytes(),
               "float32_bytes": float32.tensors[0].untyped_storage().nbytes(),
               "cifar10_uint8_bytes": CIFAR10_TRAIN * 3 * 32 * 32 * torch.tensor([], dtype=torch.uint8).element_size(),
@@ -158,10 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n| storage | {memory['images']} images | CIFAR-10 train ({CIFAR10_TRAIN:,}) |\n|---|---|---|")
     print(f"| uint8 | {memory['uint8_bytes']:,} B | {memory['cifar10_uint8_bytes'] / 1e6:.1f} MB |")
     print(f"| float32 | {memory['float32_bytes']:,} B | {memory['cifar10_float32_bytes'] / 1e6:.1f} MB |")
+    print(f"\n| load of the folder ({load['sample_images']} images in the statistics' sample) | ms | ratio [95% CI] |"
+          "\n|---|---:|---|")
+    print(f"| statistics measured (a run's first load) | {load['baseline_ms']:.1f} | 1.00x |")
+    print(f"| statistics recorded by the run, given back (resume, export, ...) | {load['variant_ms']:.1f} | "
+          f"{load['ratio']:.3f}x [{load['ci95'][0]:.3f}, {load['ci95'][1]:.3f}] |")
     print(f"\nArchitecture: {arch}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"environment": env, "results": rows, "memory": memory}, indent=2))
+        args.json.write_text(json.dumps({"environment": env, "results": rows, "memory": memory, "load": load},
+                                        indent=2))
     return 0
 
 

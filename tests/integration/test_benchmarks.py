@@ -70,6 +70,10 @@ def test_bench_data_quick_times_memory_and_streamed_paths_side_by_side(tmp_path)
     memory = report["memory"]
     assert memory["float32_bytes"] == 4 * memory["uint8_bytes"] > 0
     assert "| stream-w2 |" in proc.stdout
+    # The folder loaded with its statistics measured and given back, side by side.
+    load = report["load"]
+    assert (load["baseline"], load["variant"]) == ("load-measured", "load-recorded") and _positive(load["ratio"])
+    assert "statistics recorded by the run" in proc.stdout
 
 
 @pytest.mark.slow
