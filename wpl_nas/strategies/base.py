@@ -52,7 +52,7 @@ class CandidateContext:
         score: The candidate's score right after its training; set before ``after_candidate``
             (None if it was not scored).
         scaler: The trainer's fp16 gradient scaler (None in fp32 and bf16): strategies do not use it
-            directly but through :meth:`backward` and :meth:`grad`.
+            directly but through :meth:`backward`, :meth:`grad` and :meth:`measuring_scale`.
     """
 
     supernet: Supernet
