@@ -448,3 +448,15 @@ def test_si_under_fp16_passes_over_the_steps_the_scaler_skips(tiny_space, mnist1
     trainer.consolidate(arch, trial_index=0, score=result.score)
     omega = trainer.strategy.omega
     assert isinstance(omega, torch.Tensor) and torch.isfinite(omega).all() and omega.abs().max() > 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize(("strategy", "options"), [("ewc", EWCOptions(per_sample=True)),
+                                                   ("mas", MASOptions(per_sample=True))])
+def test_per_sample_importance_is_measured_in_float32_under_autocast(tiny_space, mnist1d, strategy, options, precision):
+    # torch.func's batched backward failed under autocast ("expected scalar type Half but found
+    # Float"): ewc, online-ewc and mas (per-sample by default) crashed at consolidation with
+    # --precision bf16 or fp16. Measured in float32, Ω is fp32's on the same weights, exactly.
+    fp32 = _importance(tiny_space, mnist1d, strategy, options, "fp32", scaled=False)
+    mixed = _importance(tiny_space, mnist1d, strategy, options, precision, scaled=True)
+    assert fp32.abs().max() > 0 and torch.equal(mixed, fp32)

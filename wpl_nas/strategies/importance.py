@@ -13,7 +13,8 @@ per-sample function is well defined for the convolutional spaces. :func:`per_sam
 computes the same thing one sample at a time; it is the reference the vectorised version is
 tested and benchmarked against.
 
-Under fp16 autocast the gradients are loss-scaled (``scale``, a
+Per-sample gradients are computed in float32 whatever the precision (:func:`per_sample_grads`).
+Under fp16 autocast the batch gradients are loss-scaled (``scale``, a
 :class:`~wpl_nas.training.precision.MeasuringScale` from ``CandidateContext.measuring_scale``) and
 unscaled in float32 before they are squared or averaged: unscaled, fp16 flushes activation
 gradients under 6e-8 to zero and the importance comes out too small. A batch whose gradient is
@@ -60,12 +61,13 @@ def output_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_grads(supernet: Supernet, names: list[str], x: torch.Tensor, y: torch.Tensor,
-                     loss: PerSampleLoss = cross_entropy, *,
-                     scale: MeasuringScale | None = None) -> list[torch.Tensor] | None:
+                     loss: PerSampleLoss = cross_entropy) -> list[torch.Tensor]:
     """Gradients of ``loss`` for each sample separately: one ``(N, *shape)`` tensor per name.
 
-    Vectorised with ``torch.func``; parameters outside ``names`` are held fixed. With ``scale``
-    (fp16) the loss is scaled and the gradients unscaled; None if they are not finite at any scale.
+    Vectorised with ``torch.func``; parameters outside ``names`` are held fixed. Always in float32,
+    whatever the search's precision: torch.func's batched backward fails under autocast (torch 2.14,
+    CPU, bf16 and fp16 alike: "expected scalar type ... but found Float"), and in float32 no
+    gradient underflows, so no loss scale is needed; it is one measurement per candidate.
     """
     params = dict(supernet.named_parameters())
     wanted = {n: params[n].detach() for n in names}
@@ -75,16 +77,9 @@ def per_sample_grads(supernet: Supernet, names: list[str], x: torch.Tensor, y: t
         out = functional_call(supernet, {**fixed, **p}, (xi.unsqueeze(0),))
         return loss(out, yi.unsqueeze(0))
 
-    if scale is None:
+    with torch.autocast(x.device.type, enabled=False):
         grads = vmap(grad(one), in_dims=(None, 0, 0))(wanted, x, y)
-        return [grads[n] for n in names]
-
-    def scaled(s: float) -> list[torch.Tensor]:
-        by_name = vmap(grad(lambda p, xi, yi: one(p, xi, yi) * s), in_dims=(None, 0, 0))(wanted, x, y)
-        return [by_name[n] for n in names]
-
-    measured = scale.grads(scaled)
-    return None if measured is None else [g for g in measured if g is not None]
+    return [grads[n] for n in names]
 
 
 def per_sample_grads_loop(supernet: Supernet, names: list[str], x: torch.Tensor, y: torch.Tensor,
@@ -147,7 +142,7 @@ def _average(supernet: Supernet, names: list[str], held_out: Batches, batch_size
 def _grads(supernet: Supernet, names: list[str], x: torch.Tensor, y: torch.Tensor, loss: PerSampleLoss, *,
            per_sample: bool, scale: MeasuringScale | None) -> list[torch.Tensor] | None:
     if per_sample:
-        return per_sample_grads(supernet, names, x, y, loss, scale=scale)
+        return per_sample_grads(supernet, names, x, y, loss)
     return _batch_grads(supernet, names, x, y, loss, scale)
 
 
