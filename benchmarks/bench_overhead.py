@@ -21,6 +21,8 @@ Usage::
 
     python benchmarks/bench_overhead.py                       # (a) default and lean, 2 rounds each, (b) (~15 min)
     python benchmarks/bench_overhead.py --variants default,1-epoch --rounds 2
+    python benchmarks/bench_overhead.py --only search --variants default,lean,fast
+    python benchmarks/bench_overhead.py --only search --variants default-8-epochs,fast-8-epochs --trials 12 --rounds 1
     python benchmarks/bench_overhead.py --only search          # (a) only
     python benchmarks/bench_overhead.py --quick                # smoke run (what the test runs)
 
@@ -47,8 +49,13 @@ sys.path.insert(0, str(HERE))
 from _common import cpu_name  # noqa: E402
 
 #: Each variant's flags, added to ``wpl-nas search``'s defaults.
-VARIANTS = {"default": [], "lean": ["--figures-every", "10", "--anatomy-every", "10"],
-            "figures-every-10": ["--figures-every", "10"], "1-epoch": ["--epochs", "1"]}
+_LEAN = ["--figures-every", "10", "--anatomy-every", "10"]
+#: ``fast``: lean, the pool re-scored every 4 trials (and after the last) and no per-epoch scores before the
+#: last epoch; measurements only: the candidates, their scores and the final weights stay the default's.
+_FAST = [*_LEAN, "--rescore-every", "4", "--no-epoch-scores"]
+VARIANTS = {"default": [], "lean": _LEAN, "fast": _FAST, "figures-every-10": ["--figures-every", "10"],
+            "1-epoch": ["--epochs", "1"], "default-8-epochs": ["--epochs", "8"],
+            "fast-8-epochs": [*_FAST, "--epochs", "8"]}
 
 #: The parts of a search, each the exclusive time of the methods named (module, qualified name).
 PARTS: dict[str, list[tuple[str, str]]] = {
@@ -170,7 +177,27 @@ def _search(work: Path, name: str, flags: list[str], trials: int) -> dict[str, A
     figures["wall_total"] = wall_total
     final = (runs / name / "final.csv")
     figures["final_csv"] = final.read_text() if final.is_file() else ""
+    figures["weights"] = _weights_digest(runs / name)
     return figures
+
+
+def _weights_digest(run_dir: Path) -> str:
+    """A digest of the final supernet weights in the run's checkpoint (equal digests: equal weights)."""
+    import hashlib
+
+    import torch
+
+    from wpl_nas.run_folder import CHECKPOINT
+
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return ""
+    state = torch.load(path, map_location="cpu", weights_only=True)["supernet"]
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _share(figures: dict[str, Any], clock: str) -> dict[str, float]:
@@ -202,6 +229,8 @@ def search_overhead(variants: list[str], *, rounds: int, trials: int, work: Path
             row[f"ratio_{clock}"] = statistics.median(s["total"] / s["training steps"] for s in shares)
         row["final_csv_equal"] = len({f["final_csv"] for f in figures}) == 1
         row["final_csv"] = figures[0]["final_csv"]
+        row["weights_equal"] = len({f["weights"] for f in figures}) == 1
+        row["weights"] = figures[0]["weights"]
         result[variant] = row
     return result
 
@@ -265,9 +294,14 @@ def main(argv: list[str] | None = None) -> None:
         finals = {r["final_csv"] for r in result.values()}
         same = all(r["final_csv_equal"] for r in result.values()) and len(finals) == 1
         print(f"\nsame final.csv in every search: {'yes' if same else 'NO'}")
-        out["search"] = {v: {k: r[k] for k in ("cpu", "wall", "ratio_cpu", "ratio_wall", "final_csv_equal")}
+        weights = {r["weights"] for r in result.values()}
+        same_weights = all(r["weights_equal"] for r in result.values()) and len(weights) == 1
+        print(f"same final supernet weights (checkpoint) in every search: {'yes' if same_weights else 'NO'}")
+        out["search"] = {v: {k: r[k] for k in ("cpu", "wall", "ratio_cpu", "ratio_wall", "final_csv_equal",
+                                               "weights_equal")}
                          for v, r in result.items()}
         out["same_final_csv"] = same
+        out["same_weights"] = same_weights
         out["trials"] = args.trials
     if args.only != "search":
         import optuna

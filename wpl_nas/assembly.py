@@ -144,7 +144,7 @@ class Assembly:
                                 grad_clip=o.grad_clip, eval_batch_size=o.eval_batch_size, seed=seed, metric=metric,
                                 steps=steps, precision=self.precision, channels_last=self.channels_last,
                                 augment=bool(getattr(o, "augment", False)), workers=getattr(o, "workers", 0),
-                                world=world)
+                                world=world, epoch_scores=bool(getattr(o, "epoch_scores", True)))
 
     def trainer_for(self, data: DataBundle, *, epochs: int, seed: int, eval_samples: int = 0,
                     steps: int = 0, world: World | None = None) -> CandidateTrainer:

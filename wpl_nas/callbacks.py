@@ -18,7 +18,8 @@ the *study*'s user attributes:
     retention matrix of every candidate ever pooled, rewritten whole after every trial.
     :func:`~wpl_nas.evaluation.retention_matrix` reads either.
 ``pool``
-    the trial numbers of the current pool members; ``pool_after_trial``: the trial they follow;
+    the trial numbers of the current pool members; ``pool_after_trial``: the trial they follow
+    (the latest re-score; ``pool_previous_after_trial``: the one before it);
     ``pool_joined`` and ``pool_left``: who joined and who left at that re-score;
     ``pool_replaced``: ``{trial: later trial}`` for entries replaced by a later trial of the same
     architecture (the pool holds each architecture once).
@@ -32,6 +33,10 @@ the *study*'s user attributes:
 and in optuna-dashboard's notes (which, unlike a finished trial's attributes, can be rewritten):
 the study's note holds the pool, and each pooled trial's own note its latest re-score, forgetting,
 recent re-scores and its cell drawn large, rewritten while the candidate is in the pool.
+
+When the pool is re-scored only every K trials (``--rescore-every``), all of this is written at
+the re-scores alone (the trials between them get their notes then); a trial between two re-scores
+only appends its candidate's row of score at training to ``retention.csv``.
 
 It also writes the run folder's ``retention.json`` (members, measures, and the pooled candidates'
 latest scores and forgetting), atomically, and appends each re-score to ``retention.csv`` (the
@@ -129,6 +134,12 @@ class RetentionCallback:
         pool, chance = self.pool, self.chance
         if trial.number not in self.finished:
             return
+        if not pool.rescored(trial.number):
+            # Between two re-scores (--rescore-every): only the newcomer's row; the measures, notes and
+            # retention.json wait for the next re-score, which covers the trials since the previous one.
+            if pool.recorded(trial.number):
+                self._write_csv(trial.number)
+            return
         changes = pool.changes(trial.number)
         # The members, and those that left at this re-score (their last scores): not every candidate
         # ever pooled, so that the study's attributes do not grow with the search.
@@ -145,13 +156,15 @@ class RetentionCallback:
         study.set_user_attr("pool_left", changes.left)
         study.set_user_attr("pool_replaced", {str(t): r for t, r in pool.replaced_by().items()})
         study.set_user_attr("pool_after_trial", trial.number)
+        study.set_user_attr("pool_previous_after_trial", changes.previous)
         for key, value in {**pool.summary(chance=chance), **pool.step_measures(trial.number)}.items():
             study.set_user_attr(key, value)
         write_text_atomically(self.folder.path / RETENTION_JSON,
                               json.dumps(pool.to_json(after_trial=trial.number, chance=chance), indent=1))
         self._write_csv(trial.number)
         _dashboard_note(study, pool, changes)
-        trial_notes(study, {trial.number, *pool.members(), *changes.left})
+        since = range(trial.number if changes.previous is None else changes.previous + 1, trial.number + 1)
+        trial_notes(study, {*since, *pool.members(), *changes.left})
 
 
 def _dashboard_note(study: optuna.Study, pool: RetainedPool, changes: PoolChanges) -> None:
@@ -313,7 +326,8 @@ class TensorBoardCallback:
         ``train/loss``, the strategy's penalty as ``train/<penalty_tag>`` with ``/`` as ``_`` (e.g.
         ``train/wpl_penalty``), the architecture as text (``trial/arch``) and its cell as an image
         (``trial/cell``, when the ``space`` is given). When a :class:`RetentionCallback` ran for this
-        trial just before, the pool's measures: ``retained/mean_<score>``, ``forgetting/mean``,
+        trial just before and re-scored the pool (every trial, or every K with ``--rescore-every``), the
+        pool's measures: ``retained/mean_<score>``, ``forgetting/mean``,
         ``forgetting/max``, ``forgetting/backward_transfer``, ``forgetting/hat_ratio``,
         ``stability/kendall_tau``, and over the earlier members only ``retained/earlier_mean_<score>``,
         ``forgetting/earlier_mean`` and ``forgetting/this_trial``; and the forgetting matrix as a
@@ -336,8 +350,9 @@ class TensorBoardCallback:
             edge's choices.
         metric: The score's name (:data:`~wpl_nas.evaluation.scoring.METRICS`).
         figures_every: Draw the ``forgetting/matrix`` heatmap after every this many trials (trials
-            whose number it divides): the heatmap covers every candidate ever pooled, so its cost
-            grows with the search, where everything else logged per trial does not.
+            whose number it divides; when the pool is re-scored only every K trials, the first
+            re-score at or after each of them): the heatmap covers every candidate ever pooled, so
+            its cost grows with the search, where everything else logged per trial does not.
     """
 
     def __init__(self, log_dir: str | Path, *, penalty_tag: str | None = None,
@@ -438,7 +453,10 @@ class TensorBoardCallback:
             writer.add_scalar(f"retained/candidate_{self.short}", latest[str(member)], step)
             if str(member) in forgetting:
                 writer.add_scalar("forgetting/candidate", forgetting[str(member)], step)
-        if step % self.figures_every:
+        # A multiple of figures_every since the previous re-score: re-scoring every K trials, the
+        # heatmap is drawn at the first re-score at or after each such trial (absent: the trial before).
+        previous = study_attrs.get("pool_previous_after_trial", step - 1)
+        if step // self.figures_every <= (-1 if previous is None else previous) // self.figures_every:
             return
         matrix = retention_matrix(study)
         at_training = {t.number: t.user_attrs["score_at_training"] for t in study.get_trials(deepcopy=False)

@@ -107,6 +107,15 @@ class SearchConfig(Config):
     figures_every: int = opt(1, "Draw TensorBoard's forgetting heatmap (forgetting/matrix) after every N trials: it "
                                  "covers every candidate ever pooled, so its cost grows with the search (a few "
                                  "hundred ms a trial at 1,000 trials); the measures are logged every trial regardless.")
+    rescore_every: int = opt(1, "Re-score the retained pool after every N-th finished trial and after the last one "
+                                "(between them a candidate joins with its score at training and nobody else is "
+                                "scored): the pool's re-scores cost about 9% of a default search at 1; retention.csv, "
+                                "the forgetting measures and TensorBoard's forgetting scalars then step N trials at a "
+                                "time. The candidates, their scores and the final weights do not change.")
+    epoch_scores: bool = opt(True, "Score each candidate after every epoch (Optuna's intermediate values, which the "
+                                   "dashboard plots and pruners read); --no-epoch-scores scores it after its last "
+                                   "epoch only (one intermediate value), saving an evaluation per earlier epoch "
+                                   "(about 5% of a default search) with the same trial values. Needs --pruner none.")
     anatomy_every: int = opt(1, "Measure where the pool forgets (per-stage CKA of every member against its snapshot, "
                                 "anatomy.jsonl) after every N trials: each member is run on the probe again, about "
                                 "5% of a default search; a member's snapshot is still taken when it joins.")
@@ -138,26 +147,27 @@ class SearchConfig(Config):
 
     strategy_registry_module = "wpl_nas.strategies.registry"  # its strategies are the sections
     positive = ("trials", "epochs", "batch_size", "eval_batch_size", "pool_best", "figures_every", "anatomy_every",
-                "image_size")
+                "rescore_every", "image_size")
     non_negative = ("lr", "momentum", "weight_decay", "grad_clip", "eval_samples", "pool_recent", "threads",
                     "final_top_k", "train_samples", "steps", "workers")
     open_unit = ("val_fraction",)
     record_keys = RUN_RECORD_KEYS
 
     # Options that may change when a run is resumed (everything else must match; :meth:`may_change_on_resume`
-    # adds the strategies' strengths, named ``section.key``). Three kinds: where and on what the run
+    # adds the strategies' strengths, named ``section.key``). Four kinds: where and on what the run
     # goes on (device, threads, storage, runs_dir: a run folder may move); how far it goes and how
-    # it chooses at the end (trials, final_top_k, choose_by); how *later* candidates train (the SGD
-    # hyper-parameters, epochs or steps, batch size, precision and memory format, and the strategies'
-    # strengths), which is how a diverged run is rescued with a lower lr (or fp32 after bf16). Not the
-    # space, data, seed, sampler, pruner, objectives, strategy kind or any
+    # it chooses at the end (trials, final_top_k, choose_by); what it measures on the way (figures_every,
+    # anatomy_every, rescore_every, epoch_scores: measurements, which change no candidate or weight); how
+    # *later* candidates train (the SGD hyper-parameters, epochs or steps, batch size, precision and memory
+    # format, and the strategies' strengths), which is how a diverged run is rescued with a lower lr (or
+    # fp32 after bf16). Not the space, data, seed, sampler, pruner, objectives, strategy kind or any
     # option that shapes saved state (pool sizes, Fisher estimates, folds, protected sets): the
     # checkpoint and the study would no longer mean what they say. Every change is recorded in
     # the run folder's config.yaml (``history``).
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
         "trials", "device", "threads", "storage", "runs_dir", "final_top_k", "choose_by", "figures_every",
-        "anatomy_every", "lr", "momentum", "weight_decay", "grad_clip", "epochs", "steps", "batch_size", "precision",
-        "channels_last", "workers")
+        "anatomy_every", "rescore_every", "epoch_scores", "lr", "momentum", "weight_decay", "grad_clip", "epochs",
+        "steps", "batch_size", "precision", "channels_last", "workers")
     # Of those, the ones that describe this machine rather than the run: a resumed search on the
     # command line takes them from the defaults or flags, not from the run's config.yaml. (workers only
     # changes how many processes decode the files, never which batches come: see wpl_nas.data._stream.)
@@ -217,6 +227,9 @@ class SearchConfig(Config):
         if len(objectives) > 1 and self.pruner != "none":
             raise ConfigError(f"pruner={self.pruner!r} needs a single objective (Optuna prunes on one reported "
                               f"value), but objectives={self.objectives!r}; use --pruner none")
+        if not self.epoch_scores and self.pruner != "none":
+            raise ConfigError(f"pruner={self.pruner!r} needs the score after every epoch, but epoch_scores=False "
+                              "(--no-epoch-scores); use --epoch-scores, or --pruner none")
         return self
 
 

@@ -83,7 +83,7 @@ def _trial_note_text(trial: optuna.trial.FrozenTrial, attrs: dict[str, Any],
                   "training)."]
         replaced = attrs.get("pool_replaced", {}).get(key)
         if trial.number in attrs.get("pool", []):
-            lines[-1] += f" In the retained pool: re-scored after every trial (latest: after trial {after})."
+            lines[-1] += f" In the retained pool: re-scored with it (latest: after trial {after})."
         elif replaced is not None:
             lines[-1] += (f" Trial {replaced} trained the same architecture again and replaced it in the pool: "
                           f"no longer re-scored, so these are its last scores.")

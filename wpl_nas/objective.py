@@ -22,8 +22,9 @@ it. Call order for one trial (``objective(trial)``):
    before it (:attr:`SupernetObjective.position`, also its user attribute ``position``), not
    from its trial number, so a trial lost in flight does not shift the candidates after it;
 3. the strategy consolidates it; its user attributes are set; it joins the retained pool (when
-   complete) and every other pool member is re-scored; the checkpoint is written atomically, once;
-   the score is returned.
+   complete) and every other pool member is re-scored (after every ``rescore_every``-th finished
+   trial and the last: :meth:`SupernetObjective.rescores_after`); the checkpoint is written
+   atomically, once; the score is returned.
 
 Callbacks run after the study has recorded the trial; each is optional and only publishes or
 measures (none of them writes the checkpoint):
@@ -314,8 +315,11 @@ class SupernetObjective:
         complete = self.finished[last][0] == "COMPLETE"
         if not (complete or self.pool.entries):
             return  # a pruned trial and an empty pool: nothing to re-score
+        rescore = self.rescores_after(len(self.finished) - 1)
+        if not (complete or rescore):
+            return  # a pruned trial between two re-scores records nothing
         self._update_pool(last, frozen.user_attrs["arch"] if complete else None,
-                          frozen.user_attrs.get("score_at_training", math.nan))
+                          frozen.user_attrs.get("score_at_training", math.nan), rescore=rescore)
         self.save()
 
     def _check_identity(self, study: optuna.Study) -> None:
@@ -417,7 +421,8 @@ class SupernetObjective:
             # told (an interruption in between) still carries them when it is told on resume.
             self._annotate(trial, result)
             # The pool is re-scored before the checkpoint, so trial and pool are saved together, once.
-            self._update_pool(trial.number, None if result.pruned else str(arch), result.score, trial=trial)
+            self._update_pool(trial.number, None if result.pruned else str(arch), result.score, trial=trial,
+                              rescore=self.rescores_after(position))
             with deferred():  # `finished` in memory and in the checkpoint on disk change together
                 self.finished[trial.number] = outcome
                 try:
@@ -437,13 +442,24 @@ class SupernetObjective:
                                      f"at score {result.score:.4f}")
         return result.score if single else tuple(values)
 
-    def _update_pool(self, number: int, arch: str | None, score: float, *, trial: optuna.Trial | None = None) -> None:
+    def rescores_after(self, position: int) -> bool:
+        """Whether the retained pool is re-scored after the candidate at ``position`` (the number of
+        trials finished before it): after every ``rescore_every``-th finished trial and after the
+        ``trials``-th, the last of the search, so that its final state is always measured. It depends
+        on the count of finished trials alone, so a resumed search (or any rank) decides as an
+        uninterrupted one does."""
+        done = position + 1
+        return done % self.config.rescore_every == 0 or done >= self.config.trials
+
+    def _update_pool(self, number: int, arch: str | None, score: float, *, trial: optuna.Trial | None = None,
+                     rescore: bool = True) -> None:
         """Trial ``number`` joins the retained pool (when it completed: ``arch`` given, with its
-        ``score`` at training), replacing the entry of its architecture, and every other member is
-        re-scored on the fixed evaluation set; the scores are recorded as taken after ``number``, and
-        on ``trial`` (the running trial, when given) as its user attribute
+        ``score`` at training), replacing the entry of its architecture, and, with ``rescore``, every
+        other member is re-scored on the fixed evaluation set; the scores are recorded as taken after
+        ``number``, and on ``trial`` (the running trial, when given) as its user attribute
         :data:`~wpl_nas.evaluation.RESCORES_ATTR`: the study's records then grow by the pool's size
-        per trial, however long the search.
+        per trial, however long the search. Without ``rescore`` only the newcomer's own score is
+        recorded (a join: :meth:`~wpl_nas.evaluation.RetainedPool.record`).
 
         In a data-parallel search, the re-scores of a trial (``trial`` given) are divided among the
         ranks (:meth:`~wpl_nas.distributed.World.divide`); those of :meth:`_pool_catch_up` are rank
@@ -451,16 +467,17 @@ class SupernetObjective:
         pool = self.pool
         if arch is not None:
             pool.add(number, arch, score)
-        others = [t for t in pool.members() if t != number]
+        others = [t for t in pool.members() if t != number] if rescore else []
         archs = [pool.entries[t].arch for t in others]
-        # Only after a trial do the other ranks wait for this pool (a catch-up runs before they start).
+        # Only after a trial do the other ranks wait for this pool (a catch-up runs before they start);
+        # between re-scores they are sent an empty one, so every rank follows rank 0's decision.
         world = self.world if trial is not None else World()
         if world.distributed:
             world.share(archs)
         rescores = dict(zip(others, world.divide(archs, self.score), strict=True))
         if number in pool.entries:
             rescores[number] = pool.entries[number].score
-        pool.record(number, rescores)
+        pool.record(number, rescores, rescored=rescore)
         if trial is not None:
             trial.set_user_attr(RESCORES_ATTR, {str(t): s for t, s in rescores.items()})
 

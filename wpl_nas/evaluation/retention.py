@@ -13,6 +13,13 @@ candidate *joined* (a chance-level newcomer pulls it down though nothing was for
 previous re-score and still in it) from those that joined or left, and
 :meth:`RetainedPool.step_measures` measures the earlier members alone (:data:`STEP_MEASURES`).
 
+Re-scoring every K trials (``--rescore-every``): between two re-scores a candidate still joins
+with its score at training, recorded as taken after its own trial (:meth:`RetainedPool.record`
+with ``rescored=False``, a *join*), and no other member is scored. A join is not a re-score:
+:meth:`RetainedPool.changes` compares each re-score with the previous *re-score*, so the earlier
+members' step forgetting covers every trial since (K of them), and the candidates that joined in
+between count as joined.
+
 One entry per architecture: a candidate whose architecture string is already in the pool
 *replaces* that entry as the pool's member (it has just been trained again on the shared weights,
 so the old entry's score at training no longer describes what the supernet holds; re-scoring
@@ -43,7 +50,8 @@ RESCORES_ATTR = "rescores"
 
 #: The keys of :meth:`RetainedPool.step_measures`: measures over the earlier members only.
 STEP_MEASURES = ("earlier_retained_mean", "earlier_forgetting_mean", "forgetting_this_trial")
-#: ``retention.csv``'s columns, one row per re-score (long format): the trial it followed, the
+#: ``retention.csv``'s columns, one row per re-score (long format; with ``--rescore-every`` K > 1, a
+#: candidate that joins between re-scores has its row of score at training too): the trial it followed, the
 #: candidate, its score then, its score at training and its forgetting at that re-score (score at
 #: training − score; the other way round when lower is better). A row per re-score rather than a
 #: column per trial, so that each trial only appends its rows: the file's cost per trial stays that
@@ -108,8 +116,8 @@ class RetainedPool:
     module docstring).
 
     Call order after each trial: :meth:`add` the new candidate, then :meth:`record` the
-    re-scores of :meth:`members`. Entries that leave the pool keep their history (the
-    retention matrix) but are no longer re-scored.
+    re-scores of :meth:`members` (or, between re-scores, the new candidate's join). Entries that
+    leave the pool keep their history (the retention matrix) but are no longer re-scored.
 
     Args:
         best: How many of the best candidates (by score at training) to keep.
@@ -124,6 +132,8 @@ class RetainedPool:
         self.recent = recent
         self.higher_is_better = higher_is_better
         self.entries: dict[int, PoolEntry] = {}
+        #: Trials after which only the new candidate was recorded (its join), not a re-score.
+        self.joins: set[int] = set()
 
     def add(self, trial: int, arch: str, score: float) -> None:
         self.entries[trial] = PoolEntry(trial, arch, score, higher_is_better=self.higher_is_better)
@@ -148,9 +158,11 @@ class RetainedPool:
 
     def changes(self, after_trial: int) -> PoolChanges:
         """Who joined, left and stayed at the re-score after ``after_trial`` (recorded with
-        :meth:`record`), compared with the re-score before it. Pure function of the entries, so it
-        gives the same answer when the after-trial work is redone on resume."""
-        previous = max((j for e in self.entries.values() for j in e.rescores if j < after_trial), default=None)
+        :meth:`record`), compared with the re-score before it (joins in between are not re-scores).
+        Pure function of the entries, so it gives the same answer when the after-trial work is
+        redone on resume."""
+        previous = max((j for e in self.entries.values() for j in e.rescores
+                        if j < after_trial and j not in self.joins), default=None)
         now = self.members()
         before = [] if previous is None else [t for t, e in sorted(self.entries.items()) if previous in e.rescores]
         return PoolChanges(after_trial, previous, earlier=[t for t in now if t in before],
@@ -164,7 +176,8 @@ class RetainedPool:
         * ``earlier_retained_mean``: their mean latest re-score;
         * ``earlier_forgetting_mean``: their mean forgetting (score at training − latest);
         * ``forgetting_this_trial``: their mean drop from the previous re-score to this one: the
-          forgetting that training this trial's candidate caused (negative: it helped them).
+          forgetting that training this trial's candidate caused (negative: it helped them), or,
+          re-scoring every K trials, the candidates trained since the previous re-score.
         """
         changes = self.changes(after_trial)
         earlier = [self.entries[t] for t in changes.earlier]
@@ -179,9 +192,20 @@ class RetainedPool:
         """Whether a re-score after trial ``after_trial`` is recorded (for any entry)."""
         return any(after_trial in e.rescores for e in self.entries.values())
 
-    def record(self, after_trial: int, scores: dict[int, float]) -> None:
+    def rescored(self, after_trial: int) -> bool:
+        """Whether the pool was re-scored after trial ``after_trial`` (recorded, and not a join only)."""
+        return after_trial not in self.joins and self.recorded(after_trial)
+
+    def record(self, after_trial: int, scores: dict[int, float], *, rescored: bool = True) -> None:
+        """Record ``scores`` (``{member trial: score}``) as taken after trial ``after_trial``: the
+        pool's re-score, or, with ``rescored=False``, only the join of the candidate of that trial
+        (its score at training; the other members keep their latest re-scores)."""
         for trial, score in scores.items():
             self.entries[trial].rescores[after_trial] = score
+        if rescored:
+            self.joins.discard(after_trial)
+        else:
+            self.joins.add(after_trial)
 
     def summary(self, *, chance: float | None = None) -> dict[str, float]:
         """:func:`~wpl_nas.evaluation.metrics.retention_measures` over the current members
@@ -247,12 +271,14 @@ class RetainedPool:
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "recent": self.recent, "higher_is_better": self.higher_is_better,
-                "entries": [(e.trial, e.arch, e.score, dict(e.rescores)) for e in self.entries.values()]}
+                "entries": [(e.trial, e.arch, e.score, dict(e.rescores)) for e in self.entries.values()],
+                "joins": sorted(self.joins)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.recent = state["best"], state["recent"]
         self.higher_is_better = state.get("higher_is_better", True)  # absent in runs saved before perplexity
         self.entries = {t: PoolEntry(t, a, s, dict(r), self.higher_is_better) for t, a, s, r in state["entries"]}
+        self.joins = {int(j) for j in state.get("joins", ())}  # absent before --rescore-every: every record re-scored
 
 
 def retention_matrix(study: Any) -> dict[int, dict[int, float]]:

@@ -35,7 +35,7 @@ class TrainResult:
     """What training one candidate produced."""
 
     score: float = float("nan")  # on the fixed evaluation set, after the last epoch run
-    epoch_scores: list[float] = field(default_factory=list)  # one per epoch run, the last perhaps partial
+    epoch_scores: list[float] = field(default_factory=list)  # one per epoch scored, the last perhaps partial
     loss: float = float("nan")  # mean training loss of the last epoch (or part of one) run
     penalty: float = 0.0  # the strategy's penalty at the end of the last epoch
     steps: int = 0
@@ -80,6 +80,9 @@ class CandidateTrainer:
             the device, drawn from the candidate's seeded generator (images only).
         workers: Processes decoding a streamed split's batches (0: the main process); unused for
             data held in memory.
+        epoch_scores: Score the candidate after every epoch it runs (what ``on_epoch`` reports and a
+            pruner reads); False scores it after its last epoch only: the same weights and final
+            score, without the earlier epochs' evaluations.
         world: The processes that train each batch together (:mod:`wpl_nas.distributed`): each takes
             its slice of every batch and the gradients are summed over them [default: this process
             alone]. Scores and consolidation are not split: every process computes them whole.
@@ -93,7 +96,7 @@ class CandidateTrainer:
                  optimizer: torch.optim.Optimizer, batch_size: int, epochs: int, grad_clip: float,
                  eval_batch_size: int, seed: int, metric: str = "accuracy", steps: int = 0,
                  precision: str = "fp32", channels_last: bool = False, augment: bool = False,
-                 workers: int = 0, world: World | None = None) -> None:
+                 workers: int = 0, world: World | None = None, epoch_scores: bool = True) -> None:
         device = next(supernet.parameters()).device
         if augment and eval_set[0].dim() != 4:
             raise ConfigError(f"augment (random crops and flips) needs images, inputs of shape (C, H, W), but these "
@@ -120,6 +123,7 @@ class CandidateTrainer:
         self.precision = precision
         self.channels_last = channels_last
         self.world = world or World()
+        self.epoch_scores = epoch_scores
         # fp16's narrow range underflows small gradients: scale the loss (bf16 has fp32's range).
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
@@ -187,7 +191,8 @@ class CandidateTrainer:
 
     def train(self, arch: Architecture, *, trial_index: int, on_epoch: EpochCallback | None = None,
               progress: Callable[[], object] | None = None, name: str | None = None) -> TrainResult:
-        """Train ``arch`` for ``epochs`` epochs, or ``steps`` steps; score it after each epoch started.
+        """Train ``arch`` for ``epochs`` epochs, or ``steps`` steps; score it after each epoch started
+        (after the last one only without ``epoch_scores``).
 
         Raises:
             TrainingDiverged: the training loss of an epoch is NaN or infinite.
@@ -195,8 +200,8 @@ class CandidateTrainer:
         Args:
             arch: The candidate.
             trial_index: Its position in the search (seeds its data order; strategies see it).
-            on_epoch: Called with ``(epoch, score)`` after each epoch (the last of a step budget
-                perhaps partial); True stops training.
+            on_epoch: Called with ``(epoch, score)`` after each epoch scored (the last of a step
+                budget perhaps partial); True stops training.
             progress: Called after every training step (e.g. to advance a progress bar).
             name: What error messages call the candidate [default: ``trial <trial_index>``]; a search
                 passes its Optuna trial number, which a lost trial sets apart from the position.
@@ -221,6 +226,8 @@ class CandidateTrainer:
                     f"training loss is {result.loss}; lower --lr, or clip gradients harder with --grad-clip")
             result.penalty = strategy.penalty(ctx) or 0.0
             result.steps += steps
+            if not self.epoch_scores and epoch < ctx.epochs - 1:
+                continue  # scoring reads the weights and changes nothing: skipping it trains alike
             result.score = self.score(arch)
             result.epoch_scores.append(result.score)
             if on_epoch is not None and on_epoch(epoch, result.score):
