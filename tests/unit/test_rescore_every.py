@@ -56,10 +56,11 @@ def test_a_join_adds_its_own_csv_row_and_the_appended_rows_build_the_whole_file(
     text = "after_trial,trial,score,score_at_training,forgetting\n"
     for number in range(5):
         pool.add(number, f"arch{number}", 0.5 + number / 100)
+        own = {number: pool.entries[number].score}
         if number % 2:
-            _scored(pool, number, {m: 0.4 for m in pool.members() if m != number} | {number: pool.entries[number].score})
+            _scored(pool, number, {m: 0.4 for m in pool.members() if m != number} | own)
         else:
-            _scored(pool, number, {number: pool.entries[number].score}, rescored=False)
+            _scored(pool, number, own, rescored=False)
         text += pool.csv_rows(number)
     assert text == pool.to_csv()
     assert [len(pool.csv_rows(j).splitlines()) for j in (0, 2, 4)] == [1, 1, 1]
@@ -82,7 +83,7 @@ def test_rescore_every_below_one_is_refused_naming_the_value(bad):
 
 
 def test_no_epoch_scores_with_a_pruner_is_refused():
-    with pytest.raises(ConfigError, match="pruner='median'.*epoch_scores=False"):
+    with pytest.raises(ConfigError, match=r"pruner='median'.*epoch_scores=False"):
         wpl_nas.SearchConfig(epoch_scores=False, pruner="median").validate()
     wpl_nas.SearchConfig(epoch_scores=False, pruner="none").validate()
 
@@ -100,7 +101,12 @@ def test_scoring_after_the_last_epoch_only_trains_the_same_weights(tiny_space, m
         trainer = make_trainer(tiny_space, mnist1d, "wpl", epochs=2)
         trainer.epoch_scores = epoch_scores
         reported: list[tuple[int, float]] = []
-        result = trainer.train(arch, trial_index=0, on_epoch=lambda e, s: reported.append((e, s)) or False)
+
+        def report(epoch: int, score: float, reported: list[tuple[int, float]] = reported) -> bool:
+            reported.append((epoch, score))
+            return False
+
+        result = trainer.train(arch, trial_index=0, on_epoch=report)
         runs[epoch_scores] = (result, reported, {k: v.clone() for k, v in trainer.supernet.state_dict().items()})
     (every, every_reported, every_state), (last, last_reported, last_state) = runs[True], runs[False]
     assert len(every_reported) == 2 and last_reported == [every_reported[-1]]

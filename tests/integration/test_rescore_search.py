@@ -189,3 +189,34 @@ def test_bad_values_in_the_config_file_exit_2_naming_them(tmp_path, text, named)
     result = CliRunner().invoke(cli, ["search", "--config", str(path), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2, result.output
     assert named in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_rescore_at_the_same_trials_as_one(tiny_space_file, mnist1d, data_dir, tmp_path):
+    """2 gloo processes, the pool re-scored every 2 trials and no per-epoch scores: rank 0 decides
+    which trials re-score (the others are sent an empty pool in between), so the re-scores fall after
+    the same trials as in one process (1 and the last, 2), to the same scores within float noise."""
+    import subprocess
+    import sys
+
+    flags = ["search", "--trials", "3", "--epochs", "2", "--train-samples", "300", "--batch-size", "50",
+             "--eval-samples", "256", "--device", "cpu", "--threads", "1", "--no-progress", "--space",
+             str(tiny_space_file), "--data-dir", str(data_dir), "--study-name", "s", "--rescore-every", "2",
+             "--no-epoch-scores"]
+    one = CliRunner().invoke(cli, [*flags, "--runs-dir", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "wpl_nas", *flags, "--runs-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+    trials = {}
+    for name in ("one", "two"):
+        study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / name / 's' / 'study.db'}")
+        trials[name] = [(t.user_attrs["arch"], t.intermediate_values.keys(), t.user_attrs["rescores"])
+                        for t in study.get_trials()]
+    assert [(a, list(i)) for a, i, _ in trials["one"]] == [(a, list(i)) for a, i, _ in trials["two"]]
+    assert all(list(i) == [1] for _, i, _ in trials["one"])  # the last epoch's score only
+    for (_, _, a), (_, _, b) in zip(trials["one"], trials["two"], strict=True):
+        assert a.keys() == b.keys()
+        assert all(abs(a[t] - b[t]) <= 2 / 256 + 1e-9 for t in a)
+    assert list(trials["one"][0][2]) == ["0"] and len(trials["one"][1][2]) == 2 and len(trials["one"][2][2]) == 3
