@@ -107,15 +107,10 @@ class SearchConfig(Config):
     figures_every: int = opt(1, "Draw TensorBoard's forgetting heatmap (forgetting/matrix) after every N trials: it "
                                  "covers every candidate ever pooled, so its cost grows with the search (a few "
                                  "hundred ms a trial at 1,000 trials); the measures are logged every trial regardless.")
-    rescore_every: int = opt(1, "Re-score the retained pool after every N-th finished trial and after the last one "
-                                "(between them a candidate joins with its score at training and nobody else is "
-                                "scored): the pool's re-scores cost about 9% of a default search at 1; retention.csv, "
-                                "the forgetting measures and TensorBoard's forgetting scalars then step N trials at a "
-                                "time. The candidates, their scores and the final weights do not change.")
-    epoch_scores: bool = opt(True, "Score each candidate after every epoch (Optuna's intermediate values, which the "
-                                   "dashboard plots and pruners read); --no-epoch-scores scores it after its last "
-                                   "epoch only (one intermediate value), saving an evaluation per earlier epoch "
-                                   "(about 5% of a default search) with the same trial values. Needs --pruner none.")
+    rescore_every: int = opt(1, "Re-score the retained pool after every N-th trial and the last (about 9% of a "
+                                "default search at 1); its measures then step N trials at a time.")
+    epoch_scores: bool = opt(True, "Off: score a candidate after its last epoch only (about 5% of a default search; "
+                                   "no pruner), the same values.")
     anatomy_every: int = opt(1, "Measure where the pool forgets (per-stage CKA of every member against its snapshot, "
                                 "anatomy.jsonl) after every N trials: each member is run on the probe again, about "
                                 "5% of a default search; a member's snapshot is still taken when it joins.")

@@ -30,7 +30,8 @@ def test_help_points_to_the_strategy_options_instead_of_listing_them(command):
     assert POINTER in text
     assert not [flag for section in SECTIONS for flag in _flags(section) if f"{flag} " in result.output]
     assert "--strateg" in result.output and "--threads" in result.output  # the common options stay
-    assert len(result.output.splitlines()) < 160
+    # (--epoch-scores / --no-epoch-scores, the longest flag, widens the flag column: 173 lines for search)
+    assert len(result.output.splitlines()) < 180
 
 
 def test_search_help_lists_every_option_that_is_not_a_strategy_s():
