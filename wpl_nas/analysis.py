@@ -290,6 +290,7 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
     complete = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     best = best_at_training(run.study)  # the study's direction: perplexity is minimised
     summary = pool["summary"]
+    every = run.config.rescore_every
     measures = "\n".join(f"| {k} | {v:+.4f} |" for k, v in summary.items() if v is not None and v == v)
     parts = [f"# wpl-nas report: {run.study.study_name}", "",
              f"{len(run.study.trials)} trials ({len(complete)} complete) of space `{run.config.space}` on "
@@ -300,7 +301,11 @@ def report_run(run_dir: str | Path, *, html: bool = False) -> ReportResult:
                   f"{_pool_latest(pool, best.number)} now.", ""]
     parts += ["## Retention", "", "| measure | value |", "|---|---:|", measures, "",
               "The `earlier_*` measures and `forgetting_this_trial` count only the members that were already in the "
-              "pool before the last trial: a candidate joining (or leaving) does not move them.", "",
+              "pool before the last trial: a candidate joining (or leaving) does not move them." if every == 1 else
+              f"The pool was re-scored every {every} trials (and after the last): the `earlier_*` measures and "
+              "`forgetting_this_trial` count only the members that were already in the pool at the re-score before "
+              "the last one, and `forgetting_this_trial` is their drop since then; a candidate joining (or leaving) "
+              "does not move them.", "",
               "![retention](retention.png)", "",
               "Forgetting of each candidate (row) after each later trial (column): score at training minus re-score, "
               "red where the candidate got worse than at its training, blue where it got better; hatched where it "

@@ -307,7 +307,9 @@ class SupernetObjective:
     def _pool_catch_up(self, study: optuna.Study) -> None:
         """Bring the pool up to the last finished trial if the checkpoint's pool is a trial behind:
         runs made before the pool was re-scored inside the trial (wpl-nas 0.1) saved it after the
-        study was told, so a stop in between left the last trial out. Nothing changes otherwise."""
+        study was told, so a stop in between left the last trial out. Nothing changes otherwise. (Between
+        two re-scores, ``rescore_every`` > 1, the trial's own join is what is caught up: a pruned trial
+        there records nothing.)"""
         last = max(self.finished, default=None)
         if last is None or self.pool.recorded(last):
             return
