@@ -134,7 +134,7 @@ class RetentionCallback:
         pool, chance = self.pool, self.chance
         if trial.number not in self.finished:
             return
-        if not pool.rescored(trial.number):
+        if trial.number in pool.joins:
             # Between two re-scores (--rescore-every): only the newcomer's row; the measures, notes and
             # retention.json wait for the next re-score, which covers the trials since the previous one.
             if pool.recorded(trial.number):
