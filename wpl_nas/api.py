@@ -390,9 +390,8 @@ def follow_search(world: World) -> int:
 
     It receives the options and the states from rank 0, then trains and consolidates each
     candidate rank 0 names, on its slice of every batch, re-scores its share of the retained pool
-    rank 0 names after it (none between two re-scores: ``rescore_every``), and stops when rank 0
-    says so, ending the process group together with rank 0 (:func:`~wpl_nas.distributed.leave` with
-    the world). It writes
+    rank 0 names after it, and stops when rank 0 says so, ending the process group together with
+    rank 0 (:func:`~wpl_nas.distributed.leave` with the world). It writes
     nothing and prints nothing: the study, the run folder and every score recorded are rank 0's.
     Should rank 0 fail, torchrun ends this process with the group.
 
