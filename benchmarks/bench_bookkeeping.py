@@ -18,6 +18,11 @@ Usage::
     python benchmarks/bench_bookkeeping.py --sizes 10 100 --trials 3
     python benchmarks/bench_bookkeeping.py --figures-every 10 # the heatmap every 10 trials
     python benchmarks/bench_bookkeeping.py --quick            # smoke run (what the test runs)
+    python benchmarks/bench_bookkeeping.py --sizes 10 --journal delete wal  # SQLite's journal, side by side
+
+``--journal``: the study file's SQLite journal during the timed trials, ``wal`` as a search keeps it
+(:func:`wpl_nas.storage.sqlite_write_ahead`) or ``delete``, SQLite's default rollback journal (as
+searches kept it before); given both, each size is timed in each, one after the other.
 
 The table goes to stdout, progress to stderr.
 """
@@ -25,6 +30,7 @@ The table goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -49,6 +55,7 @@ from wpl_nas.evaluation import RESCORES_ATTR, RetainedPool
 from wpl_nas.evaluation.anatomy import stage_features
 from wpl_nas.run_folder import RunFolder
 from wpl_nas.spaces import Architecture, load_space
+from wpl_nas.storage import open_storage, sqlite_write_ahead
 
 PARTS = ("retention", "anatomy", "tensorboard", "checkpoint")
 
@@ -57,14 +64,18 @@ class Study:
     """A synthetic search of ``size`` finished trials in ``folder``, ready for its next trial."""
 
     def __init__(self, folder: Path, size: int, *, space: Any, supernet: Any, probe: torch.Tensor,
-                 figures_every: int) -> None:
+                 figures_every: int, journal: str = "wal") -> None:
         self.rng = random.Random(size)
         self.space, self.supernet = space, supernet
         self.folder = RunFolder(folder)
         self.folder.path.mkdir(parents=True)
         self.pool = RetainedPool(best=5, recent=3)
         self.finished: dict[int, tuple[str, Any]] = {}
-        self.study = optuna.create_study(storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+        storage = open_storage(f"sqlite:///{folder / 'study.db'}")
+        self.study = optuna.create_study(storage=storage, direction="maximize")
+        self.journal = contextlib.ExitStack()  # closed by close()
+        if journal == "wal":  # as a search holds its study while it runs
+            self.journal.enter_context(sqlite_write_ahead(storage))
         self.distributions = {k: CategoricalDistribution(list(v)) for k, v in space.choices.items()}
         retention = RetentionCallback(self.pool, self.finished, self.folder, chance=0.1)
         anatomy = AnatomyCallback(supernet, self.pool, self.finished, self.folder, probe=probe,
@@ -105,6 +116,10 @@ class Study:
             user_attrs={"arch": str(arch), "score_at_training": score, "train_loss": 1.0, "params": 1000,
                         "position": number, RESCORES_ATTR: {str(m): v for m, v in rescores.items()}})
 
+    def close(self) -> None:
+        self.tensorboard.close()
+        self.journal.close()
+
     def checkpoint(self) -> None:
         self.folder.save_checkpoint({"supernet": self.supernet.state_dict(), "pool": self.pool.state_dict(),
                                      "finished": dict(self.finished)})
@@ -129,7 +144,7 @@ class Study:
 
 
 def measure(sizes: list[int], *, trials: int, figures_every: int = 1, space_name: str = "mnist1d",
-            ) -> dict[int, dict[str, float]]:
+            journal: str = "wal") -> dict[int, dict[str, float]]:
     """The median seconds of each part of the bookkeeping (and their total) per trial, for a synthetic
     study of each size in ``sizes``, ``trials`` trials timed after one untimed."""
     space = load_space(space_name)
@@ -141,14 +156,14 @@ def measure(sizes: list[int], *, trials: int, figures_every: int = 1, space_name
         for size in sizes:
             print(f"N = {size}: building ...", file=sys.stderr)
             start = time.perf_counter()
-            study = Study(Path(tmp) / f"n{size}", size, space=space, supernet=supernet, probe=probe,
-                          figures_every=figures_every)
+            study = Study(Path(tmp) / f"n{size}-{journal}", size, space=space, supernet=supernet, probe=probe,
+                          figures_every=figures_every, journal=journal)
             print(f"N = {size}: built in {time.perf_counter() - start:.0f} s; timing", file=sys.stderr)
             study.next_trial()  # untimed: the first call of a process may set things up
             runs = [study.next_trial() for _ in range(trials)]
             rows[size] = {part: statistics.median(r[part] for r in runs) for part in PARTS}
             rows[size]["total"] = statistics.median(sum(r.values()) for r in runs)
-            study.tensorboard.close()
+            study.close()
     return rows
 
 
@@ -170,19 +185,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures-every", type=int, default=1, help="the heatmap every K trials")
     parser.add_argument("--space", default="mnist1d")
     parser.add_argument("--quick", action="store_true", help="smoke run: N = 5 and 20, two trials each")
+    parser.add_argument("--journal", nargs="+", choices=("wal", "delete"), default=["wal"],
+                        help="the study's SQLite journal while timed: wal (as a search keeps it), delete, or both")
     parser.add_argument("--json", type=Path, help="write every figure (seconds) to this file")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.trials = [5, 20], 2
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows = measure(args.sizes, trials=args.trials, figures_every=args.figures_every, space_name=args.space)
-    print(f"per-trial bookkeeping, median of {args.trials} trials, ms ({cpu_name()}, 1 thread; "
-          f"figures every {args.figures_every})\n")
-    print(table(rows))
+    by_journal = {journal: measure(args.sizes, trials=args.trials, figures_every=args.figures_every,
+                                   space_name=args.space, journal=journal) for journal in args.journal}
+    for journal, rows in by_journal.items():
+        print(f"per-trial bookkeeping, median of {args.trials} trials, ms ({cpu_name()}, 1 thread; "
+              f"figures every {args.figures_every}; SQLite journal {journal})\n")
+        print(table(rows) + "\n")
+    if len(by_journal) == 2:
+        wal, delete = by_journal["wal"], by_journal["delete"]
+        print("wal : delete, per size: " + "; ".join(
+            f"N = {n:,}: total {wal[n]['total'] / delete[n]['total']:.2f}×, retention "
+            f"{wal[n]['retention'] / delete[n]['retention']:.2f}×" for n in args.sizes))
     if args.json:
-        args.json.write_text(json.dumps({"sizes": {str(n): row for n, row in rows.items()},
-                                         "figures_every": args.figures_every, "trials": args.trials}, indent=1))
+        first = by_journal[args.journal[0]]
+        args.json.write_text(json.dumps({
+            "sizes": {str(n): row for n, row in first.items()}, "journal": args.journal[0],
+            "journals": {j: {str(n): row for n, row in rows.items()} for j, rows in by_journal.items()},
+            "figures_every": args.figures_every, "trials": args.trials}, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ the history of changes and every error show it as ``***``. Opening a URL whose p
 ``***`` (a run folder's) takes the full URL from the environment variable ``WPL_NAS_STORAGE``
 when it names the same storage, and otherwise connects without a password, which lets the
 driver find it (PostgreSQL: ``PGPASSWORD`` or ``~/.pgpass``).
+
+An SQLite study is kept in write-ahead-log mode while a search writes to it
+(:func:`sqlite_write_ahead`): a search commits about 80 small records per trial, and each commit of
+SQLite's default rollback journal waits for three syncs to disk, the write-ahead log's for one (as
+durable; on our 2-core machine the commits took a fifth of the time with the disk busy, half with
+it quiet: ``benchmarks/README.md``). When the search ends the file goes back to the rollback
+journal, so that ``study.db`` alone holds the whole study again (it can be copied, or opened
+read-only).
 """
 
 from __future__ import annotations
