@@ -102,7 +102,8 @@ class SearchConfig(Config):
     # How candidates are scored and the retained pool re-scored.
     eval_samples: int = opt(0, "Size of the fixed validation subset used for scores (0: the whole split).")
     eval_batch_size: int = opt(256, "Evaluation batch size (batch norm uses batch statistics, so keep it fixed).")
-    pool_best: int = opt(5, "Retained pool: the best candidates kept and re-scored after every trial (every --rescore-every trials).")
+    pool_best: int = opt(5, "Retained pool: the best candidates kept and re-scored after every trial "
+                            "(every --rescore-every trials).")
     pool_recent: int = opt(3, "Retained pool: the most recent candidates kept and re-scored.")
     figures_every: int = opt(1, "Draw TensorBoard's forgetting heatmap (forgetting/matrix) after every N trials: it "
                                  "covers every candidate ever pooled, so its cost grows with the search (a few "
