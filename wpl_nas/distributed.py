@@ -53,14 +53,23 @@ training forward would go through a wrapper while scoring and consolidation use 
 One flattened all-reduce of the path's gradients (plus the strategy's own tensors) sends only
 what changed, with none of that machinery.
 
-What is not split: scoring (after every epoch) and consolidation (Fisher, MAS, WPL, ...) run on
-every rank on the full data. Their inputs are identical, so every rank computes the same state
-without any reduction; SI accumulates from the (summed) gradients and the weights, so it is
-identical too. This work is not divided among the ranks (``benchmarks/bench_distributed.py``
-measures its share). The retained pool's re-scores after each trial are (:meth:`World.divide`):
-rank 0 names the members, each rank scores its share of them on the full evaluation set, and the
-scores are summed over the ranks; a score depends only on the architecture and the shared weights,
-so each is exactly the one a rank alone would take. The final selection (every candidate
+How scores are divided: the score of the candidate in training, after every epoch (the last one
+is the trial's value), is taken by every rank together on its contiguous share of the fixed
+evaluation batches (:meth:`World.batch_starts`: the batches of one process, since batch norm
+normalises with each batch's statistics), the partial results summed in one all-reduce: an
+integer count of correct predictions (so the accuracy is exactly one process's), or float64 sums
+of token losses (perplexity: equal up to the order of the float64 additions). That collective is
+only safe where every rank is at the same point with the same candidate, so only the training loop
+asks for it (:meth:`~wpl_nas.training.CandidateTrainer.score` with ``world=``); every other score
+is one process's whole. The retained pool's re-scores after each trial are divided by candidates
+instead (:meth:`World.divide`): rank 0 names the members, each rank scores its share of them on
+the full evaluation set alone, and the scores are summed over the ranks; a score depends only on
+the architecture and the shared weights, so each is exactly the one a rank alone would take.
+
+What is not split: consolidation (Fisher, MAS, WPL, ...) runs on every rank on the full data. Its
+inputs are identical, so every rank computes the same state without any reduction; SI accumulates
+from the (summed) gradients and the weights, so it is identical too
+(``benchmarks/bench_distributed.py`` measures its share). The final selection (every candidate
 re-scored) is rank 0's alone: once the last trial's re-scores are summed, every rank ends the
 process group together (:func:`leave` with the world: a barrier, then each destroys its own), the
 others exit, and rank 0 selects with no connection left open to a process that has gone. Nothing
@@ -165,6 +174,18 @@ class World:
         """This rank's contiguous slice ``[start, stop)`` of a global batch of ``n`` samples: the
         slices of all ranks cover it in rank order, their sizes differ by at most one."""
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
+
+    def batch_starts(self, n: int, *, batch_size: int) -> range:
+        """Where this rank's batches of a fixed pass over ``n`` samples start: of the batches of
+        ``batch_size`` that one process takes (``range(0, n, batch_size)``, the last perhaps short),
+        this rank's contiguous share (:meth:`bounds` over the batches, so a rank may get none). The
+        batch boundaries stay those of one process: batch norm normalises with batch statistics, so
+        a sample's output depends on the batch it is in. All of them in a single process.
+        """
+        if not self.distributed:
+            return range(0, n, batch_size)
+        first, stop = self.bounds(-(-n // batch_size))
+        return range(first * batch_size, min(stop * batch_size, n), batch_size)
 
     def divide(self, items: Sequence[T], score: Callable[[T], float]) -> list[float]:
         """``[score(item) for item in items]``, each item scored by one rank only (its contiguous share,

@@ -1,6 +1,7 @@
 """The process world of a data-parallel search: torchrun's environment, the collective timeout, batch
 slices, and, in a real 2-process gloo group, batch norm on global statistics, the summed path
-gradients, the timeout in force and the ranks' leaving their group together."""
+gradients, the timeout in force, the ranks' leaving their group together and the scores they take
+together on shares of the evaluation batches."""
 
 from __future__ import annotations
 
@@ -89,6 +90,16 @@ def test_batch_norm_outside_a_data_parallel_step_is_torchs_exactly(dims):
     assert torch.equal(ours(x), plain(x))
     with World().global_batch_norm():  # a single process: nothing changes
         assert torch.equal(ours(x), plain(x))
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(0, 8), (5, 8), (37, 8), (64, 8), (37, 1)])
+@pytest.mark.parametrize("size", [2, 3])
+def test_the_ranks_shares_of_the_evaluation_batches_are_one_processs_batches(n, batch_size, size):
+    shares = [list(World(rank=r, size=size).batch_starts(n, batch_size=batch_size)) for r in range(size)]
+    assert [start for share in shares for start in share] == list(range(0, n, batch_size))  # in rank order
+    counts = [len(share) for share in shares]
+    assert max(counts) - min(counts) <= 1
+    assert World().batch_starts(n, batch_size=batch_size) == range(0, n, batch_size)
 
 
 # --- a real 2-process gloo group -------------------------------------------------------------
@@ -266,6 +277,40 @@ def _check_divide(world: World, n: int) -> None:
 @pytest.mark.parametrize("n", [0, 1, 5])  # 1: rank 0 scores nothing
 def test_divided_scores_are_each_ranks_share_gathered_exactly(tmp_path, n):
     _spawn(tmp_path, "_check_divide", n)
+
+
+def _check_divided_scores(world: World, space_file: str, data_dir: str) -> None:
+    from wpl_nas.evaluation import accuracy, perplexity
+
+    data = wpl_nas.load_dataset("mnist1d", data_dir=data_dir)
+    net = wpl_nas.build_supernet(wpl_nas.load_space(space_file), data, seed=0)
+    arch = wpl_nas.Architecture.parse("|conv_5~0|+|skip_connect~0|none~1|+|conv_5~0|none~1|conv_5~2|")
+    seen: list[int] = []
+    net.register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
+    x, y = data.train.tensors  # type: ignore[attr-defined]
+    # 37: neither a multiple of the batch nor of the ranks; 5: one batch, so rank 0 scores none.
+    for n, batch_size in ((37, 8), (5, 8), (64, 16)):
+        whole_acc = accuracy(net, arch, x[:n], y[:n], batch_size=batch_size)
+        # Perplexity's float64 sums over a classifier's logits (B, classes): the same code path.
+        whole_ppl = perplexity(net, arch, x[:n], y[:n], batch_size=batch_size)
+        seen.clear()
+        acc = accuracy(net, arch, x[:n], y[:n], batch_size=batch_size, world=world)
+        mine = list(seen)
+        ppl = perplexity(net, arch, x[:n], y[:n], batch_size=batch_size, world=world)
+        assert acc == whole_acc, (n, batch_size)  # an integer count of correct predictions: exact
+        assert abs(ppl - whole_ppl) <= 1e-12 * whole_ppl, (n, batch_size)
+        # This rank took its own batches only, the batches of one process...
+        starts = world.batch_starts(n, batch_size=batch_size)
+        assert mine == [min(batch_size, n - start) for start in starts], (n, batch_size)
+        samples = torch.tensor([sum(mine)])
+        assert int(world.all_reduce_(samples)) == n  # ...and the ranks' batches cover the set once
+        if n == 5:
+            assert mine == ([] if world.leader else [5])
+    assert 0 < whole_acc < 1 and whole_ppl > 1  # the scores are not degenerate
+
+
+def test_divided_evaluation_batches_give_one_processs_scores(tmp_path, tiny_space_file, mnist1d, data_dir):
+    _spawn(tmp_path, "_check_divided_scores", str(tiny_space_file), str(data_dir))
 
 
 def test_in_one_process_divide_scores_everything_in_order():

@@ -85,7 +85,8 @@ class CandidateTrainer:
             score, without the earlier epochs' evaluations.
         world: The processes that train each batch together (:mod:`wpl_nas.distributed`): each takes
             its slice of every batch and the gradients are summed over them [default: this process
-            alone]. Scores and consolidation are not split: every process computes them whole.
+            alone]. The scores after each epoch are divided among them too (each takes a share of the
+            evaluation batches, :meth:`score`); consolidation is not: every process computes it whole.
 
     Raises:
         ConfigError: ``augment`` on inputs that are not images ``(N, C, H, W)``, or ``workers`` < 0.
@@ -183,11 +184,25 @@ class CandidateTrainer:
                                 self.optimizer, epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
                                 total_steps=self.steps, scaler=self.scaler)
 
-    def score(self, arch: Architecture) -> float:
-        """The metric (accuracy, or perplexity) of ``arch`` on the fixed evaluation set."""
+    def score(self, arch: Architecture, *, world: World | None = None) -> float:
+        """The metric (accuracy, or perplexity) of ``arch`` on the fixed evaluation set.
+
+        Args:
+            arch: The candidate.
+            world: The processes that take this score *together*, each on its share of the evaluation
+                batches (:func:`~wpl_nas.evaluation.scoring.accuracy`): a collective, so every process of
+                ``world`` must call it at the same point with the same ``arch`` and weights, or they wait
+                for each other forever or mix candidates. Only :meth:`train` passes it, for the candidate
+                they all train; a score one process takes alone (the final selection, a catch-up, the
+                commands other than search) or that differs between them (the pool's re-scores, each
+                rank its own members: :meth:`World.divide`) passes none [default: this process alone,
+                on every batch].
+        """
+        # A single process calls the metric as it always has (a metric registered without ``world`` works).
+        together = {"world": world} if world is not None and world.distributed else {}
         with autocast(self.device, self.precision):
             return self.metric.compute(self.supernet, arch, self.eval_x, self.eval_y,
-                                       batch_size=self.eval_batch_size)
+                                       batch_size=self.eval_batch_size, **together)
 
     def train(self, arch: Architecture, *, trial_index: int, on_epoch: EpochCallback | None = None,
               progress: Callable[[], object] | None = None, name: str | None = None) -> TrainResult:
@@ -228,7 +243,8 @@ class CandidateTrainer:
             result.steps += steps
             if not self.epoch_scores and epoch < ctx.epochs - 1:
                 continue  # scoring reads the weights and changes nothing: skipping it trains alike
-            result.score = self.score(arch)
+            # Every rank is here with the same candidate and weights: they divide its evaluation batches.
+            result.score = self.score(arch, world=self.world)
             result.epoch_scores.append(result.score)
             if on_epoch is not None and on_epoch(epoch, result.score):
                 result.pruned = True
