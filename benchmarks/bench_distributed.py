@@ -18,15 +18,20 @@ candidates, the largest difference of a trial's score (in evaluation samples) an
 weight in the final checkpoint (another thread count moves them too: the sums are taken in
 another order, and training amplifies the last digits).
 
-A second part measures, in this process, the work a data-parallel search does *not* divide (every
-rank scores after each epoch and consolidates on the full data): the time of those calls against
-the training epochs' (``CandidateTrainer.run_epoch``) in a one-process search. Its "scores" also
-count the retained pool's re-scores, which the ranks divide among them.
+A second part measures where the time goes besides training (``_rank_times.py``: timers around
+the trainer's and the objective's methods), against the training epochs' (``run_epoch``): the
+scores of the candidate in training after each epoch (divided among the ranks by evaluation
+batches), the retained pool's re-scores (divided by candidates) and consolidation (repeated whole
+on every rank); in a one-process search (1x1) and on rank 0 of the 2x1 search (median over the
+rounds; wall time, so a rank's waits for the other count). ``--baseline SRC`` times another
+version's rank 0 the same way in the same interleaved rounds (SRC: its source tree, e.g. a git
+worktree of an earlier commit).
 
 Usage::
 
     python benchmarks/bench_distributed.py                   # default space, 4 trials, 2 rounds, ~8 min on 2 cores
     python benchmarks/bench_distributed.py --rounds 3 --trials 6
+    python benchmarks/bench_distributed.py --only share --baseline ../before   # rank 0's shares, this vs before
     python benchmarks/bench_distributed.py --quick           # smoke run (what the test runs)
 
 The tables go to stdout, progress to stderr.
@@ -45,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _rank_times
 from _common import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,35 +114,55 @@ def evaluation_samples(args: argparse.Namespace) -> int:
 
 
 def undivided_share(args: argparse.Namespace, work: Path) -> dict[str, float]:
-    """Seconds in training epochs and in the calls every rank repeats whole, in a one-process search."""
+    """Seconds of each kind of work (:data:`_rank_times.KINDS`) in a one-process search."""
     import wpl_nas
-    from wpl_nas.training import CandidateTrainer
 
-    totals = {"train_epochs": 0.0, "scores": 0.0, "consolidation": 0.0}
-
-    def timed(name: str, method: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return method(*a, **k)
-            finally:
-                totals[name] += time.perf_counter() - start
-        return wrapper
-
-    originals = {n: getattr(CandidateTrainer, n) for n in ("run_epoch", "score", "consolidate")}
-    CandidateTrainer.run_epoch = timed("train_epochs", originals["run_epoch"])  # type: ignore[method-assign]
-    CandidateTrainer.score = timed("scores", originals["score"])  # type: ignore[method-assign]
-    CandidateTrainer.consolidate = timed("consolidation", originals["consolidate"])  # type: ignore[method-assign]
-    try:
-        config = wpl_nas.SearchConfig(space=args.space, trials=args.trials, epochs=args.epochs,
-                                      batch_size=args.batch_size, train_samples=args.train_samples,
-                                      eval_samples=args.eval_samples, seed=args.seed, device="cpu", threads=1,
-                                      runs_dir=str(work / "share"), study_name="s", strategy=args.strategy)
-        wpl_nas.run_search(config, progress=False, command=["bench"])
-    finally:
-        for name, method in originals.items():
-            setattr(CandidateTrainer, name, method)
+    totals = _rank_times.install()
+    config = wpl_nas.SearchConfig(space=args.space, trials=args.trials, epochs=args.epochs,
+                                  batch_size=args.batch_size, train_samples=args.train_samples,
+                                  eval_samples=args.eval_samples, seed=args.seed, device="cpu", threads=1,
+                                  runs_dir=str(work / "share"), study_name="s", strategy=args.strategy)
+    wpl_nas.run_search(config, progress=False, command=["bench"])
     return totals
+
+
+def rank0_share(args: argparse.Namespace, work: Path, src: Path) -> dict[str, float]:
+    """Seconds of each kind of work on rank 0 of the 2x1 search, with wpl-nas imported from ``src``."""
+    out = work / "rank0.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(Path(__file__).resolve().parent / "_rank_times.py"), str(src), str(out),
+               *search_args(args, work / "runs", 1)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"2x1 from {src} failed:\n{done.stderr[-3000:]}")
+    return {k: float(v) for k, v in json.loads(out.read_text()).items()}
+
+
+def rank0_rounds(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
+    """Rank 0's seconds per kind of work under torchrun (2x1), median over the rounds: this version
+    and, with ``--baseline``, the other, alternating in interleaved rounds."""
+    versions = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in versions}
+    for r in range(args.rounds):
+        order = list(versions) if r % 2 == 0 else list(versions)[::-1]
+        for version in order:
+            runs[version].append(rank0_share(args, work / f"rank0-{version}-{r}", versions[version]))
+            total = sum(runs[version][-1].values())
+            print(f"round {r} rank 0 ({version}): {total:.1f} s in the timed calls", file=sys.stderr)
+    return {v: {k: statistics.median(run[k] for run in rs) for k in _rank_times.KINDS} for v, rs in runs.items()}
+
+
+def print_shares(title: str, columns: dict[str, dict[str, float]]) -> None:
+    """A table of seconds per kind of work and their ratio to the training epochs', one column pair each."""
+    names = list(columns)
+    print(f"\n| {title} | " + " | ".join(f"{n}: s | {n}: vs training" for n in names) + " |")
+    print("|---|" + "---:|---:|" * len(names))
+    labels = {"epoch_scores": "scores after each epoch", "pool_rescores": "pool re-scores",
+              "consolidation": "consolidation", "train_epochs": "(training epochs)"}
+    for kind in ("epoch_scores", "pool_rescores", "consolidation", "train_epochs"):
+        cells = [f"{c[kind]:.2f} | {c[kind] / c['train_epochs']:.2f}x" for c in columns.values()]
+        print(f"| {labels[kind]} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -152,6 +178,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny space, 1 round, 2 short trials")
+    parser.add_argument("--only", choices=("all", "share"), default="all",
+                        help="share: only where the time goes (one process, and rank 0 under torchrun)")
+    parser.add_argument("--baseline", type=Path,
+                        help="the source tree of another wpl-nas version (e.g. a git worktree of an earlier "
+                             "commit): its rank 0 is timed too, in the same interleaved rounds")
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
     args = parser.parse_args()
     if args.quick:
@@ -166,36 +197,33 @@ def main() -> None:
         work = Path(tmp)
         times: dict[str, list[float]] = {s: [] for s in SETTINGS}
         last: dict[str, Path] = {}
-        for r in range(args.rounds):
+        for r in range(args.rounds if args.only == "all" else 0):
             order = SETTINGS[r % 3:] + SETTINGS[:r % 3]
             for setting in order:
                 out = run(args, setting, work / f"round{r}")
                 times[setting].append(out["seconds"])
                 last[setting] = out["run"]
                 print(f"round {r} {setting}: {out['seconds']:.1f} s", file=sys.stderr)
-        base = statistics.median(times["1x2"])
-        for setting in SETTINGS:
+        for setting in SETTINGS if args.only == "all" else ():
             median = statistics.median(times[setting])
-            rows.append({"setting": setting, "seconds": round(median, 2), "ratio_to_1x2": round(median / base, 3),
+            rows.append({"setting": setting, "seconds": round(median, 2),
+                         "ratio_to_1x2": round(median / statistics.median(times["1x2"]), 3),
                          **compare(last["1x1"], last[setting], eval_samples)})
+        rank0 = rank0_rounds(args, work)
         share = undivided_share(args, work)
     load_end = [round(x, 2) for x in os.getloadavg()]
-    print(f"| setting | wall s (median of {args.rounds}) | vs 1x2 | same candidates | "
-          "max score diff (eval samples) | max weight diff vs 1x1 |")
-    print("|---|---:|---:|---|---:|---:|")
+    if rows:
+        print(f"| setting | wall s (median of {args.rounds}) | vs 1x2 | same candidates | "
+              "max score diff (eval samples) | max weight diff vs 1x1 |")
+        print("|---|---:|---:|---|---:|---:|")
     for row in rows:
         print(f"| {row['setting']} | {row['seconds']:.1f} | {row['ratio_to_1x2']:.2f}x | {row['same_candidates']} | "
               f"{row['score_diff_samples']:g} | {row['max_weight_diff']:.2e} |")
-    train = share["train_epochs"]
-    print()
-    print("| not divided among ranks (one process) | seconds | vs training epochs |")
-    print("|---|---:|---:|")
-    for name in ("scores", "consolidation"):
-        print(f"| {name} | {share[name]:.2f} | {share[name] / train:.2f}x |")
-    print(f"| (training epochs) | {train:.2f} | 1.00x |")
+    print_shares("one process (1x1)", {"1x1": share})
+    print_shares(f"rank 0 of 2x1 (median of {args.rounds})", {f"2x1 {v}": t for v, t in rank0.items()})
     print(f"\nload average: {load} at the start, {load_end} at the end", file=sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps({"results": rows, "undivided": share, "load": [load, load_end],
+        args.json.write_text(json.dumps({"results": rows, "undivided": share, "rank0": rank0, "load": [load, load_end],
                                          "options": {k: str(v) for k, v in vars(args).items()}}, indent=1))
 
 

@@ -306,7 +306,11 @@ def test_bench_distributed_quick_compares_two_processes_with_one(tmp_path):
     assert all(_positive(r["seconds"]) and _positive(r["ratio_to_1x2"]) for r in rows.values())
     assert rows["1x1"]["max_weight_diff"] == 0.0 and rows["2x1"]["same_candidates"] is True
     assert all(math.isfinite(v) and v >= 0 for v in figures["undivided"].values())
+    assert set(figures["rank0"]) == {"this"}  # rank 0 of 2x1, by kind of work; no --baseline given
+    assert set(figures["rank0"]["this"]) == set(figures["undivided"])
+    assert _positive(figures["rank0"]["this"]["train_epochs"]) and _positive(figures["undivided"]["epoch_scores"])
     assert "| 2x1 |" in proc.stdout and "| consolidation |" in proc.stdout
+    assert "| scores after each epoch |" in proc.stdout and "rank 0 of 2x1" in proc.stdout
 
 
 @pytest.mark.slow
