@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,36 @@ def _check_divided_scores(world: World, space_file: str, data_dir: str) -> None:
 
 def test_divided_evaluation_batches_give_one_processs_scores(tmp_path, tiny_space_file, mnist1d, data_dir):
     _spawn(tmp_path, "_check_divided_scores", str(tiny_space_file), str(data_dir))
+
+
+def _check_divided_perplexity(world: World, space_file: str, data_dir: str) -> None:
+    from wpl_nas.evaluation import perplexity
+
+    data = wpl_nas.load_dataset("ptb", data_dir=data_dir)
+    space = wpl_nas.load_space(space_file)
+    net = wpl_nas.build_supernet(space, data, seed=0)
+    arch = space.sample(random.Random(0))
+    x, y = data.train.tensors  # type: ignore[attr-defined]  # token windows (N, T), next tokens (N, T)
+    assert len(y) >= 11 and y.dim() == 2
+    for n, batch_size in ((11, 4), (3, 4)):  # 3 batches of 4, 4, 3; one batch, which rank 0 goes without
+        whole = perplexity(net, arch, x[:n], y[:n], batch_size=batch_size)
+        divided = perplexity(net, arch, x[:n], y[:n], batch_size=batch_size, world=world)
+        assert abs(divided - whole) <= 1e-12 * whole and whole > 1, (n, batch_size, divided, whole)
+
+
+def test_divided_evaluation_batches_give_one_processs_perplexity(tmp_path):
+    """A recurrent language supernet (logits ``(B, V, T)``) on a corpus in the Penn Treebank layout."""
+    corpus = tmp_path / "text" / "ptb"
+    corpus.mkdir(parents=True)
+    rng = random.Random(0)
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        lines = [" ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]) for _ in range(7))
+                 for _ in range(60)]
+        (corpus / name).write_text("\n".join(f" {line} " for line in lines) + "\n")
+    space = tmp_path / "rnn.yaml"
+    space.write_text('{"kind": "rnn", "name": "tiny-rnn", "cell": {"nodes": 3, "activations": ["tanh", "relu"]}, '
+                     '"model": {"embedding": 8, "hidden": 12}}')  # JSON is YAML
+    _spawn(tmp_path, "_check_divided_perplexity", str(space), str(tmp_path / "text"))
 
 
 def test_in_one_process_divide_scores_everything_in_order():
