@@ -192,10 +192,6 @@ class RetainedPool:
         """Whether a re-score after trial ``after_trial`` is recorded (for any entry)."""
         return any(after_trial in e.rescores for e in self.entries.values())
 
-    def rescored(self, after_trial: int) -> bool:
-        """Whether the pool was re-scored after trial ``after_trial`` (recorded, and not a join only)."""
-        return after_trial not in self.joins and self.recorded(after_trial)
-
     def record(self, after_trial: int, scores: dict[int, float], *, rescored: bool = True) -> None:
         """Record ``scores`` (``{member trial: score}``) as taken after trial ``after_trial``: the
         pool's re-score, or, with ``rescored=False``, only the join of the candidate of that trial
